@@ -1,0 +1,175 @@
+"""Every kvmesh setting, read from `KVMESH_*` variables in this one module.
+
+Components receive these frozen dataclasses and never read the environment
+themselves. Parsing is strict: a malformed value raises `ConfigError` naming
+the variable, and booleans accept only 1/0, true/false, yes/no, on/off.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+
+from kvmesh.errors import ConfigError
+from kvmesh.types import PeerAddress
+
+TRANSPORTS = ("auto", "tcp", "shm", "ucx")
+DISCOVERY_MODES = ("static", "dns", "multicast")
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+_SIZE_UNITS = {"": 1, "b": 1, "k": 1 << 10, "kb": 1000, "kib": 1 << 10, "m": 1 << 20,
+               "mb": 10**6, "mib": 1 << 20, "g": 1 << 30, "gb": 10**9, "gib": 1 << 30}
+
+
+def parse_bool(name: str, text: str) -> bool:
+    value = text.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ConfigError(f"{name}={text!r}: expected 1/0, true/false, yes/no or on/off")
+
+
+def parse_size(name: str, text: str) -> int:
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", text)
+    unit = match.group(2).lower() if match else None
+    if match is None or unit not in _SIZE_UNITS:
+        raise ConfigError(f"{name}={text!r}: expected a byte size such as 512MiB or 2GiB")
+    return int(float(match.group(1)) * _SIZE_UNITS[unit])
+
+
+def parse_int(name: str, text: str, lo: int, hi: int) -> int:
+    try:
+        value = int(text.strip())
+    except ValueError:
+        raise ConfigError(f"{name}={text!r}: expected an integer") from None
+    if not lo <= value <= hi:
+        raise ConfigError(f"{name}={value}: must be in [{lo}, {hi}]")
+    return value
+
+
+def parse_float(name: str, text: str, lo: float, hi: float) -> float:
+    try:
+        value = float(text.strip())
+    except ValueError:
+        raise ConfigError(f"{name}={text!r}: expected a number") from None
+    if not lo <= value <= hi:
+        raise ConfigError(f"{name}={value}: must be in [{lo}, {hi}]")
+    return value
+
+
+def parse_choice(name: str, text: str, choices: tuple[str, ...]) -> str:
+    value = text.strip().lower()
+    if value not in choices:
+        raise ConfigError(f"{name}={text!r}: expected one of {', '.join(choices)}")
+    return value
+
+
+def parse_seeds(name: str, text: str) -> tuple[PeerAddress, ...]:
+    try:
+        return tuple(PeerAddress.parse(s) for s in text.split(",") if s.strip())
+    except ValueError as exc:
+        raise ConfigError(f"{name}: {exc}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class StoreConfig:
+    cpu_bytes: int = 1 << 30
+    disk_dir: Path | None = None
+    disk_bytes: int = 8 << 30
+
+
+@dataclass(frozen=True, slots=True)
+class MeshConfig:
+    host: str = "127.0.0.1"
+    port: int = 0  # 0: pick a free port
+    seeds: tuple[PeerAddress, ...] = ()
+    discovery: str = "static"
+    replication: int = 2
+    vnodes: int = 128
+    secret: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TransferConfig:
+    transport: str = "auto"
+    timeout_s: float = 2.0  # every network await is bounded by this
+    max_inflight: int = 32  # pulls outstanding per remote peer
+
+
+@dataclass(frozen=True, slots=True)
+class ControlConfig:
+    host: str = "127.0.0.1"  # loopback only unless an operator says otherwise
+    port: int = 0
+    enabled: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class KvmeshConfig:
+    enabled: bool = False
+    chunk_tokens: int = 256
+    store: StoreConfig = field(default_factory=StoreConfig)
+    mesh: MeshConfig = field(default_factory=MeshConfig)
+    transfer: TransferConfig = field(default_factory=TransferConfig)
+    control: ControlConfig = field(default_factory=ControlConfig)
+    run_dir: Path = field(default_factory=lambda: Path(tempfile.gettempdir()) / "kvmesh")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> "KvmeshConfig":
+        return _from_env(os.environ if env is None else env)
+
+
+def _from_env(env: Mapping[str, str]) -> KvmeshConfig:
+    def get(name: str) -> str | None:
+        value = env.get(name)
+        return None if value is None else value
+
+    def opt(name, parse, default, *args):
+        text = get(name)
+        return default if text is None else parse(name, text, *args)
+
+    base = KvmeshConfig()
+    disk_dir = get("KVMESH_DISK_DIR")
+    secret = get("KVMESH_SECRET")
+    store = StoreConfig(
+        cpu_bytes=opt("KVMESH_CPU_BYTES", parse_size, base.store.cpu_bytes),
+        disk_dir=Path(disk_dir) if disk_dir else None,
+        disk_bytes=opt("KVMESH_DISK_BYTES", parse_size, base.store.disk_bytes),
+    )
+    mesh = MeshConfig(
+        host=get("KVMESH_HOST") or base.mesh.host,
+        port=opt("KVMESH_PORT", parse_int, 0, 0, 65535),
+        seeds=opt("KVMESH_SEEDS", parse_seeds, ()),
+        discovery=opt("KVMESH_DISCOVERY", parse_choice, "static", DISCOVERY_MODES),
+        replication=opt("KVMESH_REPLICATION", parse_int, 2, 1, 16),
+        vnodes=opt("KVMESH_VNODES", parse_int, 128, 1, 4096),
+        secret=secret.encode() if secret else None,
+    )
+    transfer = TransferConfig(
+        transport=opt("KVMESH_TRANSPORT", parse_choice, "auto", TRANSPORTS),
+        timeout_s=opt("KVMESH_TIMEOUT_S", parse_float, 2.0, 0.01, 600.0),
+        max_inflight=opt("KVMESH_MAX_INFLIGHT", parse_int, 32, 1, 4096),
+    )
+    control = ControlConfig(
+        host=get("KVMESH_CONTROL_HOST") or base.control.host,
+        port=opt("KVMESH_CONTROL_PORT", parse_int, 0, 0, 65535),
+        enabled=opt("KVMESH_CONTROL", parse_bool, True),
+    )
+    chunk_tokens = opt("KVMESH_CHUNK_TOKENS", parse_int, 256, 1, 1 << 20)
+    if store.cpu_bytes <= 0:
+        raise ConfigError("KVMESH_CPU_BYTES must be positive")
+    run_dir = get("KVMESH_RUN_DIR")
+    return KvmeshConfig(
+        enabled=opt("KVMESH_ENABLE", parse_bool, False),
+        chunk_tokens=chunk_tokens,
+        store=store,
+        mesh=mesh,
+        transfer=transfer,
+        control=control,
+        run_dir=Path(run_dir) if run_dir else base.run_dir,
+    )

@@ -1,0 +1,1 @@
+"""Chunk keys and the consistent-hash ring: pure code, no I/O."""

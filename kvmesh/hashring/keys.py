@@ -1,0 +1,114 @@
+"""Chained, namespaced chunk keys.
+
+    k_0 = H(namespace bytes)
+    k_i = H(k_{i-1} || tokens of chunk i as int32 little-endian)
+
+H is xxh3-128 by default, or blake2b-128 keyed with the mesh secret for
+deployments whose tenants must not be able to forge each other's keys. Keys are
+the same on every process, host and Python version: never `hash()`, never a
+random seed. Only full chunks get keys; a trailing partial chunk is never
+cached.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass
+from typing import Callable, Sequence
+
+import msgpack
+import numpy as np
+import xxhash
+
+from kvmesh.types import ChunkKey
+
+KV_FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True, slots=True)
+class KeyNamespace:
+    """Everything that makes two engines' KV incompatible.
+
+    Two namespaces that differ in any field give disjoint key spaces.
+    """
+
+    model: str
+    dtype: str
+    num_layers: int
+    num_kv_heads: int
+    head_dim: int
+    chunk_tokens: int
+    kv_layout: str
+    tp_rank: int = 0
+    tp_size: int = 1
+    format_version: int = KV_FORMAT_VERSION
+    cache_salt: str = ""
+
+    def encode(self) -> bytes:
+        """A canonical byte string: msgpack of the fields in sorted order."""
+        return msgpack.packb(sorted(asdict(self).items()), use_bin_type=True)
+
+    def digest(self) -> bytes:
+        return xxhash.xxh3_128_digest(self.encode())
+
+    def with_salt(self, cache_salt: str) -> "KeyNamespace":
+        fields = asdict(self)
+        fields["cache_salt"] = cache_salt
+        return KeyNamespace(**fields)
+
+
+def _keyed_blake2b(secret: bytes) -> Callable[[bytes], bytes]:
+    key = hashlib.sha256(secret).digest()  # blake2b keys are at most 64 bytes
+
+    def digest(data: bytes) -> bytes:
+        return hashlib.blake2b(data, digest_size=16, key=key).digest()
+
+    return digest
+
+
+class ChunkHasher:
+    """Turns token ids into chained chunk keys for one namespace."""
+
+    def __init__(self, namespace: KeyNamespace, secret: bytes | None = None) -> None:
+        self.namespace = namespace
+        self.chunk_tokens = namespace.chunk_tokens
+        self._digest = _keyed_blake2b(secret) if secret else xxhash.xxh3_128_digest
+        self._root = self._digest(namespace.encode())
+
+    @property
+    def root(self) -> bytes:
+        return self._root
+
+    def keys(self, tokens: Sequence[int] | np.ndarray, max_chunks: int | None = None) -> list[ChunkKey]:
+        """Keys of every full chunk of `tokens` (at most `max_chunks`).
+
+        The tokens are converted once into one int32 buffer; each chunk is then
+        a slice of it, so no per-token Python work happens.
+        """
+        buf = as_int32_le(tokens)
+        n = len(buf) // self.chunk_tokens
+        if max_chunks is not None:
+            n = min(n, max_chunks)
+        view = memoryview(buf).cast("B")
+        step = self.chunk_tokens * 4
+        digest = self._digest
+        prev = self._root
+        out: list[ChunkKey] = []
+        for i in range(n):
+            prev = digest(prev + view[i * step:(i + 1) * step])
+            out.append(ChunkKey(prev))
+        return out
+
+
+def as_int32_le(tokens: Sequence[int] | np.ndarray) -> np.ndarray:
+    """Token ids as a contiguous little-endian int32 array (no copy if already one)."""
+    if hasattr(tokens, "numpy") and not isinstance(tokens, np.ndarray):  # torch tensor
+        tokens = tokens.detach().cpu().numpy()
+    arr = np.asarray(tokens)
+    if arr.ndim != 1:
+        raise ValueError(f"token ids must be one-dimensional, got shape {arr.shape}")
+    if arr.size and arr.dtype.kind not in "iu":
+        raise ValueError(f"token ids must be integers, got {arr.dtype}")
+    if arr.size and (arr.min() < -(1 << 31) or arr.max() >= (1 << 31)):
+        raise ValueError("token ids must fit in int32")
+    return np.ascontiguousarray(arr, dtype="<i4")

@@ -1,0 +1,96 @@
+"""Outgoing connections to other peers, one per remote peer, made on demand.
+
+The transport for each pair is chosen here: with `auto`, peers on the same
+host copy from each other's shared pool and everyone else speaks TCP; `tcp`
+and `ucx` force a byte stream; `shm` is `auto` that insists on shared memory
+where the host matches. Dialing is bounded by the timeout and deduplicated,
+so concurrent callers share one attempt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Callable
+
+from kvmesh.config import KvmeshConfig
+from kvmesh.errors import KvmeshError, TransferError
+from kvmesh.transfer import frames as f
+from kvmesh.transfer.client import PeerClient
+from kvmesh.transfer.shm import SharedPoolReader
+from kvmesh.transfer.streams import TcpStream
+from kvmesh.types import PeerAddress, PeerId
+
+
+class ConnectionPool:
+    def __init__(self, config: KvmeshConfig, namespace: bytes, hello: Callable[[], f.Hello],
+                 on_remote: Callable[[str, int], None] = lambda peer, control_port: None) -> None:
+        self._on_remote = on_remote  # told each remote's control port on connect
+        self._config = config
+        self._namespace = namespace
+        self._hello = hello
+        self._clients: dict[PeerId, PeerClient] = {}
+        self._dialing: dict[PeerId, asyncio.Future] = {}
+        self._shm = SharedPoolReader() if config.transfer.transport in ("auto", "shm") else None
+
+    def transports(self) -> dict[str, str]:
+        return {peer: c.transport for peer, c in self._clients.items() if not c.closed}
+
+    async def get(self, peer: PeerId) -> PeerClient:
+        client = self._clients.get(peer)
+        if client is not None and not client.closed:
+            return client
+        pending = self._dialing.get(peer)
+        if pending is None:
+            pending = asyncio.ensure_future(self._dial(peer))
+            self._dialing[peer] = pending
+            pending.add_done_callback(lambda _: self._dialing.pop(peer, None))
+        return await asyncio.shield(pending)
+
+    async def _dial(self, peer: PeerId) -> PeerClient:
+        address = PeerAddress.parse(peer)
+        timeout = self._config.transfer.timeout_s
+        hello = self._hello()
+        try:
+            if self._config.transfer.transport == "ucx":
+                stream = await self._dial_ucx(address, timeout)
+            else:
+                stream = await asyncio.wait_for(TcpStream.connect(address.host, address.port), timeout)
+            client = await PeerClient.open(stream, hello, self._namespace, self._config.mesh.secret,
+                                           timeout, self._shm, self._config.transfer.max_inflight)
+        except (asyncio.TimeoutError, OSError) as exc:
+            raise TransferError(f"cannot reach {peer}: {exc or type(exc).__name__}") from None
+        self._on_remote(peer, client.remote.control_port)
+        old = self._clients.get(peer)
+        self._clients[peer] = client
+        if old is not None:
+            old.close()
+        return client
+
+    async def _dial_ucx(self, address: PeerAddress, timeout: float):
+        """UCX needs the remote's UCX port, which its TCP handshake tells us."""
+        from kvmesh.transfer.ucx import UcxStream  # noqa: PLC0415 - optional extra
+
+        probe = await asyncio.wait_for(TcpStream.connect(address.host, address.port), timeout)
+        info = await PeerClient.open(probe, self._hello(), self._namespace, self._config.mesh.secret,
+                                     timeout, None, 1)
+        await info.aclose()
+        if not info.remote.ucx_port:
+            raise TransferError(f"{address.peer_id} has no UCX listener")
+        return await asyncio.wait_for(UcxStream.connect(address.host, info.remote.ucx_port), timeout)
+
+    def drop(self, peer: PeerId) -> None:
+        client = self._clients.pop(peer, None)
+        if client is not None:
+            client.close()
+
+    async def close(self) -> None:
+        clients, self._clients = list(self._clients.values()), {}
+        for client in clients:
+            await client.aclose()
+        if self._shm is not None:
+            self._shm.close()
+
+
+def is_mesh_failure(exc: BaseException) -> bool:
+    """Errors that mean 'that peer cannot help now', as opposed to bugs."""
+    return isinstance(exc, (KvmeshError, ConnectionError, OSError, asyncio.TimeoutError))

@@ -1,0 +1,178 @@
+"""The synchronous face of a peer, for engine threads.
+
+`PeerHandle.start(...)` runs a `Peer` on its own event loop in a daemon
+thread and implements `kvmesh.peers.api.PeerApi`. Every call crosses into the
+loop with `run_coroutine_threadsafe` and waits at most the configured
+timeout; a mesh failure never raises out of here, it shows up as a shorter
+prefix or a failed chunk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import queue
+import threading
+import time
+from typing import Iterator, Sequence
+
+import torch
+
+from kvmesh.config import KvmeshConfig
+from kvmesh.errors import KvmeshError, StoreError
+from kvmesh.hashring.keys import ChunkHasher
+from kvmesh.peers.api import ChunkResult, SaveTicket
+from kvmesh.peers.peer import Peer
+from kvmesh.types import ChunkKey
+
+log = logging.getLogger(__name__)
+
+
+class PeerHandle:
+    def __init__(self, peer: Peer, loop: asyncio.AbstractEventLoop, thread: threading.Thread) -> None:
+        self.peer = peer
+        self.slot_bytes = peer.slot_bytes
+        self._loop = loop
+        self._thread = thread
+        self._timeout = peer.config.transfer.timeout_s
+
+    @classmethod
+    def start(cls, config: KvmeshConfig, hasher: ChunkHasher, slot_bytes: int) -> "PeerHandle":
+        loop = asyncio.new_event_loop()
+        thread = threading.Thread(target=loop.run_forever, name="kvmesh-peer", daemon=True)
+        thread.start()
+        peer = Peer(config, hasher, slot_bytes)
+        try:
+            asyncio.run_coroutine_threadsafe(peer.start(), loop).result(timeout=30)
+        except BaseException:
+            loop.call_soon_threadsafe(loop.stop)
+            raise
+        return cls(peer, loop, thread)
+
+    @property
+    def peer_id(self) -> str:
+        return self.peer.peer_id
+
+    def call(self, coro, timeout: float | None = None):
+        """Run a coroutine on the peer loop and wait (bounded) for its result."""
+        fut = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        try:
+            return fut.result(timeout=self._timeout if timeout is None else timeout)
+        except concurrent.futures.TimeoutError:
+            fut.cancel()
+            raise
+
+    def lookup_prefix(self, keys: Sequence[ChunkKey]) -> int:
+        try:
+            return self.call(self.peer.lookup_prefix(list(keys)), self._timeout * 2)
+        except (KvmeshError, concurrent.futures.TimeoutError, OSError) as exc:
+            log.info("lookup failed, treating as a miss: %s", exc)
+            return self.peer.store.leading_hits(keys)
+
+    def start_load(self, keys: Sequence[ChunkKey]) -> "PeerLoadJob":
+        job = PeerLoadJob(self.peer.store, list(keys))
+        job._future = asyncio.run_coroutine_threadsafe(self.peer.load(job.keys, job.on_result),
+                                                       self._loop)
+        return job
+
+    def prepare_save(self, key: ChunkKey) -> SaveTicket | None:
+        try:
+            ticket = self.peer.store.prepare_store(key)
+        except StoreError as exc:
+            log.info("cannot save a chunk: %s", exc)
+            return None
+        if ticket is None:
+            return None
+        return SaveTicket(key, ticket.tensor, ticket)
+
+    def commit_save(self, ticket: SaveTicket, ok: bool = True) -> None:
+        committed = self.peer.store.commit_store(ticket.token, ok)
+        if committed and ok:
+            self._loop.call_soon_threadsafe(self._after_save, ticket.key)
+
+    def _after_save(self, key: ChunkKey) -> None:
+        self.peer.stats.chunks_saved += 1
+        self.peer.advertise([key])
+
+    def close(self) -> None:
+        if not self._loop.is_running():
+            return
+        try:
+            asyncio.run_coroutine_threadsafe(self.peer.stop(), self._loop).result(timeout=10)
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=5)
+
+
+class PeerLoadJob:
+    """Results of one `start_load`, delivered across threads through a queue."""
+
+    def __init__(self, store, keys: list[ChunkKey]) -> None:
+        self.keys = keys
+        self._store = store
+        self._queue: queue.SimpleQueue[ChunkResult] = queue.SimpleQueue()
+        self._delivered = 0
+        self._reported: set[int] = set()
+        self._lock = threading.Lock()
+        self._future: concurrent.futures.Future | None = None
+
+    def on_result(self, index: int, ok: bool, source: str) -> None:
+        """Called on the peer loop, once per key; pins the landed chunk for the engine."""
+        key = self.keys[index]
+        result = ChunkResult(index, key, None, "")
+        if ok:
+            try:
+                ticket = self._store.prepare_load(key)
+                data = torch.frombuffer(ticket.view, dtype=torch.uint8) if ticket.length else \
+                    torch.empty(0, dtype=torch.uint8)
+                result = ChunkResult(index, key, data, source,
+                                     lambda t=ticket: self._store.complete_load(t))
+            except StoreError:
+                pass  # evicted between landing and pinning: a miss
+        with self._lock:
+            if index in self._reported:
+                result.release()
+                return
+            self._reported.add(index)
+        self._queue.put(result)
+
+    @property
+    def done(self) -> bool:
+        return self._delivered == len(self.keys)
+
+    def ready(self) -> list[ChunkResult]:
+        out = []
+        while True:
+            try:
+                out.append(self._queue.get_nowait())
+            except queue.Empty:
+                break
+        self._delivered += len(out)
+        return out
+
+    def results(self, timeout_s: float) -> Iterator[ChunkResult]:
+        deadline = time.monotonic() + timeout_s
+        while not self.done:
+            try:
+                result = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                self.cancel()
+                break
+            self._delivered += 1
+            yield result
+        yield from self._fail_rest()
+
+    def cancel(self) -> None:
+        if self._future is not None:
+            self._future.cancel()
+
+    def _fail_rest(self) -> Iterator[ChunkResult]:
+        for result in self.ready():
+            yield result
+        with self._lock:
+            missing = [i for i in range(len(self.keys)) if i not in self._reported]
+            self._reported.update(missing)
+        for index in missing:
+            self._delivered += 1
+            yield ChunkResult(index, self.keys[index], None, "")

@@ -1,0 +1,129 @@
+"""Bringing chunks into this peer's store: local tiers first, then holders.
+
+Remote chunks land straight in freshly reserved store slots. Each holder gets
+one PULL for all the keys it should serve (the stream is pipelined on the
+wire, results come back as they land); a key a holder could not serve is
+retried on its next holder. Every chunk ends in exactly one `on_result`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import defaultdict
+from typing import Awaitable, Callable, Sequence
+
+from kvmesh.errors import StoreError
+from kvmesh.peers.connections import ConnectionPool, is_mesh_failure
+from kvmesh.peers.stats import PeerStats
+
+log = logging.getLogger(__name__)
+
+ResultFn = Callable[[int, bool, str], None]  # (index, ok, source)
+HoldersFn = Callable[[Sequence[bytes]], Awaitable[list[tuple[str, ...]]]]
+MAX_ATTEMPTS = 3
+MIN_PULL_BANDWIDTH = 50 << 20  # bytes/s below which a pull is declared stuck
+
+
+class ChunkLoader:
+    def __init__(self, self_id: str, store, pool: ConnectionPool, find_holders: HoldersFn,
+                 advertise: Callable[[list[bytes]], None], timeout_s: float, stats: PeerStats) -> None:
+        self._self_id = self_id
+        self._store = store
+        self._pool = pool
+        self._find_holders = find_holders
+        self._advertise = advertise
+        self._timeout_s = timeout_s
+        self._stats = stats
+
+    async def load(self, keys: Sequence[bytes], on_result: ResultFn,
+                   holders: Sequence[tuple[str, ...]] | None = None) -> None:
+        """Bring `keys` into the store; `holders` (one tuple per key) skips the lookup."""
+        todo = []
+        for index, key in enumerate(keys):
+            tier = self._store.tier_of(key)
+            if tier is not None:
+                on_result(index, True, tier)
+            else:
+                todo.append(index)
+        if not todo:
+            return
+        try:
+            found = ([holders[i] for i in todo] if holders is not None
+                     else await self._find_holders([keys[i] for i in todo]))
+        except Exception as exc:  # noqa: BLE001 - any lookup failure is a miss
+            log.debug("holder lookup failed: %s", exc)
+            found = [()] * len(todo)
+        candidates = {i: [h for h in hs if h != self._self_id] for i, hs in zip(todo, found)}
+        for _ in range(MAX_ATTEMPTS):
+            groups: dict[str, list[int]] = defaultdict(list)
+            for index in todo:
+                if candidates[index]:
+                    groups[candidates[index].pop(0)].append(index)
+                else:
+                    on_result(index, False, "")
+            if not groups:
+                return
+            outcomes = await asyncio.gather(*(self._pull_from(holder, indices, keys, on_result)
+                                              for holder, indices in groups.items()))
+            todo = [i for failed in outcomes for i in failed]
+            if not todo:
+                return
+        for index in todo:
+            on_result(index, False, "")
+
+    async def _pull_from(self, holder: str, indices: list[int], keys: Sequence[bytes],
+                         on_result: ResultFn) -> list[int]:
+        """Pull from one holder; returns the indices it did not deliver."""
+        failed: list[int] = []
+        tickets: dict[int, object] = {}
+        store = self._store
+        fetched: list[bytes] = []
+
+        def dest(j: int, length: int):
+            if length > store.slot_bytes:
+                return None
+            try:
+                ticket = store.prepare_store(keys[indices[j]])
+            except StoreError:
+                return None
+            if ticket is None:
+                return None
+            tickets[j] = ticket
+            return ticket.view
+
+        def done(j: int, ok: bool, length: int) -> None:
+            index, key = indices[j], keys[indices[j]]
+            ticket = tickets.pop(j, None)
+            if ticket is not None:
+                ok = store.commit_store(ticket, ok, length) and ok
+            if ok:
+                self._stats.bytes_pulled += length
+                self._stats.remote_hits += 1
+                fetched.append(key)
+                on_result(index, True, holder)
+            elif store.tier_of(key) is not None:  # another load stored it meanwhile
+                on_result(index, True, "local")
+            else:
+                failed.append(index)
+
+        try:
+            client = await self._pool.get(holder)
+        except Exception as exc:  # noqa: BLE001
+            if not is_mesh_failure(exc):
+                raise
+            self._stats.note_failure(f"connect to {holder}: {exc}")
+            return list(indices)
+        self._stats.pulls_inflight += 1
+        try:
+            # PeerClient.pull calls done() exactly once per key, even on failure.
+            budget = self._timeout_s + len(indices) * store.slot_bytes / MIN_PULL_BANDWIDTH
+            await client.pull(tuple(keys[i] for i in indices), dest, done, budget)
+        finally:
+            self._stats.pulls_inflight -= 1
+        if fetched:
+            self._advertise(fetched)  # we hold a copy now: one more source for others
+        if len(failed):
+            self._stats.note_failure(f"{len(failed)} chunk(s) not served by {holder}")
+        return failed
+

@@ -1,0 +1,30 @@
+"""Counters a peer keeps for status, metrics and inspect. Loop thread only."""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+
+@dataclass
+class PeerStats:
+    lookups: int = 0
+    lookup_chunks: int = 0
+    lookup_hit_chunks: int = 0
+    local_hits: int = 0
+    remote_hits: int = 0
+    load_failures: int = 0
+    bytes_pulled: int = 0
+    bytes_served: int = 0
+    chunks_saved: int = 0
+    pulls_inflight: int = 0
+    recent_failures: deque = field(default_factory=lambda: deque(maxlen=20))
+
+    def note_failure(self, what: str) -> None:
+        self.recent_failures.append((time.time(), what))
+
+    def as_dict(self) -> dict:
+        out = {k: v for k, v in self.__dict__.items() if k != "recent_failures"}
+        out["recent_failures"] = [{"at": t, "what": w} for t, w in self.recent_failures]
+        return out

@@ -1,0 +1,233 @@
+"""One outgoing connection to a remote peer, multiplexing many requests.
+
+Replies are matched to requests by id. A pull streams its chunks back in any
+order; each lands in a destination buffer chosen by the caller (a store
+slot) and is verified against its checksum before it is reported. Every
+request is bounded by the caller's deadline; a timed-out or broken
+connection is closed whole, so no late payload can write into a buffer the
+caller has already given back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from dataclasses import dataclass, field
+from typing import Callable
+
+import xxhash
+
+from kvmesh.errors import HandshakeError, KvmeshError, ProtocolError, TransferError
+from kvmesh.transfer import frames as f
+from kvmesh.transfer import handshake
+from kvmesh.transfer.connection import FramedConnection
+from kvmesh.transfer.shm import SharedPoolReader
+from kvmesh.transfer.streams import Stream, StreamClosed
+
+# dest(index, length) -> writable buffer for that chunk, or None to drop it.
+DestFn = Callable[[int, int], "memoryview | None"]
+# done(index, ok, length) -> None; called exactly once per key of a pull.
+DoneFn = Callable[[int, bool, int], None]
+
+
+@dataclass
+class _PullState:
+    keys: tuple[bytes, ...]
+    dest: DestFn
+    done: DoneFn
+    remaining: set[int]
+    finished: asyncio.Future
+    shared_path: str = ""
+
+    def resolve(self, index: int, ok: bool, length: int) -> None:
+        if index in self.remaining:
+            self.remaining.discard(index)
+            self.done(index, ok, length)
+            if not self.remaining and not self.finished.done():
+                self.finished.set_result(None)
+
+
+@dataclass
+class RemoteInfo:
+    peer_id: str
+    version: int
+    host_id: str
+    shm_path: str
+    ucx_port: int
+    control_port: int
+
+
+class PeerClient:
+    """Use `PeerClient.open(...)`; then `request`, `notify`, `pull`, `close`."""
+
+    def __init__(self, conn: FramedConnection, remote: RemoteInfo, shm: SharedPoolReader | None,
+                 max_inflight: int) -> None:
+        self.remote = remote
+        self._conn = conn
+        self._shm = shm  # set when pulls use the holder's shared pool
+        self._ids = itertools.count(1)
+        self._replies: dict[int, asyncio.Future] = {}
+        self._pulls: dict[int, _PullState] = {}
+        self._slots = asyncio.Semaphore(max_inflight)
+        conn.set_sink(self._sink)
+        self._reader = asyncio.get_running_loop().create_task(self._read_loop())
+        self.transport = "shm" if shm else conn.stream.kind
+
+    @classmethod
+    async def open(cls, stream: Stream, hello: f.Hello, namespace: bytes, secret: bytes | None,
+                   timeout_s: float, shm: SharedPoolReader | None, max_inflight: int) -> "PeerClient":
+        """Handshake on a fresh stream; closes it and raises HandshakeError on refusal."""
+        conn = FramedConnection(stream)
+        try:
+            remote = await asyncio.wait_for(_handshake(conn, hello, namespace, secret), timeout_s)
+        except BaseException:
+            conn.close()
+            raise
+        use_shm = shm if (shm is not None and remote.host_id == hello.host_id
+                          and remote.shm_path and shm.can_map(remote.shm_path)) else None
+        return cls(conn, remote, use_shm, max_inflight)
+
+    @property
+    def closed(self) -> bool:
+        return self._conn.closed
+
+    async def request(self, make: Callable[[int], f.Frame], timeout_s: float) -> f.Frame:
+        """Send a request built around a fresh id and wait for its reply."""
+        async with self._slots:
+            rid = next(self._ids)
+            fut = asyncio.get_running_loop().create_future()
+            self._replies[rid] = fut
+            try:
+                await asyncio.wait_for(self._send_and_wait(make(rid), fut), timeout_s)
+                return fut.result()
+            except asyncio.TimeoutError:
+                self.close()
+                raise TransferError(f"{self.remote.peer_id}: no reply within {timeout_s}s") from None
+            finally:
+                self._replies.pop(rid, None)
+
+    async def notify(self, frame: f.Frame, timeout_s: float) -> None:
+        """Send a one-way frame (advertise, withdraw)."""
+        try:
+            await asyncio.wait_for(self._conn.send(frame), timeout_s)
+        except asyncio.TimeoutError:
+            self.close()
+            raise TransferError(f"{self.remote.peer_id}: send timed out") from None
+
+    async def pull(self, keys: tuple[bytes, ...], dest: DestFn, done: DoneFn, timeout_s: float) -> None:
+        """Fetch chunks; `done` is called once per key (False for a miss or failure)."""
+        async with self._slots:
+            rid = next(self._ids)
+            state = _PullState(keys, dest, done, set(range(len(keys))),
+                               asyncio.get_running_loop().create_future(),
+                               self.remote.shm_path if self._shm else "")
+            self._pulls[rid] = state
+            try:
+                await asyncio.wait_for(self._send_and_wait(f.Pull(rid, keys, bool(self._shm)),
+                                                           state.finished), timeout_s)
+            except (asyncio.TimeoutError, KvmeshError, ConnectionError, OSError):
+                # Close first: once the reader is gone no payload can land late.
+                await self.aclose()
+            finally:
+                self._pulls.pop(rid, None)
+                for index in sorted(state.remaining):
+                    state.resolve(index, False, 0)
+                if self._shm and not self.closed:
+                    await self._release(rid, timeout_s)
+
+    def close(self) -> None:
+        self._conn.close()
+        self._reader.cancel()
+        self._fail_all(TransferError(f"{self.remote.peer_id}: connection closed"))
+
+    async def aclose(self) -> None:
+        self.close()
+        try:
+            await self._reader
+        except BaseException:
+            pass
+
+    # ---- internals ----------------------------------------------------------
+
+    async def _send_and_wait(self, frame: f.Frame, fut: asyncio.Future) -> None:
+        await self._conn.send(frame)
+        await fut
+
+    async def _release(self, rid: int, timeout_s: float) -> None:
+        try:
+            await self.notify(f.Release(rid), timeout_s)
+        except (KvmeshError, ConnectionError, OSError):
+            pass
+
+    def _sink(self, chunk: f.Chunk) -> memoryview | None:
+        state = self._pulls.get(chunk.request_id)
+        if state is None or chunk.index not in state.remaining:
+            return None
+        return state.dest(chunk.index, chunk.length)
+
+    async def _read_loop(self) -> None:
+        try:
+            while True:
+                self._dispatch(await self._conn.read_frame())
+        except (StreamClosed, ProtocolError, ConnectionError, OSError) as exc:
+            self._conn.close()
+            self._fail_all(TransferError(f"{self.remote.peer_id}: {exc}"))
+        except asyncio.CancelledError:
+            raise
+
+    def _dispatch(self, frame: f.Frame) -> None:
+        if isinstance(frame, f.Chunk):
+            self._on_chunk(frame)
+        elif isinstance(frame, f.ChunkRef):
+            self._on_chunk_ref(frame)
+        elif isinstance(frame, f.Miss):
+            state = self._pulls.get(frame.request_id)
+            if state:
+                state.resolve(frame.index, False, 0)
+        else:
+            rid = getattr(frame, "request_id", None)
+            fut = self._replies.get(rid)
+            if fut is not None and not fut.done():
+                if isinstance(frame, f.Error):
+                    fut.set_exception(TransferError(f"{self.remote.peer_id}: {frame.message}"))
+                else:
+                    fut.set_result(frame)
+
+    def _on_chunk(self, chunk: f.Chunk) -> None:
+        state = self._pulls.get(chunk.request_id)
+        if state is None:
+            return
+        ok = chunk.payload is not None and xxhash.xxh3_64_intdigest(chunk.payload) == chunk.checksum
+        state.resolve(chunk.index, ok, chunk.length)
+
+    def _on_chunk_ref(self, ref: f.ChunkRef) -> None:
+        state = self._pulls.get(ref.request_id)
+        if state is None or ref.index not in state.remaining:
+            return
+        out = state.dest(ref.index, ref.length)
+        ok = out is not None and self._shm.copy_out(state.shared_path, ref.offset, ref.length,
+                                                    out, ref.checksum)
+        state.resolve(ref.index, ok, ref.length)
+
+    def _fail_all(self, exc: Exception) -> None:
+        for fut in self._replies.values():
+            if not fut.done():
+                fut.set_exception(exc)
+        for state in self._pulls.values():
+            if not state.finished.done():
+                state.finished.set_exception(exc)
+
+
+async def _handshake(conn: FramedConnection, hello: f.Hello, namespace: bytes,
+                     secret: bytes | None) -> RemoteInfo:
+    await conn.send(hello)
+    reply = await conn.read_frame()
+    if isinstance(reply, f.Error):
+        raise HandshakeError(f"refused: {reply.message}")
+    if not isinstance(reply, f.Welcome):
+        raise HandshakeError(f"expected WELCOME, got {type(reply).__name__}")
+    handshake.check_namespace(namespace, reply.namespace)
+    handshake.check_proof(secret, reply.proof, b"server", hello.nonce, reply.nonce)
+    await conn.send(f.Auth(handshake.proof(secret, b"client", reply.nonce, hello.nonce)))
+    return RemoteInfo(reply.peer_id, reply.version, reply.host_id, reply.shm_path, reply.ucx_port,
+                      reply.control_port)

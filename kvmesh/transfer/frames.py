@@ -1,0 +1,204 @@
+"""Frame types of the kvmesh wire protocol.
+
+Every frame is a frozen dataclass. On the wire a frame is a fixed 16-byte
+prefix, a msgpack header map, and for CHUNK frames a raw payload that never
+passes through msgpack.
+
+ONLY APPEND TO `FrameType`: the values are part of the protocol.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+PROTOCOL_VERSION = 1
+MIN_PROTOCOL_VERSION = 1
+
+# Hard caps, checked before anything is allocated.
+MAX_HEADER_BYTES = 1 << 20
+MAX_PAYLOAD_BYTES = 1 << 30
+MAX_KEYS_PER_REQUEST = 4096
+MAX_INFLIGHT_REQUESTS = 256
+
+
+class FrameType(enum.IntEnum):
+    HELLO = 1
+    WELCOME = 2
+    AUTH = 3
+    ERROR = 4
+    PING = 5
+    PONG = 6
+    LOOKUP = 7          # directory query: which peers hold these keys
+    HOLDERS = 8         # reply to LOOKUP
+    ADVERTISE = 9       # one-way: the sender now holds these keys
+    WITHDRAW = 10       # one-way: the sender no longer holds these keys
+    PULL = 11           # send me these chunks
+    CHUNK = 12          # one chunk, payload follows the header
+    MISS = 13           # one chunk of a PULL that the holder does not have
+    CHUNK_REF = 14      # one chunk, to be copied from the holder's shared pool
+    RELEASE = 15        # the puller is done with these CHUNK_REF slots
+    PREFIX = 16         # ask a peer for the longest mesh-wide prefix of these keys
+    PREFIX_REPLY = 17
+    MEMBERS = 18        # exchange member lists (request and reply)
+    FETCH = 19          # please pull these keys from `holder` (used to move chunks)
+    FETCHED = 20        # reply to FETCH: how many arrived
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    peer_id: str
+    min_version: int
+    max_version: int
+    namespace: bytes
+    host_id: str
+    shm_path: str
+    nonce: bytes
+    ucx_port: int = 0  # 0: this peer has no UCX listener
+    control_port: int = 0  # 0: no control API
+
+
+@dataclass(frozen=True, slots=True)
+class Welcome:
+    peer_id: str
+    version: int
+    namespace: bytes
+    host_id: str
+    shm_path: str
+    nonce: bytes
+    proof: bytes  # HMAC over both nonces; empty when no secret is set
+    ucx_port: int = 0
+    control_port: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Auth:
+    proof: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Error:
+    request_id: int
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    request_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class Pong:
+    request_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class Lookup:
+    request_id: int
+    keys: tuple[bytes, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Holders:
+    request_id: int
+    holders: tuple[tuple[str, ...], ...]  # one tuple of peer ids per key
+
+
+@dataclass(frozen=True, slots=True)
+class Advertise:
+    holder: str
+    keys: tuple[bytes, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Withdraw:
+    holder: str
+    keys: tuple[bytes, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Pull:
+    request_id: int
+    keys: tuple[bytes, ...]
+    shared: bool = False  # answer with CHUNK_REF instead of payloads
+
+
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    request_id: int
+    index: int  # position in the PULL's key list
+    key: bytes
+    checksum: int  # xxh3_64 of the payload
+    length: int
+    payload: object = None  # bytes-like on send; filled by the receiver's sink
+
+
+@dataclass(frozen=True, slots=True)
+class Miss:
+    request_id: int
+    index: int
+    key: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkRef:
+    request_id: int
+    index: int
+    key: bytes
+    checksum: int
+    length: int
+    offset: int  # byte offset in the holder's shared pool file
+
+
+@dataclass(frozen=True, slots=True)
+class Release:
+    request_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class Prefix:
+    request_id: int
+    keys: tuple[bytes, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class PrefixReply:
+    request_id: int
+    matched: int
+
+
+@dataclass(frozen=True, slots=True)
+class Members:
+    request_id: int
+    peers: tuple[str, ...]
+    reply: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Fetch:
+    request_id: int
+    keys: tuple[bytes, ...]
+    holder: str
+
+
+@dataclass(frozen=True, slots=True)
+class Fetched:
+    request_id: int
+    count: int
+
+
+Frame = (Hello | Welcome | Auth | Error | Ping | Pong | Lookup | Holders | Advertise
+         | Withdraw | Pull | Chunk | Miss | ChunkRef | Release | Prefix | PrefixReply | Members
+         | Fetch | Fetched)
+
+FRAME_CLASSES: dict[FrameType, type] = {
+    FrameType.HELLO: Hello, FrameType.WELCOME: Welcome, FrameType.AUTH: Auth,
+    FrameType.ERROR: Error, FrameType.PING: Ping, FrameType.PONG: Pong,
+    FrameType.LOOKUP: Lookup, FrameType.HOLDERS: Holders,
+    FrameType.ADVERTISE: Advertise, FrameType.WITHDRAW: Withdraw,
+    FrameType.PULL: Pull, FrameType.CHUNK: Chunk, FrameType.MISS: Miss,
+    FrameType.CHUNK_REF: ChunkRef, FrameType.RELEASE: Release,
+    FrameType.PREFIX: Prefix, FrameType.PREFIX_REPLY: PrefixReply,
+    FrameType.MEMBERS: Members, FrameType.FETCH: Fetch, FrameType.FETCHED: Fetched,
+}
+FRAME_TYPES: dict[type, FrameType] = {cls: t for t, cls in FRAME_CLASSES.items()}

@@ -1,0 +1,181 @@
+"""Serving one inbound connection: handshake, then requests until it closes.
+
+Requests run concurrently (a PULL streams while a LOOKUP is answered), capped
+per connection. A protocol error closes this connection only; the peer keeps
+serving every other one. Chunks are pinned from the moment they are chosen
+until their bytes are written (TCP/UCX) or the puller releases them (shared
+memory), so eviction never pulls a slot out from under a transfer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, Protocol
+
+from kvmesh.errors import HandshakeError, KvmeshError, ProtocolError
+from kvmesh.transfer import frames as f
+from kvmesh.transfer import handshake
+from kvmesh.transfer.connection import FramedConnection
+from kvmesh.transfer.streams import Stream, StreamClosed
+
+log = logging.getLogger(__name__)
+
+# A puller that never releases a shared-memory pull loses its pins after this.
+SHARED_LEASE_S = 30.0
+
+
+class ServingNode(Protocol):
+    """What the server needs from its peer. Called on the peer's loop thread."""
+
+    peer_id: str
+    namespace: bytes
+    host_id: str
+    shm_path: str
+    ucx_port: int
+    control_port: int
+
+    def on_connected(self, hello: f.Hello) -> None: ...
+    def holders(self, keys: tuple[bytes, ...]) -> list[tuple[str, ...]]: ...
+    def on_advertise(self, holder: str, keys: tuple[bytes, ...]) -> None: ...
+    def on_withdraw(self, holder: str, keys: tuple[bytes, ...]) -> None: ...
+    def members_exchange(self, peers: tuple[str, ...]) -> tuple[str, ...]: ...
+    async def prefix(self, keys: tuple[bytes, ...]) -> int: ...
+    async def fetch(self, keys: tuple[bytes, ...], holder: str) -> int: ...
+    def open_chunk(self, key: bytes) -> Any | None:
+        """Pin a chunk for sending; returns a ticket with view/length/checksum/offset, or None."""
+    def close_chunk(self, ticket: Any) -> None: ...
+
+
+async def serve_connection(stream: Stream, node: ServingNode, secret: bytes | None,
+                           timeout_s: float) -> None:
+    conn = FramedConnection(stream)
+    session = _Session(conn, node)
+    try:
+        await asyncio.wait_for(_handshake(conn, node, secret), timeout_s)
+        await session.run()
+    except HandshakeError as exc:
+        log.info("refused a peer: %s", exc)
+        await _try_send(conn, f.Error(0, str(exc)))
+    except ProtocolError as exc:
+        log.warning("closing a connection after a protocol error: %s", exc)
+        await _try_send(conn, f.Error(0, f"protocol error: {exc}"))
+    except (StreamClosed, ConnectionError, OSError, asyncio.TimeoutError):
+        pass
+    finally:
+        await session.stop()
+        conn.close()
+
+
+async def _try_send(conn: FramedConnection, frame: f.Frame) -> None:
+    try:
+        await asyncio.wait_for(conn.send(frame), 0.5)
+    except (asyncio.TimeoutError, ConnectionError, OSError):
+        pass
+
+
+async def _handshake(conn: FramedConnection, node: ServingNode, secret: bytes | None) -> None:
+    hello = await conn.read_frame()
+    if not isinstance(hello, f.Hello):
+        raise HandshakeError(f"expected HELLO, got {type(hello).__name__}")
+    version = handshake.choose_version(hello)
+    handshake.check_namespace(node.namespace, hello.namespace)
+    nonce = handshake.new_nonce()
+    await conn.send(f.Welcome(node.peer_id, version, node.namespace, node.host_id, node.shm_path,
+                              nonce, handshake.proof(secret, b"server", hello.nonce, nonce),
+                              node.ucx_port, node.control_port))
+    auth = await conn.read_frame()
+    if not isinstance(auth, f.Auth):
+        raise HandshakeError(f"expected AUTH, got {type(auth).__name__}")
+    handshake.check_proof(secret, auth.proof, b"client", nonce, hello.nonce)
+    node.on_connected(hello)
+
+
+class _Session:
+    def __init__(self, conn: FramedConnection, node: ServingNode) -> None:
+        self.conn = conn
+        self.node = node
+        self.tasks: set[asyncio.Task] = set()
+        self.leases: dict[int, list[Any]] = {}  # shared-memory pulls awaiting RELEASE
+        self.slots = asyncio.Semaphore(f.MAX_INFLIGHT_REQUESTS)
+
+    async def run(self) -> None:
+        while True:
+            frame = await self.conn.read_frame()
+            if isinstance(frame, (f.Advertise, f.Withdraw, f.Release)):
+                self._on_oneway(frame)
+            elif isinstance(frame, (f.Lookup, f.Ping, f.Members, f.Pull, f.Prefix, f.Fetch)):
+                if self.slots.locked():
+                    await self.conn.send(f.Error(frame.request_id, "too many requests in flight"))
+                    continue
+                await self.slots.acquire()
+                task = asyncio.get_running_loop().create_task(self._answer(frame))
+                self.tasks.add(task)
+                task.add_done_callback(self._done)
+            else:
+                raise ProtocolError(f"unexpected {type(frame).__name__} from a client")
+
+    def _done(self, task: asyncio.Task) -> None:
+        self.tasks.discard(task)
+        self.slots.release()
+
+    def _on_oneway(self, frame: f.Frame) -> None:
+        if isinstance(frame, f.Advertise):
+            self.node.on_advertise(frame.holder, frame.keys)
+        elif isinstance(frame, f.Withdraw):
+            self.node.on_withdraw(frame.holder, frame.keys)
+        else:
+            self._release(frame.request_id)
+
+    async def _answer(self, frame: f.Frame) -> None:
+        try:
+            if isinstance(frame, f.Pull):
+                await self._serve_pull(frame)
+                return
+            if isinstance(frame, f.Lookup):
+                reply: f.Frame = f.Holders(frame.request_id, tuple(self.node.holders(frame.keys)))
+            elif isinstance(frame, f.Prefix):
+                reply = f.PrefixReply(frame.request_id, await self.node.prefix(frame.keys))
+            elif isinstance(frame, f.Fetch):
+                reply = f.Fetched(frame.request_id, await self.node.fetch(frame.keys, frame.holder))
+            elif isinstance(frame, f.Members):
+                reply = f.Members(frame.request_id, self.node.members_exchange(frame.peers), True)
+            else:
+                reply = f.Pong(frame.request_id)
+            await self.conn.send(reply)
+        except (KvmeshError, ConnectionError, OSError) as exc:
+            log.debug("request %s failed: %s", type(frame).__name__, exc)
+            self.conn.close()
+
+    async def _serve_pull(self, pull: f.Pull) -> None:
+        lease: list[Any] = []
+        if pull.shared:
+            self.leases[pull.request_id] = lease
+            asyncio.get_running_loop().call_later(SHARED_LEASE_S, self._release, pull.request_id)
+        for index, key in enumerate(pull.keys):
+            ticket = self.node.open_chunk(key)
+            if ticket is None:
+                await self.conn.send(f.Miss(pull.request_id, index, key))
+                continue
+            if pull.shared:
+                lease.append(ticket)
+                await self.conn.send(f.ChunkRef(pull.request_id, index, key, ticket.checksum,
+                                                ticket.length, ticket.offset))
+                continue
+            try:
+                await self.conn.send(f.Chunk(pull.request_id, index, key, ticket.checksum,
+                                             ticket.length, ticket.view))
+            finally:
+                self.node.close_chunk(ticket)
+
+    def _release(self, request_id: int) -> None:
+        for ticket in self.leases.pop(request_id, ()):
+            self.node.close_chunk(ticket)
+
+    async def stop(self) -> None:
+        for task in list(self.tasks):
+            task.cancel()
+        if self.tasks:
+            await asyncio.gather(*self.tasks, return_exceptions=True)
+        for rid in list(self.leases):
+            self._release(rid)
