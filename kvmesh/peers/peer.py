@@ -77,6 +77,13 @@ class Peer:
     # ---- lifecycle ---------------------------------------------------------
 
     async def start(self) -> None:
+        try:
+            await self._start()
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _start(self) -> None:
         loop = asyncio.get_running_loop()
         mesh = self.config.mesh
         self._sock = socket.create_server((mesh.host, mesh.port), reuse_port=False)

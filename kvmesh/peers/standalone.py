@@ -1,0 +1,131 @@
+"""A peer without an engine, driven by JSON lines on stdin (`kvmesh peer`).
+
+Used by the multi-process tests, the mesh benchmarks and operators who want a
+cache-only node. Each input line is one command; each reply is one JSON line
+on stdout. Chunk contents are derived from their keys, so any process can
+check that bytes it pulled are exactly the bytes that were stored:
+
+    {"op": "fill", "seed": 1, "chunks": 64}    store chunks of a seeded prompt
+    {"op": "lookup", "seed": 1, "chunks": 64}  leading chunks held in the mesh
+    {"op": "load", "seed": 1, "chunks": 64}    pull them, verify every byte
+    {"op": "status"} | {"op": "exit"}
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+import numpy as np
+import xxhash
+
+from kvmesh.config import KvmeshConfig
+from kvmesh.hashring.keys import ChunkHasher, KeyNamespace
+from kvmesh.peers.facade import PeerHandle
+
+
+def standalone_hasher(config: KvmeshConfig, slot_bytes: int, model: str = "standalone") -> ChunkHasher:
+    return ChunkHasher(KeyNamespace(model=model, dtype="uint8", num_layers=1, num_kv_heads=1,
+                                    head_dim=slot_bytes, chunk_tokens=config.chunk_tokens,
+                                    kv_layout="opaque"), secret=None)
+
+
+def prompt_tokens(seed: int, chunks: int, chunk_tokens: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 1 << 20, chunks * chunk_tokens, dtype=np.int32)
+
+
+def chunk_bytes_for(key: bytes, size: int) -> np.ndarray:
+    """Deterministic content of a chunk, derived from its key alone."""
+    return np.random.default_rng(xxhash.xxh3_64_intdigest(key)).integers(
+        0, 256, size, dtype=np.uint8)
+
+
+class StandaloneNode:
+    def __init__(self, handle: PeerHandle, hasher: ChunkHasher) -> None:
+        self.handle = handle
+        self.hasher = hasher
+
+    def keys(self, cmd: dict) -> list:
+        tokens = prompt_tokens(int(cmd["seed"]), int(cmd["chunks"]), self.hasher.chunk_tokens)
+        return self.hasher.keys(tokens)
+
+    def fill(self, cmd: dict) -> dict:
+        stored = 0
+        for key in self.keys(cmd):
+            ticket = self.handle.prepare_save(key)
+            if ticket is None:
+                continue
+            ticket.data.numpy()[:] = chunk_bytes_for(key, self.handle.slot_bytes)
+            self.handle.commit_save(ticket)
+            stored += 1
+        return {"stored": stored}
+
+    def lookup(self, cmd: dict) -> dict:
+        start = time.perf_counter()
+        matched = self.handle.lookup_prefix(self.keys(cmd))
+        return {"matched": matched, "seconds": time.perf_counter() - start}
+
+    def load(self, cmd: dict) -> dict:
+        keys = self.keys(cmd)
+        start = time.perf_counter()
+        job = self.handle.start_load(keys)
+        ok = corrupt = failed = 0
+        sources: dict[str, int] = {}
+        for result in job.results(float(cmd.get("timeout", 30))):
+            if result.data is None:
+                failed += 1
+                continue
+            same = np.array_equal(result.data.numpy(), chunk_bytes_for(result.key, len(result.data)))
+            result.release()
+            ok += same
+            corrupt += not same
+            sources[result.source] = sources.get(result.source, 0) + 1
+        return {"ok": ok, "corrupt": corrupt, "failed": failed, "sources": sources,
+                "seconds": time.perf_counter() - start}
+
+    def status(self, _cmd: dict) -> dict:
+        peer = self.handle.peer
+        return {"peer_id": peer.peer_id, "members": sorted(peer.membership.members),
+                "control_url": peer.control_url, "stats": peer.stats.as_dict(),
+                "shm_path": peer.shm_path, "slot_bytes": peer.slot_bytes,
+                "transports": self.handle.call(_transports(peer))}
+
+
+async def _transports(peer) -> dict:
+    return peer.pool.transports()
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="kvmesh peer", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--slot-bytes", type=int, default=1 << 20)
+    args = parser.parse_args(argv)
+    config = KvmeshConfig.from_env()
+    hasher = standalone_hasher(config, args.slot_bytes)
+    handle = PeerHandle.start(config, hasher, args.slot_bytes)
+    node = StandaloneNode(handle, hasher)
+    ops = {"fill": node.fill, "lookup": node.lookup, "load": node.load, "status": node.status}
+    print(json.dumps({"ready": True, "peer_id": handle.peer_id,
+                      "control_url": handle.peer.control_url}), flush=True)
+    try:
+        for line in sys.stdin:
+            if not line.strip():
+                continue
+            try:
+                cmd = json.loads(line)
+                if cmd.get("op") == "exit":
+                    break
+                reply = ops[cmd["op"]](cmd)
+            except (KeyError, ValueError, TypeError) as exc:
+                reply = {"error": f"{type(exc).__name__}: {exc}"}
+            print(json.dumps(reply), flush=True)
+    finally:
+        handle.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,106 @@
+"""Several peer processes on loopback, over every available transport."""
+
+from __future__ import annotations
+
+import mmap
+import os
+import time
+
+import pytest
+
+from tests.peers.mesh_procs import start_mesh, transports, wait_for_members
+
+pytestmark = pytest.mark.timeout(180)
+
+
+@pytest.fixture(params=transports())
+def transport(request) -> str:
+    return request.param
+
+
+def _stop(peers) -> None:
+    for peer in peers:
+        peer.stop()
+
+
+def test_pull_64_chunks_bit_exact(transport):
+    peers = start_mesh(4, transport)
+    try:
+        wait_for_members(peers, 4)
+        assert peers[0].send("fill", seed=1, chunks=64) == {"stored": 64}
+        time.sleep(0.3)  # advertisements are batched one loop turn; let them land
+        assert peers[2].send("lookup", seed=1, chunks=64)["matched"] == 64
+        assert peers[2].send("lookup", seed=2, chunks=8)["matched"] == 0
+        got = peers[2].send("load", seed=1, chunks=64)
+        assert got["ok"] == 64 and got["corrupt"] == 0 and got["failed"] == 0
+        assert got["sources"] == {peers[0].peer_id: 64}
+        status = peers[2].send("status")
+        expected = "shm" if transport == "shm" else transport
+        assert status["transports"][peers[0].peer_id] == expected
+        # A second load is served from the local store.
+        again = peers[2].send("load", seed=1, chunks=64)
+        assert again["ok"] == 64 and set(again["sources"]) == {"cpu"}
+    finally:
+        _stop(peers)
+
+
+def test_holder_killed_mid_pull_gives_misses_not_hangs(transport):
+    # 4 MiB chunks over 64 keys: the pull lasts long enough to be cut.
+    peers = start_mesh(3, transport, slot_bytes=4 << 20, cpu_bytes="320MiB")
+    try:
+        wait_for_members(peers, 3)
+        holder, replica, puller = peers
+        assert holder.send("fill", seed=7, chunks=64)["stored"] == 64
+        time.sleep(0.3)
+        half = replica.send("load", seed=7, chunks=32)  # the replica holds the first half
+        assert half["ok"] == 32
+        time.sleep(0.3)
+        puller.proc.stdin.write('{"op": "load", "seed": 7, "chunks": 64, "timeout": 20}\n')
+        puller.proc.stdin.flush()
+        time.sleep(0.05)
+        holder.kill()
+        started = time.monotonic()
+        got = puller.read(timeout=30)
+        assert time.monotonic() - started < 25, "the pull must end within its timeout"
+        assert got["corrupt"] == 0
+        assert got["ok"] + got["failed"] == 64
+        assert got["ok"] >= 32, "chunks the replica holds must still arrive"
+    finally:
+        _stop(peers)
+
+
+def test_corrupt_payload_is_rejected(transport):
+    peers = start_mesh(2, transport)
+    try:
+        wait_for_members(peers, 2)
+        holder, puller = peers
+        assert holder.send("fill", seed=3, chunks=8)["stored"] == 8
+        time.sleep(0.3)
+        shm_path = holder.send("status")["shm_path"]
+        fd = os.open(shm_path, os.O_RDWR)  # flip bytes behind the holder's back
+        try:
+            with mmap.mmap(fd, 0) as pool:
+                for offset in range(0, len(pool), 4096):
+                    pool[offset] ^= 0xFF
+        finally:
+            os.close(fd)
+        got = puller.send("load", seed=3, chunks=8)
+        assert got["ok"] == 0 and got["corrupt"] == 0 and got["failed"] == 8
+    finally:
+        _stop(peers)
+
+
+def test_wrong_secret_cannot_join_lookup_or_pull(transport):
+    peers = start_mesh(2, transport, per_peer_env={0: {"KVMESH_SECRET": "right"},
+                                                   1: {"KVMESH_SECRET": "wrong"}})
+    try:
+        owner, intruder = peers
+        assert owner.send("fill", seed=5, chunks=8)["stored"] == 8
+        time.sleep(1.5)  # several gossip rounds
+        assert owner.send("status")["members"] == [owner.peer_id]
+        assert intruder.send("status")["members"] == [intruder.peer_id]
+        assert intruder.send("lookup", seed=5, chunks=8)["matched"] == 0
+        got = intruder.send("load", seed=5, chunks=8)
+        assert got["ok"] == 0 and got["failed"] == 8
+    finally:
+        _stop(peers)
