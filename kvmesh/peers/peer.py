@@ -18,6 +18,7 @@ import asyncio
 import logging
 import random
 import socket
+import time
 from collections import OrderedDict, defaultdict
 from dataclasses import dataclass
 from typing import Sequence
@@ -43,6 +44,7 @@ log = logging.getLogger(__name__)
 GOSSIP_INTERVAL_S = 0.5
 EVENT_PUMP_INTERVAL_S = 0.05
 HOLDER_CACHE_KEYS = 1 << 16
+HOLDER_CACHE_TTL_S = 5.0
 
 
 class Peer:
@@ -69,7 +71,7 @@ class Peer:
         self._ucx_listener = None
         self._tasks: list[asyncio.Task] = []
         self._serving: set[asyncio.Task] = set()
-        self._holder_cache: OrderedDict[bytes, tuple[str, ...]] = OrderedDict()
+        self._holder_cache: OrderedDict[bytes, tuple[tuple[str, ...], float]] = OrderedDict()
         self._outbox: dict[tuple[str, bool], list[bytes]] = defaultdict(list)
         self._flush_scheduled = False
         self._control = None
@@ -238,16 +240,25 @@ class Peer:
 
     # ---- lookups and loads ------------------------------------------------------
 
-    async def find_holders(self, keys: Sequence[bytes]) -> list[tuple[str, ...]]:
-        """Holders of each key per the directory owners; () where unknown."""
-        out: list[tuple[str, ...] | None] = [self._holder_cache.get(k) for k in keys]
+    async def find_holders(self, keys: Sequence[bytes], fresh: bool = False) -> list[tuple[str, ...]]:
+        """Holders of each key per the directory owners; () where unknown.
+
+        A load right after its lookup reuses the lookup's answer (kept for
+        HOLDER_CACHE_TTL_S); `fresh` always asks the owners.
+        """
+        now = time.monotonic()
+        out: list[tuple[str, ...] | None] = [None] * len(keys)
+        if not fresh:
+            for i, key in enumerate(keys):
+                cached = self._holder_cache.get(key)
+                if cached is not None and now - cached[1] < HOLDER_CACHE_TTL_S:
+                    out[i] = cached[0]
         missing = [i for i, h in enumerate(out) if h is None]
         if missing:
             answers = await self._ask_owners([keys[i] for i in missing])
             for i, holders in zip(missing, answers):
                 out[i] = holders
-                if holders:
-                    self._remember(keys[i], holders)
+                self._remember(keys[i], holders)
         return [h or () for h in out]
 
     async def _ask_owners(self, keys: list[bytes]) -> list[tuple[str, ...]]:
@@ -291,7 +302,8 @@ class Peer:
             return None
 
     def _remember(self, key: bytes, holders: tuple[str, ...]) -> None:
-        self._holder_cache[key] = holders
+        self._holder_cache[key] = (holders, time.monotonic())
+        self._holder_cache.move_to_end(key)
         if len(self._holder_cache) > HOLDER_CACHE_KEYS:
             self._holder_cache.popitem(last=False)
 
@@ -302,7 +314,7 @@ class Peer:
         local = self.store.leading_hits(keys)
         matched = local
         if local < len(keys):
-            holders = await self.find_holders(keys[local:])
+            holders = await self.find_holders(keys[local:], fresh=True)
             for hs in holders:
                 if not any(h != self.peer_id for h in hs):
                     break

@@ -1,0 +1,73 @@
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import xxhash
+from dataclasses import asdict
+from hypothesis import given, strategies as st
+
+from kvmesh.hashring.keys import ChunkHasher, KeyNamespace
+
+NS = KeyNamespace("llama-tiny", "float32", 4, 2, 64, 16, "vllm-cpu")
+
+
+def test_chain_matches_the_contract():
+    tokens = list(range(40))
+    keys = ChunkHasher(NS).keys(tokens)
+    k0 = xxhash.xxh3_128_digest(NS.encode())
+    k1 = xxhash.xxh3_128_digest(k0 + np.arange(16, dtype="<i4").tobytes())
+    k2 = xxhash.xxh3_128_digest(k1 + np.arange(16, 32, dtype="<i4").tobytes())
+    assert keys == [k1, k2]  # the partial third chunk gets no key
+
+
+def test_same_keys_from_list_numpy_and_torch():
+    tokens = list(range(1000, 1064))
+    hasher = ChunkHasher(NS)
+    assert hasher.keys(tokens) == hasher.keys(np.array(tokens, dtype=np.int64)) \
+        == hasher.keys(torch.tensor(tokens))
+
+
+def test_deterministic_across_processes():
+    code = ("from kvmesh.hashring.keys import ChunkHasher, KeyNamespace;"
+            "ns = KeyNamespace('llama-tiny', 'float32', 4, 2, 64, 16, 'vllm-cpu');"
+            "print(ChunkHasher(ns).keys(list(range(64)))[-1].hex())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={"PYTHONHASHSEED": "123"}, check=True).stdout.strip()
+    assert out == ChunkHasher(NS).keys(list(range(64)))[-1].hex()
+
+
+@pytest.mark.parametrize("field,value", [
+    ("model", "other"), ("dtype", "bfloat16"), ("num_layers", 5), ("num_kv_heads", 4),
+    ("head_dim", 128), ("chunk_tokens", 32), ("kv_layout", "flash"), ("tp_rank", 1),
+    ("tp_size", 2), ("format_version", 2), ("cache_salt", "tenant-b"),
+])
+def test_every_namespace_field_separates_key_spaces(field, value):
+    other = KeyNamespace(**{**asdict(NS), field: value})
+    tokens = list(range(64))
+    assert set(ChunkHasher(NS).keys(tokens)).isdisjoint(ChunkHasher(other).keys(tokens))
+
+
+def test_keyed_hash_differs_by_secret():
+    tokens = list(range(32))
+    plain = ChunkHasher(NS).keys(tokens)
+    a = ChunkHasher(NS, secret=b"a").keys(tokens)
+    b = ChunkHasher(NS, secret=b"b").keys(tokens)
+    assert len({plain[0], a[0], b[0]}) == 3
+    assert a == ChunkHasher(NS, secret=b"a").keys(tokens)
+
+
+@pytest.mark.parametrize("bad", [[[1, 2]], [1.5, 2.0], [1 << 40]])
+def test_bad_tokens_are_refused(bad):
+    with pytest.raises(ValueError):
+        ChunkHasher(NS).keys(bad)
+
+
+@given(st.lists(st.integers(0, (1 << 31) - 1), max_size=200), st.integers(0, 12))
+def test_prefix_property(tokens, cut):
+    """Keys of a prefix are a prefix of the keys: the chain never looks ahead."""
+    hasher = ChunkHasher(NS)
+    full = hasher.keys(tokens)
+    assert hasher.keys(tokens[: cut * 16]) == full[:cut]
+    assert hasher.keys(tokens, max_chunks=cut) == full[:cut]

@@ -1,0 +1,71 @@
+from pathlib import Path
+
+import pytest
+
+from kvmesh.config import KvmeshConfig, parse_bool, parse_size
+from kvmesh.errors import ConfigError
+from kvmesh.types import PeerAddress
+
+
+def test_defaults_without_environment():
+    config = KvmeshConfig.from_env({})
+    assert not config.enabled
+    assert config.chunk_tokens == 256
+    assert config.mesh.replication == 2 and config.mesh.host == "127.0.0.1"
+    assert config.control.host == "127.0.0.1"  # loopback only by default
+    assert config.transfer.transport == "auto" and config.store.disk_dir is None
+
+
+def test_every_variable_is_read():
+    config = KvmeshConfig.from_env({
+        "KVMESH_ENABLE": "1", "KVMESH_CHUNK_TOKENS": "128", "KVMESH_CPU_BYTES": "2GiB",
+        "KVMESH_DISK_DIR": "/tmp/kv", "KVMESH_DISK_BYTES": "10GB", "KVMESH_HOST": "0.0.0.0",
+        "KVMESH_PORT": "7000", "KVMESH_SEEDS": "a:1, b:2", "KVMESH_DISCOVERY": "dns",
+        "KVMESH_REPLICATION": "3", "KVMESH_VNODES": "64", "KVMESH_SECRET": "s3",
+        "KVMESH_TRANSPORT": "TCP", "KVMESH_TIMEOUT_S": "0.5", "KVMESH_MAX_INFLIGHT": "8",
+        "KVMESH_CONTROL_HOST": "0.0.0.0", "KVMESH_CONTROL_PORT": "9000", "KVMESH_CONTROL": "off",
+        "KVMESH_RUN_DIR": "/tmp/run",
+    })
+    assert config.enabled and config.chunk_tokens == 128
+    assert config.store.cpu_bytes == 2 << 30 and config.store.disk_bytes == 10**10
+    assert config.store.disk_dir == Path("/tmp/kv")
+    assert config.mesh.seeds == (PeerAddress("a", 1), PeerAddress("b", 2))
+    assert (config.mesh.host, config.mesh.port, config.mesh.discovery) == ("0.0.0.0", 7000, "dns")
+    assert (config.mesh.replication, config.mesh.vnodes, config.mesh.secret) == (3, 64, b"s3")
+    assert config.transfer.transport == "tcp" and config.transfer.timeout_s == 0.5
+    assert config.transfer.max_inflight == 8
+    assert (config.control.host, config.control.port, config.control.enabled) == ("0.0.0.0", 9000, False)
+    assert config.run_dir == Path("/tmp/run")
+
+
+@pytest.mark.parametrize("text,value", [("1", True), ("true", True), ("YES", True), ("on", True),
+                                        ("0", False), ("false", False), ("no", False), ("", False)])
+def test_booleans(text, value):
+    assert parse_bool("X", text) is value
+
+
+@pytest.mark.parametrize("text,value", [("512", 512), ("4k", 4096), ("1.5GiB", 3 << 29),
+                                        ("64MiB", 64 << 20), ("1mb", 10**6)])
+def test_sizes(text, value):
+    assert parse_size("X", text) == value
+
+
+@pytest.mark.parametrize("env,name", [
+    ({"KVMESH_ENABLE": "maybe"}, "KVMESH_ENABLE"),
+    ({"KVMESH_CPU_BYTES": "lots"}, "KVMESH_CPU_BYTES"),
+    ({"KVMESH_CPU_BYTES": "0"}, "KVMESH_CPU_BYTES"),
+    ({"KVMESH_PORT": "70000"}, "KVMESH_PORT"),
+    ({"KVMESH_SEEDS": "nohost"}, "KVMESH_SEEDS"),
+    ({"KVMESH_TRANSPORT": "carrier-pigeon"}, "KVMESH_TRANSPORT"),
+    ({"KVMESH_REPLICATION": "0"}, "KVMESH_REPLICATION"),
+    ({"KVMESH_TIMEOUT_S": "soon"}, "KVMESH_TIMEOUT_S"),
+    ({"KVMESH_CHUNK_TOKENS": "-4"}, "KVMESH_CHUNK_TOKENS"),
+])
+def test_bad_values_name_the_variable(env, name):
+    with pytest.raises(ConfigError, match=name):
+        KvmeshConfig.from_env(env)
+
+
+def test_zero_is_false_not_true():
+    # The classic bool(os.getenv(...)) bug: "0" must disable.
+    assert not KvmeshConfig.from_env({"KVMESH_ENABLE": "0"}).enabled
