@@ -1,0 +1,1 @@
+"""Benchmarks; each prints its baseline measured in the same run."""
