@@ -1,0 +1,286 @@
+"""The control API: HTTP + JSON for operators, scripts and `mesh-inspect`.
+
+    GET  /health                 {"ok": true, "peer_id"}
+    GET  /status[?scope=mesh]    this peer's status, or every member's
+    POST /lookup                 {"tokens": [...], "cache_salt"?} | {"keys": [...]}
+    POST /pin, /unpin            {"keys": [...]}
+    POST /clear                  {"keys": [...]} | {"tier": "cpu"|"disk"} | {"all": true}
+    POST /move                   {"keys", "tier"} | {"keys", "peer": "host:port", "keep"?}
+    GET  /metrics                Prometheus text format
+
+Runs on the peer's own event loop, so handlers call the peer directly, except
+for store calls that may do disk I/O (remove, clear, move), which run in a
+worker thread as the store asks; withdrawals go out on the loop after. Every
+body is validated in full by `control_schema` before anything changes; a bad
+request gets a 4xx JSON {"error": ...} and leaves the peer as it was. With a
+mesh secret set, every route needs `Authorization: Bearer <secret>`. Errors
+of any kind are answered as JSON; none of them stops the peer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+from typing import Any, Awaitable, Callable
+
+import aiohttp
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from kvmesh.config import ControlConfig
+from kvmesh.errors import KvmeshError
+from kvmesh.hashring.keys import ChunkHasher
+from kvmesh.peers import control_schema as schema
+from kvmesh.peers.connections import is_mesh_failure
+from kvmesh.peers.control_schema import RequestError
+from kvmesh.peers.metrics import peer_registry, peer_status
+from kvmesh.types import ChunkKey, key_hex
+
+log = logging.getLogger(__name__)
+
+PEER = web.AppKey("peer", object)
+REGISTRY = web.AppKey("registry", CollectorRegistry)
+MAX_REMOTE_STATUS_BYTES = 1 << 20  # a member's /status reply, in a mesh fan-out
+_WILDCARD_HOSTS = ("", "0.0.0.0", "::")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+async def start_control_api(peer, config: ControlConfig) -> tuple[web.AppRunner, str]:
+    """Serve the control API for `peer`; returns the runner and its base URL.
+
+    The caller owns the runner and must `await runner.cleanup()` on shutdown.
+    """
+    runner = web.AppRunner(build_app(peer), access_log=None)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, config.host, config.port).start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    host, port = runner.addresses[0][:2]
+    if host in _WILDCARD_HOSTS:
+        host = "127.0.0.1" if ":" not in host else "::1"
+    return runner, f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def build_app(peer) -> web.Application:
+    app = web.Application(client_max_size=schema.MAX_BODY_BYTES,
+                          middlewares=[_json_errors, _auth(peer.config.mesh.secret)])
+    app[PEER] = peer
+    app[REGISTRY] = peer_registry(peer)
+    app.router.add_get("/health", health)
+    app.router.add_get("/status", status)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_post("/lookup", lookup)
+    app.router.add_post("/pin", pin)
+    app.router.add_post("/unpin", unpin)
+    app.router.add_post("/clear", clear)
+    app.router.add_post("/move", move)
+    return app
+
+
+# ---- middlewares ----------------------------------------------------------------
+
+@web.middleware
+async def _json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except RequestError as exc:
+        return _error(exc.status, str(exc))
+    except web.HTTPException as exc:  # 404, 405, 413 from aiohttp itself
+        if exc.status < 400:
+            raise
+        detail = exc.text if exc.text and not exc.text.startswith(f"{exc.status}:") else exc.reason
+        return _error(exc.status, f"{detail} ({request.method} {request.path})", headers=exc.headers)
+    except KvmeshError as exc:  # e.g. the store refused: the request met the peer's state
+        return _error(409, str(exc))
+    except Exception as exc:  # noqa: BLE001 - a bug must not take the peer down
+        log.exception("control API %s %s failed", request.method, request.path)
+        return _error(500, f"internal error: {type(exc).__name__}: {exc}")
+
+
+def _auth(secret: bytes | None) -> Callable:
+    expected = b"Bearer " + secret if secret else None
+
+    @web.middleware
+    async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if expected is not None:
+            given = request.headers.get("Authorization", "").encode("utf-8", "backslashreplace")
+            if not hmac.compare_digest(given, expected):
+                return _error(401, "missing or wrong mesh secret: send Authorization: Bearer <secret>",
+                              headers={"WWW-Authenticate": "Bearer"})
+        return await handler(request)
+
+    return check
+
+
+# ---- routes ---------------------------------------------------------------------
+
+async def health(request: web.Request) -> web.Response:
+    return _json({"ok": True, "peer_id": request.app[PEER].peer_id})
+
+
+async def status(request: web.Request) -> web.Response:
+    peer = request.app[PEER]
+    if schema.parse_scope(request.query) == "mesh":
+        return _json({"peers": await mesh_status(peer)})
+    return _json(peer_status(peer))
+
+
+async def metrics(request: web.Request) -> web.Response:
+    body = generate_latest(request.app[REGISTRY])
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def lookup(request: web.Request) -> web.Response:
+    peer = request.app[PEER]
+    req = schema.parse_lookup(await _body(request))
+    chunk_tokens = None
+    if req.keys is not None:
+        keys = list(req.keys)
+    else:
+        hasher = _hasher(peer, req.cache_salt)
+        keys, chunk_tokens = hasher.keys(req.tokens, max_chunks=schema.MAX_KEYS), hasher.chunk_tokens
+    matched = await peer.lookup_prefix(keys)
+    holders = await peer.find_holders(keys)
+    out = {"chunks": len(keys), "matched_chunks": matched,
+           "local_chunks": peer.store.leading_hits(keys),
+           "holders": [sorted(h) for h in holders]}
+    if chunk_tokens is not None:
+        out["matched_tokens"] = matched * chunk_tokens
+    return _json(out)
+
+
+async def pin(request: web.Request) -> web.Response:
+    keys = schema.parse_keys_only(await _body(request))
+    return _json({"results": _per_key(keys, request.app[PEER].store.pin)})
+
+
+async def unpin(request: web.Request) -> web.Response:
+    keys = schema.parse_keys_only(await _body(request))
+    return _json({"results": _per_key(keys, request.app[PEER].store.unpin)})
+
+
+async def clear(request: web.Request) -> web.Response:
+    peer = request.app[PEER]
+    req = schema.parse_clear(await _body(request))
+    if req.keys is not None:
+        removed = await asyncio.to_thread(_remove_each, peer.store, req.keys)
+    else:
+        removed = await asyncio.to_thread(peer.store.clear, req.tier)
+    _withdraw_gone(peer, removed)
+    return _json({"removed": len(removed)})
+
+
+async def move(request: web.Request) -> web.Response:
+    peer = request.app[PEER]
+    req = schema.parse_move(await _body(request))
+    if req.tier is not None:
+        if req.tier == "disk" and peer.config.store.disk_dir is None:
+            raise RequestError("this peer has no disk tier (KVMESH_DISK_DIR is unset)")
+        moved = await asyncio.to_thread(_per_key, req.keys, lambda k: peer.store.move(k, req.tier))
+        return _json({"results": moved})
+    if req.peer == peer.peer_id:
+        raise RequestError(f"peer {req.peer} is this peer")
+    if req.peer not in peer.membership.members:
+        raise RequestError(f"peer {req.peer} is not a member of the mesh")
+    held = [k for k in req.keys if peer.store.tier_of(k) is not None]
+    try:
+        delivered = await peer.push(held, req.peer) if held else 0
+    except Exception as exc:  # noqa: BLE001
+        if not is_mesh_failure(exc):
+            raise
+        return _error(502, f"push to {req.peer} failed: {type(exc).__name__}: {exc}")
+    removed = []
+    if not req.keep and held and delivered == len(held):  # partial: keep every local copy
+        removed = await asyncio.to_thread(_remove_each, peer.store, held)
+        _withdraw_gone(peer, removed)
+    return _json({"delivered": delivered, "not_held": len(req.keys) - len(held),
+                  "removed": len(removed)})
+
+
+# ---- mesh fan-out -----------------------------------------------------------------
+
+async def mesh_status(peer) -> dict[str, Any]:
+    """Every member's /status, or {"error": ...} for one that did not answer.
+
+    Each member is asked once, in parallel, bounded by the transfer timeout;
+    this peer answers for itself without a request.
+    """
+    others = [m for m in sorted(peer.membership.members) if m != peer.peer_id]
+    secret = peer.config.mesh.secret
+    headers = {"Authorization": "Bearer " + secret.decode("utf-8", "backslashreplace")} if secret else {}
+    timeout = aiohttp.ClientTimeout(total=peer.config.transfer.timeout_s)
+    async with aiohttp.ClientSession(timeout=timeout, headers=headers) as session:
+        replies = await asyncio.gather(*(_member_status(session, peer.control_urls.get(m))
+                                         for m in others))
+    out = dict(zip(others, replies))
+    out[peer.peer_id] = peer_status(peer)
+    return dict(sorted(out.items()))
+
+
+async def _member_status(session: aiohttp.ClientSession, url: str | None) -> dict[str, Any]:
+    if not url:
+        return {"error": "control URL unknown"}
+    try:
+        async with session.get(url.rstrip("/") + "/status") as resp:
+            raw = bytearray()
+            async for part in resp.content.iter_chunked(1 << 16):
+                raw += part
+                if len(raw) > MAX_REMOTE_STATUS_BYTES:
+                    return {"error": f"status reply over {MAX_REMOTE_STATUS_BYTES} bytes"}
+            body = json.loads(raw)
+            if not isinstance(body, dict):
+                return {"error": f"HTTP {resp.status}: the reply is not a JSON object"}
+            if resp.status != 200:
+                return {"error": f"HTTP {resp.status}: {body.get('error', '')}"}
+            return body
+    except asyncio.TimeoutError:
+        return {"error": "timed out"}
+    except (aiohttp.ClientError, ValueError, OSError) as exc:
+        return {"error": f"{type(exc).__name__}: {exc}"}
+
+
+# ---- helpers -------------------------------------------------------------------
+
+async def _body(request: web.Request) -> dict[str, Any]:
+    return schema.decode_body(await request.read())  # over client_max_size: 413
+
+
+def _hasher(peer, cache_salt: str | None) -> ChunkHasher:
+    if peer.hasher is None:
+        raise RequestError("this peer has no model namespace to hash tokens with: look up by keys")
+    if cache_salt is None:
+        return peer.hasher
+    return ChunkHasher(peer.hasher.namespace.with_salt(cache_salt))
+
+
+def _per_key(keys, action: Callable[[ChunkKey], bool]) -> dict[str, bool]:
+    return {key_hex(k): bool(action(k)) for k in keys}
+
+
+def _remove_each(store, keys) -> list[ChunkKey]:
+    """Keys removed from every tier (pinned and unknown ones are skipped)."""
+    return [k for k in keys if store.remove(k)]
+
+
+def _withdraw_gone(peer, removed: list[ChunkKey]) -> None:
+    """Tell the directory about keys no tier of this peer holds any more."""
+    gone = [k for k in removed if peer.store.tier_of(k) is None]
+    if gone:
+        peer.withdraw(gone)
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    return web.json_response(data, status=status)
+
+
+def _error(status: int, message: str, headers=None) -> web.Response:
+    response = web.json_response({"error": message}, status=status)
+    for name, value in (headers or {}).items():
+        if name.lower() not in ("content-type", "content-length"):
+            response.headers[name] = value
+    return response

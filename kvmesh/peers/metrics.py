@@ -1,0 +1,108 @@
+"""What a peer reports about itself: the status snapshot and Prometheus metrics.
+
+Both are read from the peer at request time (its `PeerStats` counters, its
+store's stats, membership, directory and connections); nothing is copied or
+cached, so there is no state to keep in step. Call on the peer's loop.
+
+Metrics live in a per-peer `CollectorRegistry` made by `peer_registry`; the
+global prometheus_client registry is never touched, so several peers in one
+process (tests, `kvmesh demo`) each expose only their own numbers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Iterator
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+TIERS = ("cpu", "disk")
+
+# (PeerStats counter, metric name without _total, help)
+COUNTERS = (
+    ("lookups", "kvmesh_lookups", "Prefix lookups answered by this peer."),
+    ("lookup_chunks", "kvmesh_lookup_chunks", "Chunks asked about in lookups."),
+    ("lookup_hit_chunks", "kvmesh_lookup_hit_chunks", "Chunks found, here or in the mesh."),
+    ("local_hits", "kvmesh_local_hits", "Chunks loaded from this peer's own tiers."),
+    ("remote_hits", "kvmesh_remote_hits", "Chunks pulled from another peer."),
+    ("load_failures", "kvmesh_load_failures", "Chunks that failed to load."),
+    ("bytes_pulled", "kvmesh_bytes_pulled", "Payload bytes pulled from other peers."),
+    ("bytes_served", "kvmesh_bytes_served", "Payload bytes served to other peers."),
+    ("chunks_saved", "kvmesh_chunks_saved", "Chunks committed to this peer's store."),
+)
+
+
+def tier_usage(store_stats: dict[str, Any]) -> dict[str, dict[str, int]]:
+    """Chunks and bytes used/cap per tier, from `asdict(ChunkStore.stats())`.
+
+    The one place that knows the names of the store's per-tier fields. The
+    disk tier is inclusive, so a chunk may count in both tiers.
+    """
+    return {tier: {"chunks": store_stats[f"chunks_{tier}"],
+                   "bytes_used": store_stats[f"{tier}_bytes_used"],
+                   "bytes_cap": store_stats[f"{tier}_bytes_cap"]}
+            for tier in TIERS}
+
+
+def hit_rate(counters: dict[str, Any]) -> float | None:
+    """Fraction of looked-up chunks that were found; None before any lookup."""
+    asked = counters.get("lookup_chunks", 0)
+    return counters.get("lookup_hit_chunks", 0) / asked if asked else None
+
+
+def peer_status(peer) -> dict[str, Any]:
+    """This peer's status as JSON-ready data (GET /status)."""
+    store = dataclasses.asdict(peer.store.stats())
+    counters = peer.stats.as_dict()
+    return {
+        "peer_id": peer.peer_id,
+        "members": sorted(peer.membership.members),
+        "ring_shares": dict(sorted(peer.membership.ring.shares().items())),
+        "store": store,
+        "tiers": tier_usage(store),
+        "counters": counters,
+        "hit_rate": hit_rate(counters),
+        "transports": dict(sorted(peer.pool.transports().items())) if peer.pool else {},
+        "directory_keys": len(peer.directory),
+    }
+
+
+def peer_registry(peer) -> CollectorRegistry:
+    """A fresh registry holding one collector for `peer`."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(PeerCollector(peer))
+    return registry
+
+
+class PeerCollector:
+    """Reads the peer's counters and store stats at scrape time."""
+
+    def __init__(self, peer) -> None:
+        self._peer = peer
+
+    def collect(self) -> Iterator[Metric]:
+        counters = self._peer.stats.as_dict()
+        for field, name, doc in COUNTERS:
+            yield CounterMetricFamily(name, doc, value=counters.get(field, 0))
+        yield GaugeMetricFamily("kvmesh_pulls_inflight", "Pulls in flight from this peer.",
+                                value=counters.get("pulls_inflight", 0))
+        yield GaugeMetricFamily("kvmesh_members", "Members of the mesh, this peer included.",
+                                value=len(self._peer.membership.members))
+        yield GaugeMetricFamily("kvmesh_directory_keys", "Keys in this peer's directory shard.",
+                                value=len(self._peer.directory))
+        yield from _tier_gauges(tier_usage(dataclasses.asdict(self._peer.store.stats())))
+
+
+def _tier_gauges(usage: dict[str, dict[str, int]]) -> Iterator[Metric]:
+    families = {
+        "bytes_used": GaugeMetricFamily("kvmesh_store_bytes_used", "Bytes held per tier.",
+                                        labels=["tier"]),
+        "bytes_cap": GaugeMetricFamily("kvmesh_store_bytes_cap", "Byte capacity per tier.",
+                                       labels=["tier"]),
+        "chunks": GaugeMetricFamily("kvmesh_store_chunks", "Chunks held per tier.", labels=["tier"]),
+    }
+    for tier, fields in usage.items():
+        for field, family in families.items():
+            family.add_metric([tier], fields[field])
+    yield from families.values()
