@@ -181,10 +181,13 @@ class ChunkStore:
                 chunk.slot = slot
         return StoreTicket(key, chunk.slot, self._pool.view(chunk.slot), self._pool.tensor(chunk.slot), chunk)
 
-    def commit_store(self, ticket: StoreTicket, ok: bool = True, length: int | None = None) -> bool:
+    def commit_store(self, ticket: StoreTicket, ok: bool = True, length: int | None = None,
+                     checksum: int | None = None) -> bool:
         """Publish the chunk (ok=True) or give its slot back (ok=False).
 
-        Checksums the first `length` bytes (default: the whole slot). Returns
+        Checksums the first `length` bytes (default: the whole slot), unless
+        the caller passes the `checksum` it has already verified them against
+        (a pulled chunk: hashing 2 MiB again would cost as much as copying it). Returns
         True when the chunk is now committed and visible. Raises StoreError if
         the ticket was already committed or abandoned.
         """
@@ -192,7 +195,8 @@ class ChunkStore:
         if ok and not 0 <= length <= self.slot_bytes:
             raise ValueError(f"length {length} is outside [0, {self.slot_bytes}]")
         try:
-            checksum = xxhash.xxh3_64_intdigest(ticket.view[:length]) if ok else 0
+            if checksum is None or not ok:
+                checksum = xxhash.xxh3_64_intdigest(ticket.view[:length]) if ok else 0
         except ValueError:  # the view was released: this ticket already ended
             checksum = None
         chunk = ticket._chunk

@@ -35,6 +35,11 @@ log = logging.getLogger(__name__)
 _in_process: dict[str, PeerHandle] = {}
 
 
+def embedded_peer(engine_id: str) -> PeerHandle | None:
+    """The peer embedded in this process for `engine_id` (TP rank 0), if any."""
+    return _in_process.get(engine_id)
+
+
 def rendezvous_path(config: KvmeshConfig, engine_id: str, tp_rank: int) -> Path:
     return config.run_dir / f"{engine_id}-rank{tp_rank}.json"
 

@@ -92,11 +92,11 @@ class ChunkLoader:
             tickets[j] = ticket
             return ticket.view
 
-        def done(j: int, ok: bool, length: int) -> None:
+        def done(j: int, ok: bool, length: int, checksum: int) -> None:
             index, key = indices[j], keys[indices[j]]
             ticket = tickets.pop(j, None)
             if ticket is not None:
-                ok = store.commit_store(ticket, ok, length) and ok
+                ok = store.commit_store(ticket, ok, length, checksum if ok else None) and ok
             if ok:
                 self._stats.bytes_pulled += length
                 self._stats.remote_hits += 1

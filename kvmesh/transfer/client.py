@@ -26,8 +26,8 @@ from kvmesh.transfer.streams import Stream, StreamClosed
 
 # dest(index, length) -> writable buffer for that chunk, or None to drop it.
 DestFn = Callable[[int, int], "memoryview | None"]
-# done(index, ok, length) -> None; called exactly once per key of a pull.
-DoneFn = Callable[[int, bool, int], None]
+# done(index, ok, length, checksum) -> None; called exactly once per key of a pull.
+DoneFn = Callable[[int, bool, int, int], None]
 
 
 @dataclass
@@ -39,10 +39,10 @@ class _PullState:
     finished: asyncio.Future
     shared_path: str = ""
 
-    def resolve(self, index: int, ok: bool, length: int) -> None:
+    def resolve(self, index: int, ok: bool, length: int, checksum: int = 0) -> None:
         if index in self.remaining:
             self.remaining.discard(index)
-            self.done(index, ok, length)
+            self.done(index, ok, length, checksum)
             if not self.remaining and not self.finished.done():
                 self.finished.set_result(None)
 
@@ -198,7 +198,7 @@ class PeerClient:
         if state is None:
             return
         ok = chunk.payload is not None and xxhash.xxh3_64_intdigest(chunk.payload) == chunk.checksum
-        state.resolve(chunk.index, ok, chunk.length)
+        state.resolve(chunk.index, ok, chunk.length, chunk.checksum)
 
     def _on_chunk_ref(self, ref: f.ChunkRef) -> None:
         state = self._pulls.get(ref.request_id)
@@ -207,7 +207,7 @@ class PeerClient:
         out = state.dest(ref.index, ref.length)
         ok = out is not None and self._shm.copy_out(state.shared_path, ref.offset, ref.length,
                                                     out, ref.checksum)
-        state.resolve(ref.index, ok, ref.length)
+        state.resolve(ref.index, ok, ref.length, ref.checksum)
 
     def _fail_all(self, exc: Exception) -> None:
         for fut in self._replies.values():
