@@ -1,0 +1,103 @@
+"""The peer an SGLang scheduler rank embeds, and how it is opened.
+
+SGLang runs one scheduler process per TP rank, and the HiCache storage
+backend lives in it, so each rank embeds its own peer (its namespace carries
+the rank). Ranks of one engine must not bind the same port: rank r listens on
+`KVMESH_PORT + r` (when a port is set) and joins the seeds at their port + r,
+so rank r of every engine forms its own mesh.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Iterator, Protocol, Sequence
+
+from kvmesh.config import KvmeshConfig
+from kvmesh.hashring.keys import KeyNamespace
+from kvmesh.peers.api import ChunkResult, LoadJob, SaveTicket
+from kvmesh.types import ChunkKey, PeerAddress
+
+
+class MeshPeer(Protocol):
+    """`kvmesh.peers.api.PeerApi`, plus what a HiCache backend also needs."""
+
+    slot_bytes: int
+
+    def lookup_prefix(self, keys: Sequence[ChunkKey]) -> int: ...
+
+    def start_load(self, keys: Sequence[ChunkKey]) -> LoadJob: ...
+
+    def prepare_save(self, key: ChunkKey) -> SaveTicket | None: ...
+
+    def commit_save(self, ticket: SaveTicket, ok: bool = True) -> None: ...
+
+    def clear(self) -> int:
+        """Drop every unpinned chunk this peer holds; returns how many."""
+
+    def close(self) -> None: ...
+
+
+OpenPeer = Callable[[KvmeshConfig, KeyNamespace, int, str], MeshPeer]
+
+
+def rank_config(config: KvmeshConfig, tp_rank: int) -> KvmeshConfig:
+    """`config` for TP rank `tp_rank`: fixed ports and seed ports shifted by the rank."""
+    if tp_rank == 0:
+        return config
+    mesh, control = config.mesh, config.control
+    seeds = tuple(PeerAddress(s.host, s.port + tp_rank) for s in mesh.seeds)
+    mesh = dataclasses.replace(mesh, port=mesh.port + tp_rank if mesh.port else 0, seeds=seeds)
+    control = dataclasses.replace(control, port=control.port + tp_rank if control.port else 0)
+    return dataclasses.replace(config, mesh=mesh, control=control)
+
+
+def open_mesh_peer(config: KvmeshConfig, namespace: KeyNamespace, slot_bytes: int,
+                   engine_id: str) -> MeshPeer:
+    """Start this rank's embedded peer (blocks until it has joined its seeds)."""
+    from kvmesh.peers.embedded import open_peer  # noqa: PLC0415 - starts threads only when used
+
+    return EmbeddedMeshPeer(open_peer(rank_config(config, namespace.tp_rank), namespace,
+                                      slot_bytes, engine_id))
+
+
+class EmbeddedMeshPeer:
+    """A `MeshPeer` over an embedded `PeerHandle`; every call is delegated."""
+
+    def __init__(self, handle) -> None:
+        self.handle = handle
+        self.slot_bytes = handle.slot_bytes
+
+    @property
+    def peer_id(self) -> str:
+        return self.handle.peer_id
+
+    def lookup_prefix(self, keys: Sequence[ChunkKey]) -> int:
+        return self.handle.lookup_prefix(keys)
+
+    def start_load(self, keys: Sequence[ChunkKey]) -> LoadJob:
+        return self.handle.start_load(keys)
+
+    def prepare_save(self, key: ChunkKey) -> SaveTicket | None:
+        return self.handle.prepare_save(key)
+
+    def commit_save(self, ticket: SaveTicket, ok: bool = True) -> None:
+        self.handle.commit_save(ticket, ok)
+
+    def clear(self) -> int:
+        # The peer's event pump withdraws the removed keys from the directory.
+        return len(self.handle.peer.store.clear())
+
+    def close(self) -> None:
+        self.handle.close()
+
+
+def drain(job: LoadJob, timeout_s: float) -> Iterator[ChunkResult]:
+    """Every result of `job` within `timeout_s`, each released after the caller's use.
+
+    The caller copies `result.data` out before asking for the next result.
+    """
+    for result in job.results(timeout_s):
+        try:
+            yield result
+        finally:
+            result.release()

@@ -1,0 +1,247 @@
+"""The worker half of the vLLM connector: chunks in and out of paged KV.
+
+Runs in each vLLM worker process, on the model runner's thread; the copies run
+on two small thread pools so that neither a load nor a save holds up a
+forward pass. Hooks, in vLLM's order within one step:
+
+    handle_preemptions   before the forward; waits (bounded) for saves still
+                         reading blocks that vLLM is about to reuse
+    start_load_kv        after the forward (async loads); starts the loads
+    wait_for_save        after the forward; queues saves of the chunks the
+                         forward just completed
+    get_finished         polls: loads whose chunks are all scattered or
+                         failed, and finished requests whose saves are done
+    get_block_ids_with_load_errors
+                         blocks of failed chunks since the last call
+
+Every wait is bounded. A failed chunk is a cache miss: its blocks, and every
+block after it in the request (a prefix must be contiguous), are reported so
+that vLLM recomputes them. A saved chunk is committed only if the whole gather
+succeeded, so the mesh never holds a partial chunk.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+
+import torch
+
+from kvmesh.config import KvmeshConfig
+from kvmesh.connectors.vllm import peer_factory
+from kvmesh.connectors.vllm.metadata import ChunkSpec, StepPlan
+from kvmesh.connectors.vllm.namespace import layout_tag
+from kvmesh.errors import ConfigError, KvmeshError
+from kvmesh.hashring.keys import KeyNamespace
+from kvmesh.kernels.layouts import detect_layout
+from kvmesh.kernels.paged import PagedKV
+from kvmesh.peers.api import LoadJob, PeerApi
+
+logger = logging.getLogger(__name__)
+
+# A load job spans several network round trips (find a holder, pull, maybe a
+# second holder); the peer bounds each by `transfer.timeout_s`.
+LOAD_DEADLINE_TIMEOUTS = 5
+# How long get_finished may wait for a finished request's last saves, so that
+# its blocks are released in this step rather than at the next one.
+FINISH_WAIT_S = 1.0
+# How long handle_preemptions may wait for saves still reading preempted blocks.
+PREEMPT_WAIT_S = 10.0
+LOAD_THREADS = 4  # mostly waiting on the network
+# Errors a transfer may raise that mean "this chunk is a miss", not "bug".
+_TRANSFER_ERRORS = (KvmeshError, ValueError, RuntimeError)
+
+
+@dataclass(slots=True)
+class _Load:
+    job: LoadJob | None  # None when the load could not even start
+    future: Future  # resolves to the block ids to recompute
+    specs: list[ChunkSpec]
+
+    def failed_blocks(self) -> set[int]:
+        """Call once `future` is done; a crashed task fails every block."""
+        exc = self.future.exception()
+        if exc is not None:
+            logger.error("kvmesh: load task crashed", exc_info=exc)
+            return _blocks_from(self.specs, 0)
+        return self.future.result()
+
+
+class MeshWorker:
+    """Moves chunks between one worker's paged KV and its embedded peer."""
+
+    def __init__(self, config: KvmeshConfig, engine_id: str, block_size: int) -> None:
+        self._config = config
+        self._engine_id = engine_id
+        self._block_size = block_size
+        self._blocks_per_chunk = config.chunk_tokens // block_size
+        self._load_deadline_s = LOAD_DEADLINE_TIMEOUTS * config.transfer.timeout_s
+        self._peer: PeerApi | None = None
+        self._paged: PagedKV | None = None
+        self._chunk_bytes = 0
+        self._load_pool = ThreadPoolExecutor(LOAD_THREADS, thread_name_prefix="kvmesh-load")
+        self._save_pool = ThreadPoolExecutor(1, thread_name_prefix="kvmesh-save")
+        self._loads: dict[str, _Load] = {}
+        self._saves: dict[str, list[Future]] = {}
+        self._save_reqs: set[str] = set()  # had a planned save; not yet reported
+        self._finished: set[str] = set()  # finished by vLLM, awaiting their saves
+        self._failed_blocks: set[int] = set()
+
+    @property
+    def peer(self) -> PeerApi | None:
+        return self._peer
+
+    # -- vLLM hooks ---------------------------------------------------------
+
+    def register_kv_caches(self, layers: list[torch.Tensor], namespace: KeyNamespace) -> None:
+        """Check the layout of `layers` (in layer order), then open the peer. Called once."""
+        layout = detect_layout(layers, block_size=self._block_size,
+                               num_kv_heads=namespace.num_kv_heads, head_size=namespace.head_dim)
+        if layout_tag(layout.name, self._block_size) != namespace.kv_layout:
+            raise ConfigError(f"kvmesh: the KV cache has layout {layout.name!r} but keys "
+                              f"are hashed for {namespace.kv_layout!r}")
+        self._paged = PagedKV(layers, layout)
+        self._chunk_bytes = self._paged.chunk_bytes(self._blocks_per_chunk)
+        self._peer = peer_factory.open_peer(self._config, namespace, self._chunk_bytes,
+                                            self._engine_id)
+        if self._peer.slot_bytes < self._chunk_bytes:
+            raise ConfigError(f"kvmesh: peer slots of {self._peer.slot_bytes} bytes cannot "
+                              f"hold a {self._chunk_bytes}-byte chunk")
+
+    def handle_preemptions(self, metadata: StepPlan) -> None:
+        """Before vLLM reuses preempted requests' blocks: let their saves finish reading."""
+        futures = [f for r in metadata.preempted_req_ids for f in self._saves.get(r, ())]
+        if futures:
+            _, late = wait(futures, timeout=PREEMPT_WAIT_S)
+            if late:
+                logger.error("kvmesh: %d saves still reading blocks of preempted requests",
+                             len(late))
+
+    def start_load_kv(self, metadata: StepPlan) -> None:
+        """Start this step's loads; returns at once. Chunks are scattered on a pool thread."""
+        self.handle_preemptions(metadata)  # no-forward steps get no handle_preemptions call
+        deadline = time.monotonic() + self._load_deadline_s
+        for plan in metadata.requests:
+            if plan.loads:
+                self._loads[plan.req_id] = self._start_load(plan.loads, deadline)
+
+    def wait_for_save(self, metadata: StepPlan) -> None:
+        """Queue saves of the chunks this step completed; returns at once."""
+        for plan in metadata.requests:
+            if plan.saves:
+                self._save_reqs.add(plan.req_id)
+                future = self._save_pool.submit(self._save, plan.saves)
+                self._saves.setdefault(plan.req_id, []).append(future)
+
+    def get_finished(self, finished_req_ids: set[str]) -> tuple[set[str], set[str]]:
+        """(requests whose saves are done, requests whose loads are done).
+
+        A request is in the first set only if vLLM has reported it finished
+        (here or earlier) and it ever had a planned save.
+        """
+        for req_id in finished_req_ids & self._loads.keys():
+            job = self._loads[req_id].job
+            if job is not None:
+                job.cancel()  # aborted while loading: stop pulling
+        done_recving = {r for r, load in self._loads.items() if load.future.done()}
+        for req_id in done_recving:
+            self._failed_blocks |= self._loads.pop(req_id).failed_blocks()
+        self._finished |= finished_req_ids & self._save_reqs
+        self._prune_saves()
+        waiting = [f for r in self._finished for f in self._saves.get(r, ())]
+        if waiting:
+            wait(waiting, timeout=FINISH_WAIT_S)
+            self._prune_saves()
+        done_sending = {r for r in self._finished if r not in self._saves}
+        self._finished -= done_sending
+        self._save_reqs -= done_sending
+        return done_sending, done_recving
+
+    def get_block_ids_with_load_errors(self) -> set[int]:
+        """Blocks of chunks that failed to load since the last call."""
+        failed, self._failed_blocks = self._failed_blocks, set()
+        return failed
+
+    def shutdown(self) -> None:
+        """Stop loads, let queued saves drain (each is bounded), close the peer."""
+        for load in self._loads.values():
+            if load.job is not None:
+                load.job.cancel()
+        self._load_pool.shutdown(wait=True, cancel_futures=True)
+        self._save_pool.shutdown(wait=True)
+        close = getattr(self._peer, "close", None)
+        if callable(close):
+            close()
+
+    # -- loads ----------------------------------------------------------------
+
+    def _start_load(self, specs: list[ChunkSpec], deadline: float) -> _Load:
+        try:
+            job = self._peer.start_load([s.key for s in specs])
+        except KvmeshError as exc:
+            logger.warning("kvmesh: load could not start, recomputing: %s", exc)
+            failed: Future = Future()
+            failed.set_result(_blocks_from(specs, 0))
+            return _Load(None, failed, specs)
+        return _Load(job, self._load_pool.submit(self._run_load, job, specs, deadline), specs)
+
+    def _run_load(self, job: LoadJob, specs: list[ChunkSpec], deadline: float) -> set[int]:
+        """Scatter each chunk as it lands; return the block ids that must be recomputed."""
+        landed: set[int] = set()
+        for result in job.results(max(0.0, deadline - time.monotonic())):
+            try:
+                if result.data is not None:
+                    self._scatter(result.data, specs[result.index])
+                    landed.add(result.index)
+            except _TRANSFER_ERRORS as exc:
+                logger.warning("kvmesh: chunk %d could not be scattered: %s", result.index, exc)
+            finally:
+                result.release()
+        first_missing = next((i for i in range(len(specs)) if i not in landed), len(specs))
+        return _blocks_from(specs, first_missing)
+
+    def _scatter(self, data: torch.Tensor, spec: ChunkSpec) -> None:
+        """Write one landed chunk into its live blocks (a head or tail may be skipped)."""
+        lo, hi = spec.live_range()
+        slab = data[:self._chunk_bytes]
+        if hi - lo < self._blocks_per_chunk:
+            per_layer = slab.view(self._paged.num_layers, self._blocks_per_chunk, -1)
+            slab = per_layer[:, lo:hi].contiguous().view(-1)
+        self._paged.scatter(slab, spec.block_ids[lo:hi])
+
+    # -- saves ----------------------------------------------------------------
+
+    def _save(self, specs: list[ChunkSpec]) -> None:
+        """Gather each chunk into a fresh slot and commit it; a None ticket is skipped."""
+        for spec in specs:
+            try:
+                ticket = self._peer.prepare_save(spec.key)
+            except KvmeshError as exc:
+                logger.warning("kvmesh: save not prepared: %s", exc)
+                continue
+            if ticket is None:
+                continue
+            ok = False
+            try:
+                self._paged.gather(spec.block_ids, ticket.data[:self._chunk_bytes])
+                ok = True
+            except _TRANSFER_ERRORS as exc:
+                logger.warning("kvmesh: chunk could not be gathered: %s", exc)
+            finally:
+                self._peer.commit_save(ticket, ok)
+
+    def _prune_saves(self) -> None:
+        for req_id in list(self._saves):
+            pending = [f for f in self._saves[req_id] if not f.done()]
+            if pending:
+                self._saves[req_id] = pending
+            else:
+                del self._saves[req_id]
+
+
+def _blocks_from(specs: list[ChunkSpec], first: int) -> set[int]:
+    """Live block ids of chunks `first` and after."""
+    return {b for spec in specs[first:] for b in spec.live_block_ids()}
+

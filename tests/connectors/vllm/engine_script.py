@@ -1,0 +1,101 @@
+"""One vLLM engine in a fresh process, for the real-mesh tests.
+
+    python engine_script.py SPEC_JSON
+
+SPEC: model_dir, prompts (token id lists), max_tokens, kvmesh (bool), role,
+prefix_caching, mp (scheduler and worker in separate processes), corrupt
+(test build: flip every loaded chunk after its checksum was verified), linger
+(keep the engine and its peer alive until stdin closes), wait_for_go (print a
+ready line once the engine is up, then wait for a line on stdin before
+generating). Prints one JSON line
+with each prompt's tokens, logprobs and cached tokens, plus the peer's
+counters; a lingering engine then waits for stdin to close.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+MARK = "@@kvmesh-test@@ "  # vLLM logs to stdout too; our lines carry this mark
+
+
+def install_corrupting_peer() -> None:
+    """Wrap the real embedded peer so loaded chunks are flipped after verification."""
+    from kvmesh.connectors.vllm import peer_factory
+    from kvmesh.peers.embedded import open_peer, open_lookup_client
+
+    class Corrupting:
+        def __init__(self, inner):
+            self._inner = inner
+            self.slot_bytes = inner.slot_bytes
+
+        def __getattr__(self, name):
+            return getattr(self._inner, name)
+
+        def start_load(self, keys):
+            job = self._inner.start_load(keys)
+            inner_results = job.results
+
+            def results(timeout_s):
+                for result in inner_results(timeout_s):
+                    if result.data is not None:
+                        result.data.view(-1)[:] = result.data.view(-1) ^ 0x55
+                    yield result
+
+            job.results = results
+            return job
+
+    peer_factory.set_factories(
+        open_peer=lambda *a: Corrupting(open_peer(*a)), open_lookup_client=open_lookup_client)
+
+
+def main() -> None:
+    spec = json.loads(sys.argv[1])
+    os.environ["KVMESH_ENABLE"] = "1" if spec.get("kvmesh") else "0"
+    if spec.get("corrupt"):
+        install_corrupting_peer()
+    from vllm import LLM, SamplingParams
+    from vllm.config import KVTransferConfig
+
+    transfer = KVTransferConfig(kv_connector="KVMeshConnector", kv_role=spec.get("role", "kv_both"),
+                                engine_id=spec.get("engine_id")) if spec.get("kvmesh") else None
+    extra = {"distributed_executor_backend": "mp"} if spec.get("mp") else {}
+    llm = LLM(model=spec["model_dir"], dtype="float32", enforce_eager=True, block_size=32,
+              kv_cache_memory_bytes=64 << 20, enable_prefix_caching=spec.get("prefix_caching", False),
+              max_model_len=1024, seed=0, kv_transfer_config=transfer, **extra)
+    if spec.get("wait_for_go"):
+        print(MARK + json.dumps({"ready": True}), flush=True)
+        sys.stdin.readline()
+    params = SamplingParams(temperature=0.0, max_tokens=spec.get("max_tokens", 8), logprobs=1)
+    outs = llm.generate([{"prompt_token_ids": p} for p in spec["prompts"]], params, use_tqdm=False)
+    results = []
+    for out in outs:
+        comp = out.outputs[0]
+        results.append({"tokens": list(comp.token_ids), "cached": out.num_cached_tokens,
+                        "logprobs": [lp[t].logprob for t, lp in zip(comp.token_ids, comp.logprobs)]})
+    print(MARK + json.dumps({"results": results, "peer": peer_counters(spec)}), flush=True)
+    if spec.get("linger"):
+        sys.stdin.read()
+    llm.llm_engine.engine_core.shutdown()
+
+
+def peer_counters(spec: dict) -> dict:
+    """The embedded peer's counters (from its control API: it may live in a worker process)."""
+    import glob
+    import urllib.request
+
+    if not spec.get("kvmesh"):
+        return {}
+    run_dir = os.environ["KVMESH_RUN_DIR"]
+    for path in glob.glob(os.path.join(run_dir, f"{spec['engine_id']}-rank0.json")):
+        url = json.load(open(path))["control_url"]
+        with urllib.request.urlopen(url + "/status", timeout=5) as reply:
+            status = json.load(reply)
+        return {**status["counters"], "peer_id": status["peer_id"]}
+    return {}
+
+
+if __name__ == "__main__":
+    main()
