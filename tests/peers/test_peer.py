@@ -21,8 +21,8 @@ from kvmesh.types import PeerAddress
 SLOT = 64 << 10
 
 
-def config(seeds=(), secret=None, transport="tcp") -> KvmeshConfig:
-    return KvmeshConfig(chunk_tokens=16, store=StoreConfig(cpu_bytes=8 << 20),
+def config(seeds=(), secret=None, transport="tcp", cpu_bytes=8 << 20) -> KvmeshConfig:
+    return KvmeshConfig(chunk_tokens=16, store=StoreConfig(cpu_bytes=cpu_bytes),
                         mesh=MeshConfig(seeds=tuple(PeerAddress.parse(s) for s in seeds),
                                         secret=secret),
                         transfer=TransferConfig(transport=transport, timeout_s=1.0),
@@ -33,9 +33,11 @@ def config(seeds=(), secret=None, transport="tcp") -> KvmeshConfig:
 def mesh():
     handles = []
 
-    def start(n: int, **kw) -> list[PeerHandle]:
+    def start(n: int, last_cpu_bytes: int | None = None, **kw) -> list[PeerHandle]:
         for i in range(n):
             seeds = [handles[0].peer_id] if handles else []
+            if last_cpu_bytes and i == n - 1:
+                kw = {**kw, "cpu_bytes": last_cpu_bytes}
             cfg = config(seeds, **kw)
             handles.append(PeerHandle.start(cfg, standalone_hasher(cfg, SLOT), SLOT))
         deadline = time.monotonic() + 10
@@ -144,4 +146,22 @@ def test_stale_directory_entry_is_a_miss_not_an_error(mesh):
     results = sorted(b.start_load(keys).results(5), key=lambda r: r.index)
     assert [r.data is not None for r in results] == [True, False, True]
     for r in results:
+        r.release()
+
+
+def test_full_consumer_store_backpressures_into_misses_not_a_deadlock(mesh):
+    holder, consumer = mesh(2, last_cpu_bytes=2 * SLOT)  # the consumer has two slots
+    keys = save(holder, 6)
+    time.sleep(0.2)
+    started = time.monotonic()
+    results = list(consumer.start_load(keys).results(10))  # nothing released while loading
+    assert time.monotonic() - started < 8
+    landed = [r for r in results if r.data is not None]
+    assert len(results) == 6 and len(landed) == 2
+    for r in results:
+        r.release()
+    # Once the slots are free again the same load succeeds.
+    again = list(consumer.start_load(keys[:2]).results(10))
+    assert all(r.data is not None for r in again)
+    for r in again:
         r.release()

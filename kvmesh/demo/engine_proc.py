@@ -1,0 +1,69 @@
+"""One vLLM engine in its own process, driven over a pipe by the demo.
+
+The engine runs vLLM's v1 engine in single-process mode (scheduler and worker
+in this process) with the kvmesh connector and vLLM's own prefix cache off
+(so every reuse the demo reports is kvmesh's), so its peer is embedded here and
+joins the mesh through the seeds in its environment. Commands:
+
+    ("generate", token_ids, max_tokens) -> (output token ids, ttft seconds)
+    ("status",)                          -> the peer's status counters, or {}
+    ("stop",)
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from multiprocessing.connection import Connection
+
+MAX_MODEL_LEN = 8192  # the local models' max_position_embeddings
+
+
+def serve(conn: Connection, model_dir: str, env: dict[str, str], kvmesh: bool,
+          kv_cache_bytes: int, block_size: int, log_path: str) -> None:
+    os.environ.update(env)
+    _redirect_output(log_path)
+    from vllm import LLM, SamplingParams  # noqa: PLC0415 - heavy; only in the child
+    from vllm.config import KVTransferConfig  # noqa: PLC0415
+    from vllm.inputs import TokensPrompt  # noqa: PLC0415
+
+    kv_transfer = KVTransferConfig(kv_connector="KVMeshConnector", kv_role="kv_both",
+                                   engine_id=env.get("KVMESH_DEMO_ENGINE", "demo")) if kvmesh else None
+    llm = LLM(model=model_dir, dtype="float32", enforce_eager=True, block_size=block_size,
+              kv_cache_memory_bytes=kv_cache_bytes, max_model_len=MAX_MODEL_LEN, seed=0,
+              enable_prefix_caching=False, kv_transfer_config=kv_transfer,
+              disable_log_stats=False)
+    conn.send(("ready", None))
+    while True:
+        cmd = conn.recv()
+        if cmd[0] == "stop":
+            break
+        if cmd[0] == "status":
+            conn.send(("ok", _peer_status(env.get("KVMESH_DEMO_ENGINE", "demo"))))
+            continue
+        _, token_ids, max_tokens = cmd
+        params = SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True)
+        start = time.perf_counter()
+        (out,) = llm.generate([TokensPrompt(prompt_token_ids=token_ids)], params, use_tqdm=False)
+        total = time.perf_counter() - start
+        metrics = getattr(out, "metrics", None)
+        ttft = getattr(metrics, "first_token_latency", 0.0) or total
+        conn.send(("ok", (list(out.outputs[0].token_ids), ttft)))
+    conn.close()
+
+
+def _redirect_output(log_path: str) -> None:
+    """Send the engine's own logs to a file so the demo's table stays readable."""
+    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+
+
+def _peer_status(engine_id: str) -> dict:
+    from kvmesh.peers.embedded import embedded_peer  # noqa: PLC0415
+
+    handle = embedded_peer(engine_id)
+    if handle is None:
+        return {}
+    return {**handle.peer.stats.as_dict(), "peer_id": handle.peer_id}
