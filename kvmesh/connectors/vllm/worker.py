@@ -205,11 +205,10 @@ class MeshWorker:
     def _scatter(self, data: torch.Tensor, spec: ChunkSpec) -> None:
         """Write one landed chunk into its live blocks (a head or tail may be skipped)."""
         lo, hi = spec.live_range()
-        slab = data[:self._chunk_bytes]
-        if hi - lo < self._blocks_per_chunk:
-            per_layer = slab.view(self._paged.num_layers, self._blocks_per_chunk, -1)
-            slab = per_layer[:, lo:hi].contiguous().view(-1)
-        self._paged.scatter(slab, spec.block_ids[lo:hi])
+        # offset/chunk_blocks cut the slab per the layout (K then V blocks in
+        # token-major layouts), which a plain [layers, blocks, -1] view would not.
+        self._paged.scatter(data[:self._chunk_bytes], spec.block_ids[lo:hi], offset=lo,
+                            chunk_blocks=self._blocks_per_chunk)
 
     # -- saves ----------------------------------------------------------------
 
