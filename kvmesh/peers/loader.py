@@ -22,7 +22,10 @@ log = logging.getLogger(__name__)
 ResultFn = Callable[[int, bool, str], None]  # (index, ok, source)
 HoldersFn = Callable[[Sequence[bytes]], Awaitable[list[tuple[str, ...]]]]
 MAX_ATTEMPTS = 3
-MIN_PULL_BANDWIDTH = 50 << 20  # bytes/s below which a pull is declared stuck
+# Bytes/s below which a pull is declared stuck. Low on purpose: a loaded host
+# or a slow link must not turn a healthy pull into misses; a dead holder is
+# caught at once by its closed connection, not by this budget.
+MIN_PULL_BANDWIDTH = 10 << 20
 
 
 class ChunkLoader:
