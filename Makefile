@@ -1,6 +1,6 @@
 # Two commands do everything on a fresh machine:
 #   make demo   set up, then run `kvmesh demo` (several vLLM engines sharing KV)
-#   make test   set up, then run the whole test suite (real vLLM included)
+#   make test   set up, then run the whole test suite (real vLLM and SGLang included)
 
 PYTHON ?= python3
 VENV   ?= .venv
@@ -17,6 +17,8 @@ UCX_PKGS    := "ucxx-cu12==0.52.*" "libucxx-cu12==0.52.*" "libucx-cu12>=1.19,<1.
 
 .PHONY: setup demo test test-fast bench clean
 
+include mk/sglang.mk
+
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml Makefile
@@ -31,8 +33,10 @@ $(STAMP): pyproject.toml Makefile
 demo: setup
 	$(VENV)/bin/kvmesh demo
 
-test: setup
+# Everything: the main venv's suite (real vLLM included), then SGLang's in its own venv.
+test: setup sglang-setup
 	$(PY) -m pytest -q -ra
+	$(SGLANG_PY) -m pytest -q -ra tests/connectors/sglang
 
 test-fast: setup
 	$(PY) -m pytest -q -ra -m "not vllm"

@@ -24,6 +24,7 @@ nothing is stored.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
@@ -77,7 +78,8 @@ class KvmeshHiCacheStorage(HiCacheStorage):
         if not self._config.enabled or self._peer is not None:
             return
         pages = HostPages(mem_pool_host)
-        namespace = build_namespace(self.storage_config, mem_pool_host, self._options.get(MODEL_OPTION))
+        namespace = build_namespace(self.storage_config, mem_pool_host, pages.page_bytes,
+                                    self._options.get(MODEL_OPTION))
         peer = self._open_peer(self._config, namespace, pages.page_bytes, f"sglang-{os.getpid()}")
         if peer.slot_bytes < pages.page_bytes:
             peer.close()
@@ -92,10 +94,11 @@ class KvmeshHiCacheStorage(HiCacheStorage):
 
     def batch_exists(self, keys: List[str], extra_info=None) -> int:
         """How many of `keys`, from the first, some peer holds."""
-        if self._peer is None or not keys:
+        peer = self._peer
+        if peer is None or not keys:
             return 0
         try:
-            found = min(len(keys), self._peer.lookup_prefix(self._chunk_keys(keys)))
+            found = min(len(keys), peer.lookup_prefix(self._chunk_keys(keys)))
         except MESH_FAILURES as exc:
             logger.info("kvmesh: lookup failed, reporting a miss: %s", exc)
             found = 0
@@ -199,7 +202,7 @@ class KvmeshHiCacheStorage(HiCacheStorage):
             return saved
         start = time.perf_counter()
         for k, key in enumerate(self._chunk_keys(keys)):
-            saved[k] = self._save_one(peer, key, lambda slot: fill(k, slot))
+            saved[k] = self._save_one(peer, key, functools.partial(fill, k))
         n = sum(saved)
         self.metrics.note_save(n, len(keys) - n, n * self._pages.page_bytes,
                                time.perf_counter() - start)

@@ -16,12 +16,6 @@ from kvmesh.hashring.keys import KeyNamespace
 LAYOUT_PREFIX = "sglang"
 
 
-def page_bytes(pool) -> int:
-    """Bytes of one flat page of `pool` (the size of every kvmesh slot)."""
-    page = pool.get_dummy_flat_data_page()
-    return page.numel() * page.element_size()
-
-
 def layout_tag(pool, storage_config, nbytes: int) -> str:
     """`KeyNamespace.kv_layout`: pool class, host layout, page size and shard.
 
@@ -39,15 +33,14 @@ def layout_tag(pool, storage_config, nbytes: int) -> str:
     return "/".join(parts)
 
 
-def build_namespace(storage_config, pool, model: str | None = None) -> KeyNamespace:
-    """The namespace of `pool`'s pages on this rank.
+def build_namespace(storage_config, pool, page_bytes: int, model: str | None = None) -> KeyNamespace:
+    """The namespace of `pool`'s pages (`page_bytes` each) on this rank.
 
     `model` overrides SGLang's model name (by default the served model path,
     tagged with the pool's storage format) so that engines loading the same
     weights from different paths can share. MLA KV is the same on every TP
     rank, so MLA pools are keyed as rank 0 of 1 and all ranks share pages.
     """
-    nbytes = page_bytes(pool)
     replicated = bool(storage_config.is_mla_model)
     return KeyNamespace(
         model=model or storage_config.model_name or "",
@@ -56,7 +49,7 @@ def build_namespace(storage_config, pool, model: str | None = None) -> KeyNamesp
         num_kv_heads=int(getattr(pool, "head_num", 1)),
         head_dim=int(getattr(pool, "head_dim", 0)),
         chunk_tokens=int(pool.page_size),
-        kv_layout=layout_tag(pool, storage_config, nbytes),
+        kv_layout=layout_tag(pool, storage_config, page_bytes),
         tp_rank=0 if replicated else storage_config.tp_rank,
         tp_size=1 if replicated else storage_config.tp_size,
     )

@@ -94,10 +94,20 @@ class EmbeddedMeshPeer:
 def drain(job: LoadJob, timeout_s: float) -> Iterator[ChunkResult]:
     """Every result of `job` within `timeout_s`, each released after the caller's use.
 
-    The caller copies `result.data` out before asking for the next result.
+    The caller copies `result.data` out before asking for the next result. If
+    the caller stops early (or raises), the job is cancelled and every result
+    still to come is released, so no slot stays pinned.
     """
-    for result in job.results(timeout_s):
-        try:
-            yield result
-        finally:
-            result.release()
+    finished = False
+    try:
+        for result in job.results(timeout_s):
+            try:
+                yield result
+            finally:
+                result.release()
+        finished = True
+    finally:
+        if not finished:
+            job.cancel()
+            for result in job.results(0.0):
+                result.release()
