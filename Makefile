@@ -15,13 +15,14 @@ CUDA_ONLY   := torchvision torchaudio torchcodec triton
 UCX_PKGS    := "ucxx-cu12==0.52.*" "libucxx-cu12==0.52.*" "libucx-cu12>=1.19,<1.22" \
                "librmm-cu12==26.10.*" "rapids-logger==0.3.*"
 
-.PHONY: setup demo test test-fast bench clean
+.PHONY: setup demo test test-fast test-netns bench clean
 
 include mk/sglang.mk
+include mk/lmcache.mk
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml Makefile setup.py $(wildcard kvmesh/native/*.c kvmesh/native/*.h)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q $(ENGINE_PKGS)
 	$(PY) -m pip uninstall -q -y $(CUDA_ONLY) || true
@@ -39,9 +40,14 @@ test: setup sglang-setup
 	$(SGLANG_PY) -m pytest -q -ra tests/connectors/sglang
 
 test-fast: setup
-	$(PY) -m pytest -q -ra -m "not vllm"
+	$(PY) -m pytest -q -ra -m "not vllm and not netns"
 
-bench: setup
+test-netns: setup
+	$(PY) -m pytest -q -ra -m netns
+
+# The LMCache side-by-side rows need their own venv; plots need matplotlib.
+bench: setup lmcache-setup
+	$(PY) -m pip install -q "matplotlib>=3.7"
 	$(VENV)/bin/kvmesh bench all
 
 clean:

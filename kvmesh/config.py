@@ -77,6 +77,13 @@ def parse_seeds(name: str, text: str) -> tuple[PeerAddress, ...]:
         raise ConfigError(f"{name}: {exc}") from None
 
 
+def parse_address(name: str, text: str) -> PeerAddress:
+    try:
+        return PeerAddress.parse(text)
+    except ValueError as exc:
+        raise ConfigError(f"{name}: {exc}") from None
+
+
 @dataclass(frozen=True, slots=True)
 class StoreConfig:
     cpu_bytes: int = 1 << 30
@@ -86,13 +93,16 @@ class StoreConfig:
 
 @dataclass(frozen=True, slots=True)
 class MeshConfig:
-    host: str = "127.0.0.1"
+    host: str = "127.0.0.1"  # TCP listener and UDP gossip socket, on one port number
     port: int = 0  # 0: pick a free port
     seeds: tuple[PeerAddress, ...] = ()
     discovery: str = "static"
     replication: int = 2
     vnodes: int = 128
     secret: bytes | None = None
+    advertise_host: str = ""  # how others reach us; "": `host` (required if host is a wildcard)
+    multicast_group: PeerAddress | None = None  # multicast discovery; None: the default group
+    probe_interval_s: float = 1.0  # SWIM protocol period; failure detection scales with it
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,6 +159,9 @@ def _from_env(env: Mapping[str, str]) -> KvmeshConfig:
         replication=opt("KVMESH_REPLICATION", parse_int, 2, 1, 16),
         vnodes=opt("KVMESH_VNODES", parse_int, 128, 1, 4096),
         secret=secret.encode() if secret else None,
+        advertise_host=get("KVMESH_ADVERTISE_HOST") or "",
+        multicast_group=opt("KVMESH_MULTICAST", parse_address, None),
+        probe_interval_s=opt("KVMESH_PROBE_INTERVAL_S", parse_float, 1.0, 0.01, 60.0),
     )
     transfer = TransferConfig(
         transport=opt("KVMESH_TRANSPORT", parse_choice, "auto", TRANSPORTS),

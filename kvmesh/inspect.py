@@ -4,8 +4,10 @@
 
 URL is any peer's control API. Asks it for GET /status?scope=mesh (every
 member's status), falling back to that peer's own /status, and prints a table
-of members (ring share, chunks and bytes per tier, hit rate, pulls in flight,
-transports) and the mesh's recent failures. `--json` prints the raw reply;
+of members (SWIM state and incarnation, ring share, chunks and bytes per
+tier, hit rate, pulls in flight, transports) and the mesh's recent failures;
+members that died or left stay listed while any peer still holds them.
+`--json` prints the raw reply;
 `--watch N` redraws every N seconds until Ctrl-C. The secret comes from
 `--secret` or KVMESH_SECRET.
 
@@ -30,9 +32,10 @@ SECRET_ENV = "KVMESH_SECRET"
 CLEAR_SCREEN = "\x1b[2J\x1b[H"
 MAX_REPLY_BYTES = 16 << 20
 MAX_FAILURES_SHOWN = 20
-MEMBER_HEADERS = ("PEER", "RING", "CHUNKS cpu/disk", "CPU used/cap", "DISK used/cap",
+MEMBER_HEADERS = ("PEER", "STATE", "INC", "RING", "CHUNKS cpu/disk", "CPU used/cap", "DISK used/cap",
                   "HIT RATE", "PULLS", "TRANSPORTS")
 FAILURE_HEADERS = ("TIME", "PEER", "FAILURE")
+STATE_RANK = {"alive": 0, "suspect": 1, "dead": 2, "left": 3}  # SWIM's precedence at one incarnation
 
 
 class InspectError(KvmeshError):
@@ -171,20 +174,38 @@ def summary_line(peers: dict[str, dict[str, Any]]) -> str:
 
 def member_rows(peers: dict[str, dict[str, Any]]) -> list[list[str]]:
     rows = []
-    for peer in _all_members(peers):
+    for peer in _all_members(peers, gone_too=True):
         status = peers.get(peer)
-        share = percent(_ring_share(peer, peers))
+        head = [peer, *member_state(peer, peers), percent(_ring_share(peer, peers))]
         if status is None or "error" in status:
             why = "not asked" if status is None else f"error: {status['error']}"
-            rows.append([peer, share, "-", "-", "-", "-", "-", why])
+            rows.append([*head, "-", "-", "-", "-", "-", why])
             continue
         tiers, counters = status.get("tiers", {}), status.get("counters", {})
         cpu, disk = tiers.get("cpu", {}), tiers.get("disk", {})
-        rows.append([peer, share, f"{cpu.get('chunks', 0)}/{disk.get('chunks', 0)}",
+        rows.append([*head, f"{cpu.get('chunks', 0)}/{disk.get('chunks', 0)}",
                      used_of_cap(cpu), used_of_cap(disk), percent(status.get("hit_rate")),
                      str(counters.get("pulls_inflight", 0)),
                      transports_summary(status.get("transports", {}))])
     return rows
+
+
+def member_state(peer: str, peers: dict[str, dict[str, Any]]) -> tuple[str, str]:
+    """(state, incarnation) of `peer` as the answering peers see it.
+
+    The claim SWIM would keep wins: highest incarnation, then the graver
+    state. When the peers disagree the state says how many hold it,
+    "suspect (1/3)"; "-" where no status lists member states.
+    """
+    claims = [s["member_states"][peer] for s in peers.values()
+              if isinstance(s.get("member_states"), dict) and peer in s["member_states"]]
+    if not claims:
+        return "-", "-"
+    best = max(claims, key=lambda c: (c.get("incarnation", 0), STATE_RANK.get(c.get("state"), -1)))
+    state = best.get("state", "?")
+    agree = sum(1 for c in claims if c.get("state") == state)
+    shown = state if agree == len(claims) else f"{state} ({agree}/{len(claims)})"
+    return shown, str(best.get("incarnation", "?"))
 
 
 def failure_rows(peers: dict[str, dict[str, Any]],
@@ -232,10 +253,13 @@ def clock(at: float) -> str:
     return time.strftime("%H:%M:%S", time.localtime(at))
 
 
-def _all_members(peers: dict[str, dict[str, Any]]) -> list[str]:
+def _all_members(peers: dict[str, dict[str, Any]], gone_too: bool = False) -> list[str]:
+    """Peers answering or listed as members; with `gone_too`, the dead and left as well."""
     members = set(peers)
     for status in peers.values():
         members.update(status.get("members", []))
+        if gone_too and isinstance(status.get("member_states"), dict):
+            members.update(status["member_states"])
     return sorted(members)
 
 

@@ -60,6 +60,8 @@ def test_sizes(text, value):
     ({"KVMESH_REPLICATION": "0"}, "KVMESH_REPLICATION"),
     ({"KVMESH_TIMEOUT_S": "soon"}, "KVMESH_TIMEOUT_S"),
     ({"KVMESH_CHUNK_TOKENS": "-4"}, "KVMESH_CHUNK_TOKENS"),
+    ({"KVMESH_MULTICAST": "239.1.1.1"}, "KVMESH_MULTICAST"),
+    ({"KVMESH_PROBE_INTERVAL_S": "0"}, "KVMESH_PROBE_INTERVAL_S"),
 ])
 def test_bad_values_name_the_variable(env, name):
     with pytest.raises(ConfigError, match=name):
@@ -69,3 +71,14 @@ def test_bad_values_name_the_variable(env, name):
 def test_zero_is_false_not_true():
     # The classic bool(os.getenv(...)) bug: "0" must disable.
     assert not KvmeshConfig.from_env({"KVMESH_ENABLE": "0"}).enabled
+
+
+def test_mesh_membership_variables():
+    mesh = KvmeshConfig.from_env({"KVMESH_HOST": "0.0.0.0", "KVMESH_ADVERTISE_HOST": "10.1.2.3",
+                                  "KVMESH_MULTICAST": "239.9.9.9:7000",
+                                  "KVMESH_PROBE_INTERVAL_S": "0.25"}).mesh
+    assert (mesh.host, mesh.advertise_host) == ("0.0.0.0", "10.1.2.3")
+    assert mesh.multicast_group == PeerAddress("239.9.9.9", 7000)
+    assert mesh.probe_interval_s == 0.25
+    default = KvmeshConfig.from_env({}).mesh
+    assert (default.advertise_host, default.multicast_group, default.probe_interval_s) == ("", None, 1.0)

@@ -18,6 +18,9 @@ def status(peer: str, **over) -> dict:
     doc = {
         "peer_id": peer,
         "members": [A, B, C],
+        "member_states": {A: {"state": "alive", "incarnation": 0, "addr": A},
+                          B: {"state": "alive", "incarnation": 2, "addr": B},
+                          C: {"state": "alive", "incarnation": 0, "addr": C}},
         "ring_shares": {A: 0.5, B: 0.25, C: 0.25},
         "tiers": {"cpu": {"chunks": 3, "bytes_used": 3 << 20, "bytes_cap": 1 << 30},
                   "disk": {"chunks": 0, "bytes_used": 0, "bytes_cap": 0}},
@@ -68,15 +71,31 @@ def test_member_rows():
     peers = {A: status(A), B: {"error": "timed out"}}
     rows = mi.member_rows(peers)
     assert rows == [
-        [A, "50.0%", "3/0", "3.0 MiB/1.0 GiB", "-", "75.0%", "2", "shm:1 tcp:1"],
-        [B, "25.0%", "-", "-", "-", "-", "-", "error: timed out"],
-        [C, "25.0%", "-", "-", "-", "-", "-", "not asked"],
+        [A, "alive", "0", "50.0%", "3/0", "3.0 MiB/1.0 GiB", "-", "75.0%", "2", "shm:1 tcp:1"],
+        [B, "alive", "2", "25.0%", "-", "-", "-", "-", "-", "error: timed out"],
+        [C, "alive", "0", "25.0%", "-", "-", "-", "-", "-", "not asked"],
     ]
 
 
 def test_member_rows_prefer_each_peers_own_ring_view():
     peers = {A: status(A), B: status(B, ring_shares={A: 0.4, B: 0.6})}
-    assert [r[1] for r in mi.member_rows(peers)] == ["50.0%", "60.0%", "25.0%"]
+    assert [r[3] for r in mi.member_rows(peers)] == ["50.0%", "60.0%", "25.0%"]
+
+
+def test_member_state_keeps_swims_winning_claim_and_counts_dissent():
+    dead_c = {C: {"state": "dead", "incarnation": 0, "addr": C}}
+    gone = {"peer_id": B, "member_states": {**dead_c, "10.0.0.9:7000": {
+        "state": "left", "incarnation": 4, "addr": "10.0.0.9:7000"}}}
+    peers = {A: status(A), B: gone}
+    assert mi.member_state(C, peers) == ("dead (1/2)", "0")  # dead beats alive at one incarnation
+    assert mi.member_state(B, peers) == ("alive", "2")
+    assert mi.member_state("10.0.0.9:7000", peers) == ("left", "4")
+    assert mi.member_state("10.0.0.8:7000", peers) == ("-", "-")
+    refuted = status(B, member_states={C: {"state": "alive", "incarnation": 1, "addr": C}})
+    assert mi.member_state(C, {A: gone, B: refuted}) == ("alive (1/2)", "1")
+    # The dead and the left stay in the table; the summary counts members only.
+    assert "10.0.0.9:7000" in [r[0] for r in mi.member_rows(peers)]
+    assert mi.summary_line(peers).startswith("3 members")
 
 
 def test_failure_rows_newest_first_and_capped():
@@ -101,9 +120,9 @@ def test_render_whole_report():
                             hit_rate=None)}}
     lines = mi.render(doc).splitlines()
     assert lines[0] == "3 members, 1 answered; mesh hit rate - (0/0 chunks)"
-    assert lines[2].split() == ["PEER", "RING", "CHUNKS", "cpu/disk", "CPU", "used/cap", "DISK",
+    assert lines[2].split() == ["PEER", "STATE", "INC", "RING", "CHUNKS", "cpu/disk", "CPU", "used/cap", "DISK",
                                 "used/cap", "HIT", "RATE", "PULLS", "TRANSPORTS"]
-    assert lines[3].split()[:4] == [A, "50.0%", "3/0", "3.0"]
+    assert lines[3].split()[:6] == [A, "alive", "0", "50.0%", "3/0", "3.0"]
     assert "Recent failures" in lines
     assert lines[-1].split()[1:] == [A, "pull", "x"]
 

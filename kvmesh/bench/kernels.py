@@ -26,6 +26,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from kvmesh.bench.report import Table
 from kvmesh.kernels.layouts import get_layout
 from kvmesh.kernels.paged import PagedKV
 from kvmesh.models.shapes import SHAPES, get_shape
@@ -37,10 +38,6 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     spec = get_shape(args.shape)
     dtype = getattr(torch, args.dtype or spec.dtype)
-    print(f"shape={spec.name} layers={spec.num_layers} kv_heads={spec.num_kv_heads} "
-          f"head_dim={spec.head_dim} dtype={str(dtype).removeprefix('torch.')} "
-          f"layout={args.layout} block={args.block_size} threads={torch.get_num_threads()} "
-          f"reps={args.reps} (median)")
     rows = []
     for chunk_tokens in args.chunk_tokens:
         if chunk_tokens % args.block_size:
@@ -51,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps(rows, indent=1))
     else:
-        _print_table(rows)
+        _table(rows, args, spec, dtype).emit()
     return 0
 
 
@@ -106,12 +103,17 @@ def _interleaved_medians(fns: list[Callable[[], None]], reps: int) -> list[float
     return [statistics.median(samples) for samples in times]
 
 
-def _print_table(rows: list[dict]) -> None:
-    print(f"{'op':<8} {'ids':<12} {'path':<12} {'MiB':>6} {'median us':>10} "
-          f"{'GB/s':>7} {'vs memcpy':>9}")
+def _table(rows: list[dict], args, spec, dtype: torch.dtype) -> Table:
+    """The rows as a saved table; `vs memcpy` is against the faster memcpy of the same bytes."""
+    table = Table("kernels", ["op", "ids", "path", "chunk MiB", "median us", "GB/s", "vs memcpy"])
     for r in rows:
-        print(f"{r['op']:<8} {r['ids']:<12} {r['path']:<12} {r['chunk_mib']:>6.2f} "
-              f"{r['median_us']:>10.1f} {r['gb_s']:>7.2f} {r['vs_memcpy']:>9.2f}")
+        op = f"baseline: {r['op']}" if r["op"] == "memcpy" else r["op"]
+        table.add(op, r["ids"], r["path"], r["chunk_mib"], r["median_us"], r["gb_s"], r["vs_memcpy"])
+    table.note(f"shape={spec.name} layers={spec.num_layers} kv_heads={spec.num_kv_heads} "
+               f"head_dim={spec.head_dim} dtype={str(dtype).removeprefix('torch.')} "
+               f"layout={args.layout} block={args.block_size} threads={torch.get_num_threads()}; "
+               f"median of {args.reps}, cases interleaved")
+    return table
 
 
 def _parser() -> argparse.ArgumentParser:

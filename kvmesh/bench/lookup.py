@@ -1,21 +1,97 @@
-"""`kvmesh bench lookup`: latency of a mesh-wide prefix lookup.
+"""`kvmesh bench lookup`: prefix lookups, held locally and across a mesh.
 
-Eight peer processes on loopback; one stores a 32-chunk prefix, another
-(holding none of it) looks it up repeatedly: each lookup is one batched
-LOOKUP per ring owner, in parallel. Baseline from the same run: a PING round
-trip on one kvmesh connection (the floor for any remote question).
+Local: a 32k-token prompt whose chunks are all in this peer's store; one
+lookup = token ids (a Python list, as engines pass them) -> chunk keys ->
+matched prefix, through the sync facade. Side by side in the same run:
+LMCache's `LMCacheEngine.lookup` of the same ids, stored in its
+LocalCPUBackend (own venv; mock GPU connector, so nothing but bookkeeping).
+
+Mesh: eight peer processes on loopback; one stores a 32-chunk prefix, another
+(holding none of it) looks it up repeatedly: one batched LOOKUP per directory
+owner asked, in parallel. Baselines from the same run: one PING round trip
+(the floor for any remote question), and PINGs sent in parallel to exactly
+the owners the lookup asks (the floor for a lookup that asks them).
+
+Writes lookup.{json,md} and lookup.png (latency percentiles).
 """
 
 from __future__ import annotations
 
 import argparse
+import time
+from pathlib import Path
 
+import numpy as np
+
+from kvmesh.bench import lmcache_run, plots
 from kvmesh.bench.procs import start_peers
 from kvmesh.bench.report import Table
+from kvmesh.config import ControlConfig, KvmeshConfig, MeshConfig, StoreConfig
+from kvmesh.hashring.keys import ChunkHasher, KeyNamespace
+from kvmesh.hashring.ring import HashRing
+from kvmesh.mesh.lookup_plan import plan_queries
+from kvmesh.peers.facade import PeerHandle
+from kvmesh.peers.standalone import prompt_tokens, standalone_hasher
+
+MESH_CHUNK_TOKENS = 16
+MESH_SLOT_BYTES = 64 << 10
 
 
 def percentile(sorted_values: list[float], q: float) -> float:
     return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]
+
+
+def local_lookup_us(tokens: int, chunk_tokens: int, repeat: int) -> list[float]:
+    """kvmesh: ids -> keys -> lookup_prefix, all chunks held by this peer."""
+    config = KvmeshConfig(chunk_tokens=chunk_tokens, store=StoreConfig(cpu_bytes=64 << 20),
+                          control=ControlConfig(enabled=False))
+    hasher = ChunkHasher(KeyNamespace("bench", "bf16", 2, 1, 8, chunk_tokens, "opaque"))
+    slot = 16 << 10
+    handle = PeerHandle.start(config, hasher, slot)
+    try:
+        ids = np.random.default_rng(0).integers(0, 128_000, tokens, dtype=np.int32).tolist()
+        for key in hasher.keys(ids):
+            handle.commit_save(handle.prepare_save(key))
+        want = tokens // chunk_tokens
+        out = []
+        for _ in range(repeat + 1):
+            start = time.perf_counter()
+            matched = handle.lookup_prefix(hasher.keys(ids))
+            out.append((time.perf_counter() - start) * 1e6)
+            if matched != want:
+                raise RuntimeError(f"local lookup matched {matched} of {want} chunks")
+        return sorted(out[1:])
+    finally:
+        handle.close()
+
+
+def planned_owners(peer_ids: list[str], looker: str, chunks: int) -> list[str]:
+    """The remote owners the looker's lookup asks (same ring and plan as the peers)."""
+    config = KvmeshConfig(chunk_tokens=MESH_CHUNK_TOKENS)
+    keys = standalone_hasher(config, MESH_SLOT_BYTES).keys(
+        prompt_tokens(1, chunks, MESH_CHUNK_TOKENS))
+    ring, r = HashRing(peer_ids, vnodes=MeshConfig().vnodes), MeshConfig().replication
+    plan = plan_queries([ring.owners(k, r) for k in keys], looker)
+    return [owner for owner in plan if owner != looker]
+
+
+def mesh_lookup_us(peers_n: int, chunks: int, repeat: int) -> dict[str, list[float] | int]:
+    peers = start_peers(peers_n, {"KVMESH_CHUNK_TOKENS": str(MESH_CHUNK_TOKENS),
+                                  "KVMESH_CPU_BYTES": "16MiB"}, MESH_SLOT_BYTES)
+    try:
+        looker = peers[-1]
+        peers[0].send("fill", seed=1, chunks=chunks)
+        time.sleep(0.3)  # advertisements reach the owners
+        looker.send("lookup", seed=1, chunks=chunks)  # warm connections
+        owners = planned_owners([p.peer_id for p in peers], looker.peer_id, chunks)
+        looker.send("ping_latency", peers=owners, repeat=20)  # warm those connections too
+        return {"lookup": looker.send("lookup_latency", seed=1, chunks=chunks, repeat=repeat)["us"],
+                "ping": looker.send("ping_latency", peer=peers[0].peer_id, repeat=repeat)["us"],
+                "fanout": looker.send("ping_latency", peers=owners, repeat=repeat)["us"],
+                "owners": len(owners)}
+    finally:
+        for peer in peers:
+            peer.stop()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,21 +99,40 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--peers", type=int, default=8)
     parser.add_argument("--chunks", type=int, default=32)
     parser.add_argument("--repeat", type=int, default=500)
+    parser.add_argument("--local-tokens", type=int, default=32768)
+    parser.add_argument("--chunk-tokens", type=int, default=256, help="for the local lookup")
+    parser.add_argument("--lmcache-python", type=Path, default=lmcache_run.DEFAULT_PYTHON)
     args = parser.parse_args(argv)
-    peers = start_peers(args.peers, {"KVMESH_CHUNK_TOKENS": "16", "KVMESH_CPU_BYTES": "16MiB"},
-                        64 << 10)
-    try:
-        peers[0].send("fill", seed=1, chunks=args.chunks)
-        peers[-1].send("lookup", seed=1, chunks=args.chunks)  # warm connections
-        lat = peers[-1].send("lookup_latency", seed=1, chunks=args.chunks, repeat=args.repeat)["us"]
-        ping = peers[-1].send("ping_latency", peer=peers[0].peer_id, repeat=args.repeat)["us"]
-    finally:
-        for peer in peers:
-            peer.stop()
-    table = Table("lookup", ["what", "p50 us", "p99 us"])
-    table.add(f"lookup {args.chunks}-chunk prefix, {args.peers}-peer mesh",
-              percentile(lat, 0.5), percentile(lat, 0.99))
-    table.add("baseline: one PING round trip", percentile(ping, 0.5), percentile(ping, 0.99))
-    table.note(f"{args.repeat} lookups from an engine thread through the sync facade")
+
+    local = local_lookup_us(args.local_tokens, args.chunk_tokens, args.repeat)
+    lmc = lmcache_run.run("lookup", args.lmcache_python, tokens=args.local_tokens,
+                          chunk_tokens=args.chunk_tokens, reps=min(args.repeat, 200))
+    mesh = mesh_lookup_us(args.peers, args.chunks, args.repeat)
+
+    table = Table("lookup", ["what", "p50 us", "p99 us", "p50 vs baseline"])
+    lmc_p50 = percentile(lmc["us"], 0.5) if lmc else None
+    table.add(f"kvmesh local lookup, {args.local_tokens}-token prompt (ids -> keys -> prefix)",
+              percentile(local, 0.5), percentile(local, 0.99),
+              f"{percentile(local, 0.5) / lmc_p50:.3g} x LMCache" if lmc else "-")
+    if lmc:
+        table.add("baseline: LMCache LMCacheEngine.lookup, same ids (LocalCPUBackend)",
+                  lmc_p50, percentile(lmc["us"], 0.99), 1.0)
+    else:
+        table.note(lmcache_run.skipped_note(args.lmcache_python))
+    ping50, fan50 = percentile(mesh["ping"], 0.5), percentile(mesh["fanout"], 0.5)
+    table.add(f"kvmesh lookup of a {args.chunks}-chunk prefix, {args.peers}-peer mesh",
+              percentile(mesh["lookup"], 0.5), percentile(mesh["lookup"], 0.99),
+              f"{percentile(mesh['lookup'], 0.5) / fan50:.3g} x fan-out PING")
+    table.add("baseline: one PING round trip", ping50, percentile(mesh["ping"], 0.99), 1.0)
+    table.add(f"baseline: PING to the {mesh['owners']} owners the lookup asks, in parallel",
+              fan50, percentile(mesh["fanout"], 0.99), f"{fan50 / ping50:.3g} x PING")
+    table.note(f"{args.repeat} lookups from an engine thread through the sync facade; "
+               "the mesh lookup asks as few directory owners as possible (lookup_plan)")
     table.emit()
+    series = {"kvmesh local lookup": local, "kvmesh mesh lookup": mesh["lookup"],
+              "baseline: PING": mesh["ping"], f"baseline: PING x{mesh['owners']} in parallel":
+              mesh["fanout"]}
+    if lmc:
+        series["baseline: LMCache local lookup"] = lmc["us"]
+    plots.latency_percentiles("lookup", series, "Prefix lookup latency")
     return 0

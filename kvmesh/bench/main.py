@@ -9,9 +9,12 @@ BENCHMARKS = {
     "hash": "kvmesh.bench.hashing",
     "lookup": "kvmesh.bench.lookup",
     "transfer": "kvmesh.bench.transfer",
+    "store": "kvmesh.bench.store",
+    "hit": "kvmesh.bench.hit",
     "kernels": "kvmesh.bench.kernels",
     "ttft": "kvmesh.bench.ttft",
     "gossip": "kvmesh.bench.gossip",
+    "netns": "kvmesh.bench.netns",
 }
 
 

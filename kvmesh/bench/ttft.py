@@ -15,6 +15,7 @@ import random
 import statistics
 import time
 
+from kvmesh.bench import plots
 from kvmesh.bench.report import Table
 from kvmesh.demo.engines import Engine, engine_env, free_port, run_dir
 from kvmesh.models.local import build_model
@@ -78,6 +79,11 @@ def main(argv: list[str] | None = None) -> int:
         table.note(f"model '{args.shape}': {flops_per_kv_byte(shape):,.0f} prefill FLOPs per KV "
                    f"byte at 2k tokens (Llama-3-8B: ~110,000); one engine busy at a time")
         table.emit()
+        columns = list(zip(*table.rows))
+        plots.ttft_vs_length("ttft", columns[0], {
+            "kvmesh on, recompute (miss)": columns[1], "kvmesh on, local hit": columns[2],
+            "kvmesh on, remote hit": columns[3], "baseline: kvmesh off": columns[4],
+        }, f"Time to first token, vLLM-CPU, model '{args.shape}'")
         overhead_table(a, c, args, shape.vocab_size).emit()
     finally:
         for engine in engines:

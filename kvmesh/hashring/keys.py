@@ -20,6 +20,7 @@ import msgpack
 import numpy as np
 import xxhash
 
+from kvmesh import native
 from kvmesh.types import ChunkKey
 
 KV_FORMAT_VERSION = 1
@@ -66,14 +67,34 @@ def _keyed_blake2b(secret: bytes) -> Callable[[bytes], bytes]:
     return digest
 
 
+# chain(root, int32 buffer, chunk_bytes, n) -> n chained keys, as native.chain_keys.
+ChainFn = Callable[[bytes, np.ndarray, int, int], list]
+
+
+def _python_chain(digest: Callable[[bytes], bytes]) -> ChainFn:
+    """The chain for any digest (the keyed one has no C version: it is the rare case)."""
+
+    def chain(root: bytes, buf: np.ndarray, chunk_bytes: int, n: int) -> list[bytes]:
+        view = memoryview(buf).cast("B")
+        prev, out = root, []
+        for i in range(n):
+            prev = digest(prev + view[i * chunk_bytes:(i + 1) * chunk_bytes])
+            out.append(prev)
+        return out
+
+    return chain
+
+
 class ChunkHasher:
     """Turns token ids into chained chunk keys for one namespace."""
 
     def __init__(self, namespace: KeyNamespace, secret: bytes | None = None) -> None:
         self.namespace = namespace
         self.chunk_tokens = namespace.chunk_tokens
-        self._digest = _keyed_blake2b(secret) if secret else xxhash.xxh3_128_digest
-        self._root = self._digest(namespace.encode())
+        digest = _keyed_blake2b(secret) if secret else xxhash.xxh3_128_digest
+        self._root = digest(namespace.encode())
+        # xxh3 chains run in C (~0.1 us a chunk instead of ~1 us of Python per chunk).
+        self._chain: ChainFn = _python_chain(digest) if secret else native.chain_keys
 
     @property
     def root(self) -> bytes:
@@ -89,19 +110,18 @@ class ChunkHasher:
         n = len(buf) // self.chunk_tokens
         if max_chunks is not None:
             n = min(n, max_chunks)
-        view = memoryview(buf).cast("B")
-        step = self.chunk_tokens * 4
-        digest = self._digest
-        prev = self._root
-        out: list[ChunkKey] = []
-        for i in range(n):
-            prev = digest(prev + view[i * step:(i + 1) * step])
-            out.append(ChunkKey(prev))
-        return out
+        return self._chain(self._root, buf, self.chunk_tokens * 4, n)
 
 
 def as_int32_le(tokens: Sequence[int] | np.ndarray) -> np.ndarray:
     """Token ids as a contiguous little-endian int32 array (no copy if already one)."""
+    if isinstance(tokens, (list, tuple)):  # what engines pass: C reads the ints (~5x numpy)
+        try:
+            return np.frombuffer(native.pack_int32(tokens), dtype="<i4")
+        except TypeError as exc:
+            raise ValueError(f"token ids must be integers: {exc}") from None
+        except OverflowError:
+            raise ValueError("token ids must fit in int32") from None
     if hasattr(tokens, "numpy") and not isinstance(tokens, np.ndarray):  # torch tensor
         tokens = tokens.detach().cpu().numpy()
     arr = np.asarray(tokens)
@@ -109,6 +129,8 @@ def as_int32_le(tokens: Sequence[int] | np.ndarray) -> np.ndarray:
         raise ValueError(f"token ids must be one-dimensional, got shape {arr.shape}")
     if arr.size and arr.dtype.kind not in "iu":
         raise ValueError(f"token ids must be integers, got {arr.dtype}")
-    if arr.size and (arr.min() < -(1 << 31) or arr.max() >= (1 << 31)):
+    # The range scan costs more than hashing: skip it when the dtype cannot overflow.
+    if arr.size and not np.can_cast(arr.dtype, np.int32) and (
+            arr.min() < -(1 << 31) or arr.max() >= (1 << 31)):
         raise ValueError("token ids must fit in int32")
     return np.ascontiguousarray(arr, dtype="<i4")

@@ -45,6 +45,13 @@ class HashRing:
     def __contains__(self, peer: object) -> bool:
         return peer in self._peers
 
+    def copy(self) -> "HashRing":
+        """An independent ring with the same peers and points (no rehashing)."""
+        other = HashRing(vnodes=self.vnodes, point_hash=self._hash)
+        other._points, other._owners, other._peers = (list(self._points), list(self._owners),
+                                                      set(self._peers))
+        return other
+
     def add(self, peer: PeerId) -> bool:
         """Place a peer's virtual nodes; False if it was already on the ring."""
         if peer in self._peers:

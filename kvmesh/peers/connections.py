@@ -76,7 +76,13 @@ class ConnectionPool:
         await info.aclose()
         if not info.remote.ucx_port:
             raise TransferError(f"{address.peer_id} has no UCX listener")
-        return await asyncio.wait_for(UcxStream.connect(address.host, info.remote.ucx_port), timeout)
+        try:
+            return await asyncio.wait_for(UcxStream.connect(address.host, info.remote.ucx_port),
+                                          timeout)
+        except (asyncio.TimeoutError, OSError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - ucxx's own errors: a peer dying mid-connect
+            raise TransferError(f"UCX connect to {address.peer_id}: {exc!r}") from None
 
     def drop(self, peer: PeerId) -> None:
         client = self._clients.pop(peer, None)

@@ -207,10 +207,12 @@ async def move(request: web.Request) -> web.Response:
 async def mesh_status(peer) -> dict[str, Any]:
     """Every member's /status, or {"error": ...} for one that did not answer.
 
-    Each member is asked once, in parallel, bounded by the transfer timeout;
+    Each member is asked once, in parallel, bounded by the transfer timeout
+    (members never dialled are dialled first to learn their control port);
     this peer answers for itself without a request.
     """
     others = [m for m in sorted(peer.membership.members) if m != peer.peer_id]
+    await peer.learn_control_urls(others)
     secret = peer.config.mesh.secret
     headers = {"Authorization": "Bearer " + secret.decode("utf-8", "backslashreplace")} if secret else {}
     timeout = aiohttp.ClientTimeout(total=peer.config.transfer.timeout_s)

@@ -36,6 +36,7 @@ class PeerHandle:
         self._loop = loop
         self._thread = thread
         self._timeout = peer.config.transfer.timeout_s
+        self._local_lookups = _LocalLookupCounts()
 
     @classmethod
     def start(cls, config: KvmeshConfig, hasher: ChunkHasher, slot_bytes: int) -> "PeerHandle":
@@ -64,6 +65,12 @@ class PeerHandle:
             raise
 
     def lookup_prefix(self, keys: Sequence[ChunkKey]) -> int:
+        # All held here (the store is thread-safe): answer on this thread. The
+        # hop onto the peer loop and back costs more than the whole lookup.
+        local = self.peer.store.leading_hits(keys)
+        if local == len(keys):
+            self._local_lookups.add(local, self._loop, self.peer.stats)
+            return local
         try:
             return self.call(self.peer.lookup_prefix(list(keys)), self._timeout * 2)
         except (KvmeshError, concurrent.futures.TimeoutError, OSError) as exc:
@@ -103,6 +110,36 @@ class PeerHandle:
         finally:
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(timeout=5)
+
+
+class _LocalLookupCounts:
+    """Lookups the facade answered itself, folded into the loop-thread-only
+    PeerStats within STATS_FOLD_S: waking the loop on every lookup cost about
+    as much as the lookup (a self-pipe write, then a GIL hand-off)."""
+
+    STATS_FOLD_S = 0.1
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()  # engine threads add, the loop thread folds
+        self._lookups = self._chunks = 0
+        self._fold_scheduled = False
+
+    def add(self, chunks: int, loop: asyncio.AbstractEventLoop, stats) -> None:
+        with self._lock:
+            self._lookups += 1
+            self._chunks += chunks
+            if self._fold_scheduled:
+                return
+            self._fold_scheduled = True
+        loop.call_soon_threadsafe(loop.call_later, self.STATS_FOLD_S, self._fold, stats)
+
+    def _fold(self, stats) -> None:
+        with self._lock:
+            lookups, chunks, self._lookups, self._chunks = self._lookups, self._chunks, 0, 0
+            self._fold_scheduled = False
+        stats.lookups += lookups
+        stats.lookup_chunks += chunks
+        stats.lookup_hit_chunks += chunks
 
 
 class PeerLoadJob:

@@ -22,9 +22,10 @@ log = logging.getLogger(__name__)
 ResultFn = Callable[[int, bool, str], None]  # (index, ok, source)
 HoldersFn = Callable[[Sequence[bytes]], Awaitable[list[tuple[str, ...]]]]
 MAX_ATTEMPTS = 3
-# Bytes/s below which a pull is declared stuck. Low on purpose: a loaded host
-# or a slow link must not turn a healthy pull into misses; a dead holder is
-# caught at once by its closed connection, not by this budget.
+# Bytes/s below which a pull's whole budget runs out. Low on purpose: a loaded
+# host or a slow link must not turn a healthy pull into misses. A dead holder is
+# caught sooner: by its closed connection, or by a stall (no chunk landing for
+# the configured timeout).
 MIN_PULL_BANDWIDTH = 10 << 20
 
 
@@ -121,7 +122,8 @@ class ChunkLoader:
         try:
             # PeerClient.pull calls done() exactly once per key, even on failure.
             budget = self._timeout_s + len(indices) * store.slot_bytes / MIN_PULL_BANDWIDTH
-            await client.pull(tuple(keys[i] for i in indices), dest, done, budget)
+            await client.pull(tuple(keys[i] for i in indices), dest, done, budget,
+                              stall_s=self._timeout_s)
         finally:
             self._stats.pulls_inflight -= 1
         if fetched:

@@ -18,6 +18,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 TIERS = ("cpu", "disk")
+MEMBER_STATES = ("alive", "suspect", "dead", "left")
 
 # (PeerStats counter, metric name without _total, help)
 COUNTERS = (
@@ -51,6 +52,16 @@ def hit_rate(counters: dict[str, Any]) -> float | None:
     return counters.get("lookup_hit_chunks", 0) / asked if asked else None
 
 
+def member_states(membership) -> dict[str, dict[str, Any]]:
+    """{peer: {"state", "incarnation", "addr"}} for every member SWIM still holds.
+
+    Dead and left members stay listed until SWIM forgets them, so an operator
+    sees who went away; "members" holds only the alive and suspect.
+    """
+    return {row.peer: {"state": row.state, "incarnation": row.incarnation, "addr": row.addr}
+            for row in membership.snapshot()}
+
+
 def peer_status(peer) -> dict[str, Any]:
     """This peer's status as JSON-ready data (GET /status)."""
     store = dataclasses.asdict(peer.store.stats())
@@ -58,6 +69,8 @@ def peer_status(peer) -> dict[str, Any]:
     return {
         "peer_id": peer.peer_id,
         "members": sorted(peer.membership.members),
+        "member_states": member_states(peer.membership),
+        "gossip": dataclasses.asdict(peer.membership.stats),
         "ring_shares": dict(sorted(peer.membership.ring.shares().items())),
         "store": store,
         "tiers": tier_usage(store),
@@ -89,6 +102,15 @@ class PeerCollector:
                                 value=counters.get("pulls_inflight", 0))
         yield GaugeMetricFamily("kvmesh_members", "Members of the mesh, this peer included.",
                                 value=len(self._peer.membership.members))
+        by_state = GaugeMetricFamily("kvmesh_member_states",
+                                     "Members SWIM holds, by state (dead/left until forgotten).",
+                                     labels=["state"])
+        counts: dict[str, int] = {}
+        for row in self._peer.membership.snapshot():
+            counts[row.state] = counts.get(row.state, 0) + 1
+        for state in MEMBER_STATES:
+            by_state.add_metric([state], counts.get(state, 0))
+        yield by_state
         yield GaugeMetricFamily("kvmesh_directory_keys", "Keys in this peer's directory shard.",
                                 value=len(self._peer.directory))
         yield from _tier_gauges(tier_usage(dataclasses.asdict(self._peer.store.stats())))

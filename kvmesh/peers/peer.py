@@ -1,22 +1,23 @@
 """The peer: one per engine process (per tensor-parallel rank).
 
 Owns the chunk store, this peer's directory shard, its view of the mesh
-(membership and ring), outgoing connections and the listeners. Everything
-here runs on the peer's own event loop; engines reach it through the sync
-facade in `facade.py`.
+(SWIM membership and ring, in `gossip.py`), outgoing connections and the
+listeners. Everything here runs on the peer's own event loop; engines reach
+it through the sync facade in `facade.py`.
 
 Data flow:
   lookup   local store, then one LOOKUP per ring owner in parallel
   load     ChunkLoader: local tiers, then PULL from holders into store slots
   save     store commit, then ADVERTISE to the key's ring owners (batched)
   evict    store events -> WITHDRAW to the owners (batched)
+  ring     a member joins: ADVERTISE held keys to their new owners only;
+           a member dies or leaves: drop its directory entries, same re-advertise
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import socket
 import time
 from collections import OrderedDict, defaultdict
@@ -26,10 +27,15 @@ from typing import Sequence
 from kvmesh.config import KvmeshConfig
 from kvmesh.errors import KvmeshError
 from kvmesh.hashring.keys import ChunkHasher
+from kvmesh.hashring.ring import HashRing
 from kvmesh.mesh.directory import Directory
-from kvmesh.mesh.membership import StaticMembership
+from kvmesh.mesh.lookup_plan import plan_queries
+from kvmesh.mesh.rebalance import new_owners
 from kvmesh.mesh.store import ChunkStore
+from kvmesh.mesh.swim import Swim
+from kvmesh.mesh.swim_states import MemberState
 from kvmesh.peers.connections import ConnectionPool, is_mesh_failure
+from kvmesh.peers.gossip import MeshGossip, open_listeners
 from kvmesh.peers.loader import ChunkLoader, ResultFn
 from kvmesh.peers.stats import PeerStats
 from kvmesh.transfer import frames as f
@@ -41,8 +47,8 @@ from kvmesh.types import PeerAddress, PeerId
 
 log = logging.getLogger(__name__)
 
-GOSSIP_INTERVAL_S = 0.5
 EVENT_PUMP_INTERVAL_S = 0.05
+REBALANCE_BATCH_KEYS = 4096  # keys placed per loop turn while rebalancing
 HOLDER_CACHE_KEYS = 1 << 16
 HOLDER_CACHE_TTL_S = 5.0
 
@@ -63,7 +69,10 @@ class Peer:
         self.control_port = 0
         self.control_urls: dict[str, str] = {}  # peer id -> control API base URL
         self.peer_id = PeerId("")
-        self.membership: StaticMembership | None = None
+        self.membership: Swim | None = None
+        self._gossip: MeshGossip | None = None
+        self._placed: HashRing | None = None  # the ring our keys were last advertised under
+        self._ring_changed = asyncio.Event()
         self.pool: ConnectionPool | None = None
         self.loader: ChunkLoader | None = None
         self.control_url = ""
@@ -87,11 +96,13 @@ class Peer:
 
     async def _start(self) -> None:
         loop = asyncio.get_running_loop()
-        mesh = self.config.mesh
-        self._sock = socket.create_server((mesh.host, mesh.port), reuse_port=False)
-        self._sock.setblocking(False)
-        self.peer_id = PeerAddress(mesh.host, self._sock.getsockname()[1]).peer_id
-        self.membership = StaticMembership(self.peer_id, mesh.vnodes, self._on_membership_change)
+        mesh, timeout = self.config.mesh, self.config.transfer.timeout_s
+        listeners = await open_listeners(mesh, timeout)
+        self._sock, self.peer_id = listeners.sock, listeners.peer_id
+        self._gossip = MeshGossip(listeners, mesh, self.namespace, self._on_membership_change,
+                                  timeout)
+        self.membership = self._gossip.membership
+        self._placed = HashRing([self.peer_id], vnodes=mesh.vnodes)
         self.pool = ConnectionPool(self.config, self.namespace, self._hello, self.note_control_port)
         self.loader = ChunkLoader(self.peer_id, self.store, self.pool, self.find_holders,
                                   self.advertise, self.config.transfer.timeout_s, self.stats)
@@ -101,7 +112,7 @@ class Peer:
             self._ucx_listener = UcxListener(self._serve_stream)
             self.ucx_port = self._ucx_listener.port
         self._tasks = [loop.create_task(self._accept_loop()),
-                       loop.create_task(self._gossip_loop()),
+                       loop.create_task(self._rebalance_loop()),
                        loop.create_task(self._event_pump())]
         if self.config.control.enabled:
             from kvmesh.peers.control_api import start_control_api  # noqa: PLC0415
@@ -109,9 +120,17 @@ class Peer:
             self._control, self.control_url = await start_control_api(self, self.config.control)
             self.control_port = int(self.control_url.rsplit(":", 1)[1])
             self.control_urls[self.peer_id] = self.control_url
-        await self._join([s.peer_id for s in mesh.seeds])
+        await self._gossip.join()
 
-    async def stop(self) -> None:
+    async def stop(self, graceful: bool = True) -> None:
+        """Leave the mesh (graceful: tell the others now) and release everything.
+
+        The others drop our directory entries when they learn we left, and
+        holders re-advertise the keys whose owners changed: that is the
+        hand-off. Chunks held only here are lost to the mesh (no push).
+        """
+        if self._gossip is not None:
+            await self._gossip.close(graceful)
         for task in self._tasks + list(self._serving):
             task.cancel()
         await asyncio.gather(*self._tasks, *self._serving, return_exceptions=True)
@@ -146,50 +165,35 @@ class Peer:
 
     # ---- membership ----------------------------------------------------------
 
-    async def _join(self, seeds: Sequence[str]) -> None:
-        self.membership.learn([s for s in seeds if s != self.peer_id])
-        await asyncio.gather(*(self._exchange_members(p) for p in self.membership.others()))
-
-    async def _gossip_loop(self) -> None:
-        while True:
-            await asyncio.sleep(GOSSIP_INTERVAL_S * (0.5 + random.random()))
-            others = self.membership.others()
-            if others:
-                await self._exchange_members(random.choice(others))
-
-    async def _exchange_members(self, peer: PeerId) -> None:
-        timeout = self.config.transfer.timeout_s
-        try:
-            client = await self.pool.get(peer)
-            reply = await client.request(lambda rid: f.Members(rid, tuple(self.membership.members)),
-                                         timeout)
-        except Exception as exc:  # noqa: BLE001
-            if not is_mesh_failure(exc):
-                raise
-            self.stats.note_failure(f"contact {peer}: {exc}")
-            if self.membership.contact_failed(peer):
-                log.info("peer %s considered dead", peer)
-            return
-        self.membership.contact_ok(peer)
-        self.membership.learn(reply.peers)
-
     def _on_membership_change(self, joined: set[PeerId], left: set[PeerId]) -> None:
+        """Swim's callback (loop thread, must not block): forget the gone, rebalance later."""
+        log.info("mesh change at %s: joined %s, left %s", self.peer_id, sorted(joined), sorted(left))
         for peer in left:
             self.directory.drop_holder(peer)
             if self.pool is not None:
                 self.pool.drop(peer)
         self._holder_cache.clear()
-        self._rebalance()
+        self._ring_changed.set()
 
-    def _rebalance(self) -> None:
-        """Re-advertise what we hold: owners under the new ring may lack it.
+    async def _rebalance_loop(self) -> None:
+        """Re-advertise held keys to the owners each ring change made new for them.
 
-        Sends only to owners that are not ourselves; re-advertising to an
-        owner that already has the entry is harmless.
+        Changes that arrive while a pass runs are folded into the next pass,
+        which compares against the ring the previous one advertised under.
+        Keys are placed in batches so lookups keep flowing meanwhile.
         """
-        keys = self.store.keys()
-        if keys:
-            self.advertise(keys)
+        while True:
+            await self._ring_changed.wait()
+            self._ring_changed.clear()
+            old, new = self._placed, self.membership.ring.copy()
+            self._placed = new
+            keys = self.store.keys()
+            for start in range(0, len(keys), REBALANCE_BATCH_KEYS):
+                batch = keys[start:start + REBALANCE_BATCH_KEYS]
+                moved = new_owners(batch, old, new, self.config.mesh.replication)
+                for owner, owned in moved.items():
+                    self._queue_to(owner, owned, withdraw=False)
+                await asyncio.sleep(0)
 
     # ---- directory ------------------------------------------------------------
 
@@ -203,11 +207,14 @@ class Peer:
         ring, r = self.membership.ring, self.config.mesh.replication
         for key in keys:
             for owner in ring.owners(key, r):
-                if owner == self.peer_id:
-                    (self.directory.remove if withdraw else self.directory.add)(self.peer_id, [key])
-                else:
-                    self._outbox[(owner, withdraw)].append(key)
-        if self._outbox and not self._flush_scheduled:
+                self._queue_to(owner, [key], withdraw)
+
+    def _queue_to(self, owner: PeerId, keys: Sequence[bytes], withdraw: bool) -> None:
+        if owner == self.peer_id:
+            (self.directory.remove if withdraw else self.directory.add)(self.peer_id, keys)
+            return
+        self._outbox[(owner, withdraw)].extend(keys)
+        if not self._flush_scheduled:
             self._flush_scheduled = True
             asyncio.get_running_loop().create_task(self._flush())
 
@@ -231,12 +238,18 @@ class Peer:
             self.stats.note_failure(f"{kind.__name__.lower()} to {owner}: {exc}")
 
     async def _event_pump(self) -> None:
+        incarnation = 0
         while True:
             await asyncio.sleep(EVENT_PUMP_INTERVAL_S)
             gone = [k for ev in self.store.take_events() if ev.kind in ("evicted", "removed")
                     for k in ev.keys]
             if gone:
                 self.withdraw(gone)
+            if self.membership.incarnation != incarnation:
+                # We refuted a suspicion or a death: whoever buried us dropped our
+                # entries without our ring changing, so advertise everything again.
+                incarnation = self.membership.incarnation
+                self.advertise(self.store.keys())
 
     # ---- lookups and loads ------------------------------------------------------
 
@@ -262,24 +275,32 @@ class Peer:
         return [h or () for h in out]
 
     async def _ask_owners(self, keys: list[bytes]) -> list[tuple[str, ...]]:
+        """Holders per key, asking as few owners as possible (see lookup_plan).
+
+        Keys we own are answered here; an owner that cannot be asked is struck
+        off and its keys are planned again over their other owners.
+        """
         ring, r = self.membership.ring, self.config.mesh.replication
         answers: list[tuple[str, ...]] = [()] * len(keys)
-        pending = {i: ring.owners(k, r) for i, k in enumerate(keys)}
-        while pending:
-            by_owner: dict[str, list[int]] = defaultdict(list)
-            for i, owners in pending.items():
-                if owners:
-                    by_owner[owners.pop(0)].append(i)
-            if not by_owner:
-                break
-            replies = await asyncio.gather(*(self._ask_owner(o, [keys[i] for i in idx])
-                                             for o, idx in by_owner.items()))
-            for (owner, idx), reply in zip(by_owner.items(), replies):
-                for pos, i in enumerate(idx):
-                    if reply is not None:
-                        answers[i] = reply[pos]
-                        pending.pop(i, None)
-            pending = {i: o for i, o in pending.items() if o}
+        candidates = [ring.owners(k, r) for k in keys]
+        todo = list(range(len(keys)))
+        while todo:
+            plan = plan_queries([candidates[i] for i in todo], self.peer_id)
+            for j in plan.pop(self.peer_id, ()):
+                answers[todo[j]] = self.directory.holders(keys[todo[j]])
+            asks = [(owner, [todo[j] for j in idx]) for owner, idx in plan.items()]
+            coros = [self._ask_owner(owner, [keys[i] for i in idx]) for owner, idx in asks]
+            # One owner (the common case for short prompts): no task for gather to make.
+            replies = [await coros[0]] if len(coros) == 1 else await asyncio.gather(*coros)
+            todo = []
+            for (owner, idx), reply in zip(asks, replies):
+                if reply is not None:
+                    for i, holders in zip(idx, reply):
+                        answers[i] = holders
+                    continue
+                for i in idx:
+                    candidates[i] = [o for o in candidates[i] if o != owner]
+                todo += [i for i in idx if candidates[i]]
         return answers
 
     async def _ask_owner(self, owner: str, keys: list[bytes]) -> list[tuple[str, ...]] | None:
@@ -337,9 +358,13 @@ class Peer:
     def on_connected(self, hello: f.Hello) -> None:
         if not hello.peer_id:
             return  # a lookup client of our own engine, not a mesh member
-        self.membership.learn([hello.peer_id], direct=True)
-        self.membership.contact_ok(PeerId(hello.peer_id))
+        self._gossip.learn(hello.peer_id)
         self.note_control_port(hello.peer_id, hello.control_port)
+
+    async def learn_control_urls(self, peers: Sequence[str]) -> None:
+        """Dial members whose control URL we lack: their handshake tells it. Bounded."""
+        unknown = [PeerId(p) for p in peers if p not in self.control_urls and p != self.peer_id]
+        await asyncio.gather(*(self.pool.get(p) for p in unknown), return_exceptions=True)
 
     def note_control_port(self, peer_id: str, port: int) -> None:
         if port:
@@ -349,14 +374,17 @@ class Peer:
         return [self.directory.holders(k) for k in keys]
 
     def on_advertise(self, holder: str, keys: tuple[bytes, ...]) -> None:
-        if holder in self.membership.members:
+        # Only a holder that announced its leave is refused. One we never heard
+        # of, or hold dead, is talking to us right now: its gossip (a join, or
+        # the refutation after a partition heals) may simply trail its advertise.
+        if self.membership.state_of(holder) is not MemberState.LEFT:
             self.directory.add(holder, keys)
 
     def on_withdraw(self, holder: str, keys: tuple[bytes, ...]) -> None:
         self.directory.remove(holder, keys)
 
     def members_exchange(self, peers: tuple[str, ...]) -> tuple[str, ...]:
-        self.membership.learn(peers)
+        """Old-style member lists are answered, not learned from: SWIM gossip is the source."""
         return tuple(self.membership.members)
 
     async def prefix(self, keys: tuple[bytes, ...]) -> int:

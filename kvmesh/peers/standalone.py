@@ -9,21 +9,28 @@ check that bytes it pulled are exactly the bytes that were stored:
     {"op": "lookup", "seed": 1, "chunks": 64}  leading chunks held in the mesh
     {"op": "load", "seed": 1, "chunks": 64}    pull them, verify every byte
     {"op": "lookup_latency", ...}             repeat a lookup, report latencies
+    {"op": "hit", "shape": "demo", "block": 32, ...}  lookup + pull + scatter, timed
     {"op": "clear"} | {"op": "status"} | {"op": "exit"}
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
 import time
 
 import numpy as np
+import torch
 import xxhash
 
 from kvmesh.config import KvmeshConfig
 from kvmesh.hashring.keys import ChunkHasher, KeyNamespace
+from kvmesh.kernels.layouts import get_layout
+from kvmesh.kernels.paged import PagedKV
+from kvmesh.models.shapes import get_shape
 from kvmesh.peers.facade import PeerHandle
+from kvmesh.peers.metrics import member_states
 from kvmesh.transfer import frames as f
 
 
@@ -41,6 +48,14 @@ def chunk_bytes_for(key: bytes, size: int) -> np.ndarray:
     """Deterministic content of a chunk, derived from its key alone."""
     return np.random.default_rng(xxhash.xxh3_64_intdigest(key)).integers(
         0, 256, size, dtype=np.uint8)
+
+
+def paged_kv(shape: str, block: int, num_blocks: int, layout: str = "vllm-cpu") -> PagedKV:
+    """A zeroed vLLM-CPU-style KV cache of a model shape: all layers in one buffer."""
+    spec = get_shape(shape)
+    layer = get_layout(layout).layer_shape(num_blocks, block, spec.num_kv_heads, spec.head_dim)
+    buffer = torch.zeros((spec.num_layers, *layer), dtype=getattr(torch, spec.dtype))
+    return PagedKV(list(buffer.unbind(0)), layout)
 
 
 class StandaloneNode:
@@ -101,13 +116,49 @@ class StandaloneNode:
         return {"us": sorted(out)}
 
     def ping_latency(self, cmd: dict) -> dict:
-        """Repeat a PING to one peer; latencies in microseconds (sorted)."""
+        """Repeat a PING to one peer, or to all of `peers` in parallel (the
+        floor of a lookup that asks those owners); microseconds, sorted."""
+        targets = cmd.get("peers") or [cmd["peer"]]
         out = []
         for _ in range(int(cmd.get("repeat", 200))):
             start = time.perf_counter()
-            self.handle.call(_ping(self.handle.peer, cmd["peer"]))
+            self.handle.call(_ping_all(self.handle.peer, targets))
             out.append((time.perf_counter() - start) * 1e6)
         return {"us": sorted(out)}
+
+    def hit(self, cmd: dict) -> dict:
+        """A remote hit as an engine sees it, timed whole: hash the prompt,
+        look it up, pull every chunk and scatter each into a paged KV cache
+        (model shape `shape`, `block` tokens a block) as it lands."""
+        chunks = int(cmd["chunks"])
+        kv, per_chunk = self._paged_kv(cmd["shape"], int(cmd["block"]), chunks)
+        tokens = prompt_tokens(int(cmd["seed"]), chunks, self.hasher.chunk_tokens).tolist()
+        start = time.perf_counter()
+        keys = self.hasher.keys(tokens)
+        matched = self.handle.lookup_prefix(keys)
+        looked_up = time.perf_counter()
+        job = self.handle.start_load(keys[:matched])
+        ok = 0
+        for result in job.results(float(cmd.get("timeout", 60))):
+            if result.data is not None:
+                first = result.index * per_chunk
+                kv.scatter(result.data, range(first, first + per_chunk))
+                ok += 1
+            result.release()
+        end = time.perf_counter()
+        return {"matched": matched, "ok": ok, "seconds": end - start,
+                "lookup_seconds": looked_up - start, "bytes": ok * self.handle.slot_bytes}
+
+    def _paged_kv(self, shape: str, block: int, chunks: int) -> tuple[PagedKV, int]:
+        """A paged KV cache with room for `chunks` chunks, kept between calls."""
+        per_chunk = self.hasher.chunk_tokens // block
+        kv = getattr(self, "_kv", None)
+        if kv is None or kv.num_blocks < chunks * per_chunk:
+            kv = self._kv = paged_kv(shape, block, chunks * per_chunk)
+        if kv.chunk_bytes(per_chunk) != self.handle.slot_bytes:
+            raise ValueError(f"a {shape} chunk is {kv.chunk_bytes(per_chunk)} bytes, "
+                             f"slots are {self.handle.slot_bytes}")
+        return kv, per_chunk
 
     def clear(self, _cmd: dict) -> dict:
         removed = self.handle.peer.store.clear()
@@ -117,13 +168,25 @@ class StandaloneNode:
     def status(self, _cmd: dict) -> dict:
         peer = self.handle.peer
         return {"peer_id": peer.peer_id, "members": sorted(peer.membership.members),
+                "member_states": self.handle.call(_member_states(peer)),
                 "control_url": peer.control_url, "stats": peer.stats.as_dict(),
                 "shm_path": peer.shm_path, "slot_bytes": peer.slot_bytes,
                 "transports": self.handle.call(_transports(peer))}
 
 
+async def _member_states(peer) -> dict:
+    return member_states(peer.membership)
+
+
 async def _transports(peer) -> dict:
     return peer.pool.transports()
+
+
+async def _ping_all(peer, targets: list[str]) -> None:
+    if len(targets) == 1:
+        await _ping(peer, targets[0])
+    else:
+        await asyncio.gather(*(_ping(peer, t) for t in targets))
 
 
 async def _ping(peer, target: str) -> None:
@@ -148,6 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     node = StandaloneNode(handle, hasher)
     ops = {"fill": node.fill, "lookup": node.lookup, "load": node.load, "status": node.status,
            "lookup_latency": node.lookup_latency, "ping_latency": node.ping_latency,
+           "hit": node.hit,
            "clear": node.clear}
     print(json.dumps({"ready": True, "peer_id": handle.peer_id,
                       "control_url": handle.peer.control_url}), flush=True)

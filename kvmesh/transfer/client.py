@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import sys
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -28,6 +29,24 @@ from kvmesh.transfer.streams import Stream, StreamClosed
 DestFn = Callable[[int, int], "memoryview | None"]
 # done(index, ok, length, checksum) -> None; called exactly once per key of a pull.
 DoneFn = Callable[[int, bool, int, int], None]
+# Bytes copied out of a holder's shared pool between two turns of the event
+# loop: a batch of refs is copied in the read loop, and other requests of this
+# peer (lookups) must not wait for a whole pull.
+SHARED_COPY_YIELD_BYTES = 4 << 20
+
+
+if sys.version_info >= (3, 11):
+    async def within(aw, timeout_s: float):
+        """`await aw`, or TimeoutError after timeout_s.
+
+        asyncio.timeout cancels the awaiting task at the deadline; wait_for
+        wraps `aw` in a task of its own, which costs a task and a loop turn on
+        every request, LOOKUPs on the TTFT path included.
+        """
+        async with asyncio.timeout(timeout_s):
+            return await aw
+else:  # Python 3.10
+    within = asyncio.wait_for
 
 
 @dataclass
@@ -98,7 +117,7 @@ class PeerClient:
             fut = asyncio.get_running_loop().create_future()
             self._replies[rid] = fut
             try:
-                await asyncio.wait_for(self._send_and_wait(make(rid), fut), timeout_s)
+                await within(self._send_and_wait(make(rid), fut), timeout_s)
                 return fut.result()
             except asyncio.TimeoutError:
                 self.close()
@@ -109,13 +128,19 @@ class PeerClient:
     async def notify(self, frame: f.Frame, timeout_s: float) -> None:
         """Send a one-way frame (advertise, withdraw)."""
         try:
-            await asyncio.wait_for(self._conn.send(frame), timeout_s)
+            await within(self._conn.send(frame), timeout_s)
         except asyncio.TimeoutError:
             self.close()
             raise TransferError(f"{self.remote.peer_id}: send timed out") from None
 
-    async def pull(self, keys: tuple[bytes, ...], dest: DestFn, done: DoneFn, timeout_s: float) -> None:
-        """Fetch chunks; `done` is called once per key (False for a miss or failure)."""
+    async def pull(self, keys: tuple[bytes, ...], dest: DestFn, done: DoneFn, timeout_s: float,
+                   stall_s: float | None = None) -> None:
+        """Fetch chunks; `done` is called once per key (False for a miss or failure).
+
+        The pull gives up after `timeout_s` in all, or as soon as `stall_s`
+        passes without a single chunk landing: a holder that died without its
+        connection noticing (UCX can miss that) costs one stall, not the budget.
+        """
         async with self._slots:
             rid = next(self._ids)
             state = _PullState(keys, dest, done, set(range(len(keys))),
@@ -123,8 +148,8 @@ class PeerClient:
                                self.remote.shm_path if self._shm else "")
             self._pulls[rid] = state
             try:
-                await asyncio.wait_for(self._send_and_wait(f.Pull(rid, keys, bool(self._shm)),
-                                                           state.finished), timeout_s)
+                await within(self._conn.send(f.Pull(rid, keys, bool(self._shm))), timeout_s)
+                await self._await_progress(state, timeout_s, stall_s or timeout_s)
             except (asyncio.TimeoutError, KvmeshError, ConnectionError, OSError):
                 # Close first: once the reader is gone no payload can land late.
                 await self.aclose()
@@ -149,6 +174,20 @@ class PeerClient:
 
     # ---- internals ----------------------------------------------------------
 
+    @staticmethod
+    async def _await_progress(state: _PullState, timeout_s: float, stall_s: float) -> None:
+        """Wait for the pull to finish; raise TimeoutError on the budget or a stall."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while not state.finished.done():
+            left, window = len(state.remaining), min(stall_s, deadline - loop.time())
+            if window <= 0:
+                raise asyncio.TimeoutError
+            await asyncio.wait({state.finished}, timeout=window)
+            if not state.finished.done() and len(state.remaining) == left:
+                raise asyncio.TimeoutError  # nothing landed for a whole window
+        state.finished.result()  # re-raise a connection failure
+
     async def _send_and_wait(self, frame: f.Frame, fut: asyncio.Future) -> None:
         await self._conn.send(frame)
         await fut
@@ -168,7 +207,11 @@ class PeerClient:
     async def _read_loop(self) -> None:
         try:
             while True:
-                self._dispatch(await self._conn.read_frame())
+                frame = await self._conn.read_frame()
+                if isinstance(frame, f.ChunkRefs):
+                    await self._on_chunk_refs(frame)
+                else:
+                    self._dispatch(frame)
         except (StreamClosed, ProtocolError, ConnectionError, OSError) as exc:
             self._conn.close()
             self._fail_all(TransferError(f"{self.remote.peer_id}: {exc}"))
@@ -208,6 +251,18 @@ class PeerClient:
         ok = out is not None and self._shm.copy_out(state.shared_path, ref.offset, ref.length,
                                                     out, ref.checksum)
         state.resolve(ref.index, ok, ref.length, ref.checksum)
+
+    async def _on_chunk_refs(self, refs: f.ChunkRefs) -> None:
+        """Copy a batch of chunks out of the holder's pool, in this read loop
+        (one frame per batch: no per-chunk frame decode), letting other tasks
+        run every SHARED_COPY_YIELD_BYTES."""
+        copied = 0
+        for ref in refs.refs():
+            self._on_chunk_ref(ref)
+            copied += ref.length
+            if copied >= SHARED_COPY_YIELD_BYTES:
+                copied = 0
+                await asyncio.sleep(0)
 
     def _fail_all(self, exc: Exception) -> None:
         for fut in self._replies.values():

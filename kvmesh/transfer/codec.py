@@ -38,6 +38,8 @@ _CHECKS: dict[str, Callable[[object], bool]] = {
     "int": lambda v: isinstance(v, int) and not isinstance(v, bool) and -(1 << 63) <= v < (1 << 64),
     "bool": lambda v: isinstance(v, bool),
     "bytes": lambda v: isinstance(v, bytes),
+    "tuple[int, ...]": lambda v: isinstance(v, list) and len(v) <= f.MAX_KEYS_PER_REQUEST
+    and all(_CHECKS["int"](i) for i in v),
     "tuple[bytes, ...]": lambda v: isinstance(v, list) and len(v) <= f.MAX_KEYS_PER_REQUEST
     and all(isinstance(k, bytes) for k in v),
     "tuple[str, ...]": lambda v: isinstance(v, list) and len(v) <= f.MAX_KEYS_PER_REQUEST
@@ -52,6 +54,8 @@ def _schema(cls: type) -> list[tuple[str, str]]:
 
 
 _SCHEMAS = {t: _schema(cls) for t, cls in f.FRAME_CLASSES.items()}
+# Fields that describe the same items in parallel, so must be equally long.
+_PARALLEL = {f.FrameType.CHUNK_REFS: ("indices", "keys", "checksums", "lengths", "offsets")}
 
 
 def encode(frame: f.Frame) -> list[bytes | memoryview]:
@@ -244,4 +248,6 @@ def _parse_header(ftype: f.FrameType, raw: bytes) -> f.Frame:
             raise RemoteProtocolError(f"{ftype.name}.{name}: chunk keys are {CHUNK_KEY_BYTES} bytes")
         kwargs[name] = tuple(tuple(v) if isinstance(v, list) else v for v in value) \
             if isinstance(value, list) else value
+    if len({len(kwargs[name]) for name in _PARALLEL.get(ftype, ())}) > 1:
+        raise RemoteProtocolError(f"{ftype.name}: parallel fields differ in length")
     return f.FRAME_CLASSES[ftype](**kwargs)

@@ -12,7 +12,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-PROTOCOL_VERSION = 1
+# 2: CHUNK_REFS (a shared-memory pull answered in batches). Still speaks 1.
+PROTOCOL_VERSION = 2
 MIN_PROTOCOL_VERSION = 1
 
 # Hard caps, checked before anything is allocated.
@@ -43,6 +44,7 @@ class FrameType(enum.IntEnum):
     MEMBERS = 18        # exchange member lists (request and reply)
     FETCH = 19          # please pull these keys from `holder` (used to move chunks)
     FETCHED = 20        # reply to FETCH: how many arrived
+    CHUNK_REFS = 21     # many CHUNK_REFs of one PULL in one frame (protocol >= 2)
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +153,26 @@ class ChunkRef:
 
 
 @dataclass(frozen=True, slots=True)
+class ChunkRefs:
+    """CHUNK_REF for several chunks of one PULL; the tuples run in parallel.
+
+    One frame per batch instead of one per chunk: the puller decodes and
+    dispatches once, and the holder writes once.
+    """
+
+    request_id: int
+    indices: tuple[int, ...]
+    keys: tuple[bytes, ...]
+    checksums: tuple[int, ...]
+    lengths: tuple[int, ...]
+    offsets: tuple[int, ...]
+
+    def refs(self) -> list[ChunkRef]:
+        return [ChunkRef(self.request_id, *ref) for ref in
+                zip(self.indices, self.keys, self.checksums, self.lengths, self.offsets)]
+
+
+@dataclass(frozen=True, slots=True)
 class Release:
     request_id: int
 
@@ -189,7 +211,7 @@ class Fetched:
 
 Frame = (Hello | Welcome | Auth | Error | Ping | Pong | Lookup | Holders | Advertise
          | Withdraw | Pull | Chunk | Miss | ChunkRef | Release | Prefix | PrefixReply | Members
-         | Fetch | Fetched)
+         | Fetch | Fetched | ChunkRefs)
 
 FRAME_CLASSES: dict[FrameType, type] = {
     FrameType.HELLO: Hello, FrameType.WELCOME: Welcome, FrameType.AUTH: Auth,
@@ -200,5 +222,6 @@ FRAME_CLASSES: dict[FrameType, type] = {
     FrameType.CHUNK_REF: ChunkRef, FrameType.RELEASE: Release,
     FrameType.PREFIX: Prefix, FrameType.PREFIX_REPLY: PrefixReply,
     FrameType.MEMBERS: Members, FrameType.FETCH: Fetch, FrameType.FETCHED: Fetched,
+    FrameType.CHUNK_REFS: ChunkRefs,
 }
 FRAME_TYPES: dict[type, FrameType] = {cls: t for t, cls in FRAME_CLASSES.items()}

@@ -1,10 +1,14 @@
 """Serving one inbound connection: handshake, then requests until it closes.
 
-Requests run concurrently (a PULL streams while a LOOKUP is answered), capped
-per connection. A protocol error closes this connection only; the peer keeps
-serving every other one. Chunks are pinned from the moment they are chosen
-until their bytes are written (TCP/UCX) or the puller releases them (shared
-memory), so eviction never pulls a slot out from under a transfer.
+LOOKUP and PING are answered inline by the read loop (no await but the
+reply's send); the other requests run concurrently as tasks (a PULL streams
+while a LOOKUP is answered), capped per connection. A shared-memory PULL is
+answered with CHUNK_REFS batches when the puller speaks protocol 2, one
+CHUNK_REF per chunk otherwise. A protocol error closes this connection
+only; the peer keeps serving every other one. Chunks are pinned from the
+moment they are chosen until their bytes are written (TCP/UCX) or the puller
+releases them (shared memory), so eviction never pulls a slot out from under
+a transfer.
 """
 
 from __future__ import annotations
@@ -23,6 +27,9 @@ log = logging.getLogger(__name__)
 
 # A puller that never releases a shared-memory pull loses its pins after this.
 SHARED_LEASE_S = 30.0
+# Chunk refs per CHUNK_REFS frame: the puller starts copying the first batch
+# while later ones are pinned; one frame per chunk cost ~30 us of decode each.
+REFS_PER_FRAME = 16
 
 
 class ServingNode(Protocol):
@@ -52,7 +59,7 @@ async def serve_connection(stream: Stream, node: ServingNode, secret: bytes | No
     conn = FramedConnection(stream)
     session = _Session(conn, node)
     try:
-        await asyncio.wait_for(_handshake(conn, node, secret), timeout_s)
+        session.version = await asyncio.wait_for(_handshake(conn, node, secret), timeout_s)
         await session.run()
     except HandshakeError as exc:
         log.info("refused a peer: %s", exc)
@@ -74,7 +81,8 @@ async def _try_send(conn: FramedConnection, frame: f.Frame) -> None:
         pass
 
 
-async def _handshake(conn: FramedConnection, node: ServingNode, secret: bytes | None) -> None:
+async def _handshake(conn: FramedConnection, node: ServingNode, secret: bytes | None) -> int:
+    """Returns the protocol version both sides speak."""
     hello = await conn.read_frame()
     if not isinstance(hello, f.Hello):
         raise HandshakeError(f"expected HELLO, got {type(hello).__name__}")
@@ -89,12 +97,14 @@ async def _handshake(conn: FramedConnection, node: ServingNode, secret: bytes | 
         raise HandshakeError(f"expected AUTH, got {type(auth).__name__}")
     handshake.check_proof(secret, auth.proof, b"client", nonce, hello.nonce)
     node.on_connected(hello)
+    return version
 
 
 class _Session:
     def __init__(self, conn: FramedConnection, node: ServingNode) -> None:
         self.conn = conn
         self.node = node
+        self.version = f.MIN_PROTOCOL_VERSION
         self.tasks: set[asyncio.Task] = set()
         self.leases: dict[int, list[Any]] = {}  # shared-memory pulls awaiting RELEASE
         self.slots = asyncio.Semaphore(f.MAX_INFLIGHT_REQUESTS)
@@ -104,7 +114,12 @@ class _Session:
             frame = await self.conn.read_frame()
             if isinstance(frame, (f.Advertise, f.Withdraw, f.Release)):
                 self._on_oneway(frame)
-            elif isinstance(frame, (f.Lookup, f.Ping, f.Members, f.Pull, f.Prefix, f.Fetch)):
+            elif isinstance(frame, (f.Lookup, f.Ping)):
+                # Answered right here: no await but the send, whose fast path
+                # (socket ready) does not yield. A task per LOOKUP cost a task
+                # and a loop turn, on the TTFT path.
+                await self.conn.send(self._answer_now(frame))
+            elif isinstance(frame, (f.Members, f.Pull, f.Prefix, f.Fetch)):
                 if self.slots.locked():
                     await self.conn.send(f.Error(frame.request_id, "too many requests in flight"))
                     continue
@@ -127,21 +142,22 @@ class _Session:
         else:
             self._release(frame.request_id)
 
+    def _answer_now(self, frame: f.Lookup | f.Ping) -> f.Frame:
+        if isinstance(frame, f.Lookup):
+            return f.Holders(frame.request_id, tuple(self.node.holders(frame.keys)))
+        return f.Pong(frame.request_id)
+
     async def _answer(self, frame: f.Frame) -> None:
         try:
             if isinstance(frame, f.Pull):
                 await self._serve_pull(frame)
                 return
-            if isinstance(frame, f.Lookup):
-                reply: f.Frame = f.Holders(frame.request_id, tuple(self.node.holders(frame.keys)))
-            elif isinstance(frame, f.Prefix):
-                reply = f.PrefixReply(frame.request_id, await self.node.prefix(frame.keys))
+            if isinstance(frame, f.Prefix):
+                reply: f.Frame = f.PrefixReply(frame.request_id, await self.node.prefix(frame.keys))
             elif isinstance(frame, f.Fetch):
                 reply = f.Fetched(frame.request_id, await self.node.fetch(frame.keys, frame.holder))
-            elif isinstance(frame, f.Members):
-                reply = f.Members(frame.request_id, self.node.members_exchange(frame.peers), True)
             else:
-                reply = f.Pong(frame.request_id)
+                reply = f.Members(frame.request_id, self.node.members_exchange(frame.peers), True)
             await self.conn.send(reply)
         except (KvmeshError, ConnectionError, OSError) as exc:
             log.debug("request %s failed: %s", type(frame).__name__, exc)
@@ -152,6 +168,9 @@ class _Session:
         if pull.shared:
             self.leases[pull.request_id] = lease
             asyncio.get_running_loop().call_later(SHARED_LEASE_S, self._release, pull.request_id)
+            if self.version >= 2:
+                await self._serve_shared_pull(pull, lease)
+                return
         for index, key in enumerate(pull.keys):
             ticket = self.node.open_chunk(key)
             if ticket is None:
@@ -168,6 +187,22 @@ class _Session:
             finally:
                 self.node.close_chunk(ticket)
 
+    async def _serve_shared_pull(self, pull: f.Pull, lease: list[Any]) -> None:
+        """Pin chunks and send their refs REFS_PER_FRAME at a time (misses one by one)."""
+        batch: list[tuple[int, bytes, Any]] = []
+        for index, key in enumerate(pull.keys):
+            ticket = self.node.open_chunk(key)
+            if ticket is None:
+                await self.conn.send(f.Miss(pull.request_id, index, key))
+                continue
+            lease.append(ticket)
+            batch.append((index, key, ticket))
+            if len(batch) == REFS_PER_FRAME:
+                await self.conn.send(_chunk_refs(pull.request_id, batch))
+                batch = []
+        if batch:
+            await self.conn.send(_chunk_refs(pull.request_id, batch))
+
     def _release(self, request_id: int) -> None:
         for ticket in self.leases.pop(request_id, ()):
             self.node.close_chunk(ticket)
@@ -179,3 +214,9 @@ class _Session:
             await asyncio.gather(*self.tasks, return_exceptions=True)
         for rid in list(self.leases):
             self._release(rid)
+
+
+def _chunk_refs(request_id: int, batch: list[tuple[int, bytes, Any]]) -> f.ChunkRefs:
+    return f.ChunkRefs(request_id, tuple(i for i, _, _ in batch), tuple(k for _, k, _ in batch),
+                       tuple(t.checksum for *_, t in batch), tuple(t.length for *_, t in batch),
+                       tuple(t.offset for *_, t in batch))

@@ -82,3 +82,13 @@ def test_owners_property(peers, key, r):
     assert set(owners) <= peers
     # The first owner does not depend on the order peers were added.
     assert HashRing(sorted(peers, reverse=True), vnodes=8).owners(key, r) == owners
+
+
+def test_copy_is_independent():
+    ring = HashRing(["a", "b"], vnodes=16)
+    twin = ring.copy()
+    assert [twin.owners(k, 2) for k in KEYS[:200]] == [ring.owners(k, 2) for k in KEYS[:200]]
+    twin.add("c")
+    ring.remove("a")
+    assert ring.peers == {"b"} and twin.peers == {"a", "b", "c"}
+    assert twin.vnodes == 16 and len(twin._points) == 48

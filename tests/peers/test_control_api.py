@@ -18,7 +18,7 @@ from kvmesh.config import ControlConfig, KvmeshConfig, MeshConfig, StoreConfig
 from kvmesh.errors import TransferError
 from kvmesh.hashring.keys import ChunkHasher, KeyNamespace
 from kvmesh.mesh.directory import Directory
-from kvmesh.mesh.membership import StaticMembership
+from kvmesh.mesh.swim import Swim
 from kvmesh.mesh.store import ChunkStore
 from kvmesh.peers.control_api import start_control_api
 from kvmesh.peers.control_schema import MAX_BODY_BYTES, MAX_KEYS, MAX_TOKENS
@@ -36,6 +36,28 @@ class FakePool:
         return {OTHER: "tcp"}
 
 
+class NoNetwork:
+    """A gossip transport and clock for a Swim that is only read, never started."""
+
+    def send(self, addr: str, data: bytes) -> None:
+        pass
+
+    def set_receiver(self, receive) -> None:
+        pass
+
+    def time(self) -> float:
+        return 0.0
+
+    def call_later(self, delay, callback):
+        raise AssertionError("the fake peer's membership runs no timers")
+
+
+def fake_membership(peer_id: str, others: list[str]) -> Swim:
+    swim = Swim(peer_id, peer_id, NoNetwork(), NoNetwork(), lambda joined, left: None, vnodes=16)
+    swim.preload((p, p) for p in others)
+    return swim
+
+
 class FakePeer:
     """The attributes and methods the control API uses, and nothing else."""
 
@@ -45,8 +67,7 @@ class FakePeer:
         self.hasher = ChunkHasher(KeyNamespace("m", "fp16", 1, 1, 8, CHUNK_TOKENS, "test"))
         self.store = ChunkStore(config.store, SLOT_BYTES, shared=False)
         self.stats = PeerStats()
-        self.membership = StaticMembership(self.peer_id, 16, lambda joined, left: None)
-        self.membership.learn([OTHER])
+        self.membership = fake_membership(self.peer_id, [OTHER])
         self.pool = FakePool()
         self.directory = Directory()
         self.control_urls: dict[str, str] = {}
@@ -60,6 +81,9 @@ class FakePeer:
         matched = self.store.leading_hits(keys)
         self.stats.lookup_hit_chunks += matched
         return matched
+
+    async def learn_control_urls(self, peers) -> None:
+        pass  # the tests set control_urls themselves
 
     async def find_holders(self, keys) -> list[tuple[str, ...]]:
         return [(self.peer_id,) if self.store.tier_of(k) else () for k in keys]
@@ -146,6 +170,10 @@ async def test_status_reports_members_tiers_counters(api):
     assert body["peer_id"] == "127.0.0.1:7001"
     assert body["members"] == sorted(["127.0.0.1:7001", OTHER])
     assert set(body["ring_shares"]) == set(body["members"])
+    assert body["member_states"] == {
+        "127.0.0.1:7001": {"state": "alive", "incarnation": 0, "addr": "127.0.0.1:7001"},
+        OTHER: {"state": "alive", "incarnation": 0, "addr": OTHER}}
+    assert body["gossip"]["malformed"] == 0
     assert sum(body["ring_shares"].values()) == pytest.approx(1.0)
     assert body["tiers"]["cpu"] == {"chunks": 3, "bytes_used": 3 * SLOT_BYTES,
                                     "bytes_cap": 32 * SLOT_BYTES}
@@ -174,7 +202,7 @@ async def test_status_mesh_fans_out(api, tmp_path):
         dead = socket.socket()
         dead.bind(("127.0.0.1", 0))  # bound, not listening: connection refused
         dead_url = f"http://127.0.0.1:{dead.getsockname()[1]}"
-        api.peer.membership.learn(["127.0.0.1:7003", "127.0.0.1:7004"])
+        api.peer.membership.preload([("127.0.0.1:7003",) * 2, ("127.0.0.1:7004",) * 2])
         api.peer.control_urls.update({OTHER: other_api.url, "127.0.0.1:7003": dead_url})
         status, body = await api.call("GET", "/status?scope=mesh")
         dead.close()
@@ -316,6 +344,8 @@ async def test_metrics(api):
     lines = set(text.splitlines())
     for line in ("kvmesh_lookups_total 5.0", "kvmesh_bytes_pulled_total 1234.0",
                  "kvmesh_pulls_inflight 2.0", "kvmesh_members 2.0", "kvmesh_directory_keys 2.0",
+                 'kvmesh_member_states{state="alive"} 2.0',
+                 'kvmesh_member_states{state="dead"} 0.0',
                  'kvmesh_store_chunks{tier="cpu"} 2.0', 'kvmesh_store_chunks{tier="disk"} 0.0',
                  f'kvmesh_store_bytes_used{{tier="cpu"}} {2 * SLOT_BYTES}.0',
                  f'kvmesh_store_bytes_cap{{tier="cpu"}} {32 * SLOT_BYTES}.0'):

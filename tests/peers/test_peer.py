@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import socket
 import time
 
@@ -10,7 +11,8 @@ import numpy as np
 import pytest
 
 from kvmesh.config import ControlConfig, KvmeshConfig, MeshConfig, StoreConfig, TransferConfig
-from kvmesh.errors import HandshakeError
+from kvmesh.errors import ConfigError, HandshakeError
+from kvmesh.peers import gossip
 from kvmesh.peers.facade import PeerHandle
 from kvmesh.peers.standalone import standalone_hasher
 from kvmesh.transfer import frames as f
@@ -21,10 +23,11 @@ from kvmesh.types import PeerAddress
 SLOT = 64 << 10
 
 
-def config(seeds=(), secret=None, transport="tcp", cpu_bytes=8 << 20) -> KvmeshConfig:
+def config(seeds=(), secret=None, transport="tcp", cpu_bytes=8 << 20,
+           probe_interval_s=1.0) -> KvmeshConfig:
     return KvmeshConfig(chunk_tokens=16, store=StoreConfig(cpu_bytes=cpu_bytes),
                         mesh=MeshConfig(seeds=tuple(PeerAddress.parse(s) for s in seeds),
-                                        secret=secret),
+                                        secret=secret, probe_interval_s=probe_interval_s),
                         transfer=TransferConfig(transport=transport, timeout_s=1.0),
                         control=ControlConfig(enabled=False))
 
@@ -165,3 +168,125 @@ def test_full_consumer_store_backpressures_into_misses_not_a_deadlock(mesh):
     assert all(r.data is not None for r in again)
     for r in again:
         r.release()
+
+
+# ---- membership changes and the directory -------------------------------------------------
+
+FAST = 0.2  # SWIM probe interval for the tests that wait for a failure to be detected
+
+
+def crash(handle: PeerHandle) -> None:
+    """Silence a peer's gossip without a leave notice, then close it: a crash to the others."""
+    handle.call(_silence(handle.peer))
+    handle.close()
+
+
+async def _silence(peer):
+    peer.membership.stop()
+
+
+def wait_until(pred, timeout_s: float, what: str) -> float:
+    start = time.monotonic()
+    while not pred():
+        assert time.monotonic() - start < timeout_s, f"{what} not within {timeout_s}s"
+        time.sleep(0.05)
+    return time.monotonic() - start
+
+
+def owners(handle: PeerHandle, key: bytes) -> list[str]:
+    return handle.peer.membership.ring.owners(key, handle.peer.config.mesh.replication)
+
+
+def test_losing_one_peer_loses_no_directory_entry(mesh):
+    peers = mesh(4, probe_interval_s=FAST)
+    keys = save(peers[0], 32)
+    time.sleep(0.3)
+    victim = max(peers[1:], key=lambda p: sum(bool(p.peer.directory.holders(k)) for k in keys))
+    survivors = [p for p in peers if p is not victim]
+    crash(victim)
+    wait_until(lambda: all(victim.peer_id not in p.peer.membership.members for p in survivors),
+               15, "the crash detected by everyone")
+    assert all(p.peer.membership.state_of(victim.peer_id).name == "DEAD" for p in survivors)
+    time.sleep(0.3)  # holders re-advertise to the owners that replaced the dead one
+    by_id = {p.peer_id: p for p in survivors}
+    for key in keys:
+        assert all(by_id[o].peer.directory.holders(key) == (peers[0].peer_id,)
+                   for o in owners(survivors[0], key))
+    assert all(p.lookup_prefix(keys) == 32 for p in survivors)
+
+
+def test_a_dead_holders_chunks_stop_being_offered(mesh):
+    others, holder, asker = mesh(3, probe_interval_s=FAST)
+    keys = save(holder, 8)
+    time.sleep(0.3)
+    assert asker.lookup_prefix(keys) == 8
+    crash(holder)
+    wait_until(lambda: holder.peer_id not in asker.peer.membership.members
+               and holder.peer_id not in others.peer.membership.members, 15, "the death")
+    assert asker.lookup_prefix(keys) == 0
+    assert all(not p.peer.directory.holders(k) for p in (others, asker) for k in keys)
+
+
+def test_a_join_re_advertises_only_the_entries_it_moves(mesh):
+    peers = mesh(3, probe_interval_s=FAST)
+    holder = peers[0]
+    keys = save(holder, 64)
+    time.sleep(0.3)
+    sent: list[tuple[str, int]] = []
+    queue_to = holder.peer._queue_to
+
+    def counting(owner, owned, withdraw):
+        sent.append((owner, len(owned)))
+        queue_to(owner, owned, withdraw)
+
+    holder.peer._queue_to = counting
+    newcomer = mesh(1, probe_interval_s=FAST)[-1]
+    wait_until(lambda: sum(n for _, n in sent) > 0, 5, "the re-advertise")
+    time.sleep(0.3)
+    moved = [k for k in keys if newcomer.peer_id in owners(holder, k)]
+    assert {owner for owner, _ in sent} == {newcomer.peer_id}
+    assert sum(n for _, n in sent) == len(moved) < len(keys)  # ~2/4 of 64 keys, not all
+    assert all(newcomer.peer.directory.holders(k) == (holder.peer_id,) for k in moved)
+    assert newcomer.lookup_prefix(keys) == 64
+
+
+def test_graceful_leave_is_seen_at_once_and_hands_off(mesh):
+    peers = mesh(3)  # default timing: a leave must not wait for failure detection
+    keys = save(peers[0], 16)
+    time.sleep(0.3)
+    leaver = peers[2]
+    leaver.close()
+    took = wait_until(lambda: all(leaver.peer_id not in p.peer.membership.members
+                                  for p in peers[:2]), 5, "the leave")
+    assert took < 1.5
+    assert all(p.peer.membership.state_of(leaver.peer_id).name == "LEFT" for p in peers[:2])
+    time.sleep(0.2)
+    for key in keys:
+        assert all(p.peer.directory.holders(key) == (peers[0].peer_id,) for p in peers[:2])
+    assert peers[1].lookup_prefix(keys) == 16
+
+
+def test_wildcard_listener_is_known_by_its_advertised_host(mesh):
+    (seed,) = mesh(1)
+    cfg = config([seed.peer_id])
+    cfg = dataclasses.replace(cfg, mesh=dataclasses.replace(cfg.mesh, host="0.0.0.0",
+                                                            advertise_host="127.0.0.1"))
+    wild = PeerHandle.start(cfg, standalone_hasher(cfg, SLOT), SLOT)
+    try:
+        assert wild.peer_id.startswith("127.0.0.1:")
+        wait_until(lambda: len(seed.peer.membership.members) == 2, 5, "the join")
+        assert wild.peer_id in seed.peer.membership.members
+        keys = save(wild, 2)
+        time.sleep(0.2)
+        assert seed.lookup_prefix(keys) == 2
+    finally:
+        wild.close()
+
+
+async def test_wildcard_without_advertise_host_refuses_a_loopback_guess(monkeypatch):
+    monkeypatch.setattr(gossip.socket, "gethostname", lambda: "localhost")
+    with pytest.raises(ConfigError, match="KVMESH_ADVERTISE_HOST"):
+        await gossip.advertised_host(MeshConfig(host="0.0.0.0"), 1.0)
+    assert await gossip.advertised_host(MeshConfig(host="0.0.0.0", advertise_host="10.1.1.1"),
+                                        1.0) == "10.1.1.1"
+    assert await gossip.advertised_host(MeshConfig(host="10.2.2.2"), 1.0) == "10.2.2.2"

@@ -28,6 +28,7 @@ SAMPLES = [
     f.Prefix(5, (K,)), f.PrefixReply(5, 1),
     f.Members(6, ("a:1", "b:2"), True),
     f.Fetch(8, (K,), "a:1"), f.Fetched(8, 1),
+    f.ChunkRefs(9, (0, 2), (K, K), (1, 2), (4096, 10), (0, 8192)),
 ]
 STREAM = b"".join(codec.encode_bytes(fr) for fr in SAMPLES)
 
@@ -126,6 +127,18 @@ def test_chunk_header_and_prefix_must_agree():
     bad = good[:8] + struct.pack(">Q", 4) + good[16:] + b"d"
     with pytest.raises(RemoteProtocolError, match="says"):
         codec.FrameDecoder().receive_data(bad)
+
+
+def test_chunk_refs_fields_must_run_in_parallel():
+    header = msgpack.packb([9, [0, 1], [K], [1, 2], [4096, 4096], [0, 4096]])
+    data = codec.PREFIX.pack(codec.MAGIC, f.FrameType.CHUNK_REFS, 0, len(header), 0) + header
+    with pytest.raises(RemoteProtocolError, match="parallel fields"):
+        codec.FrameDecoder().receive_data(data)
+
+
+def test_chunk_refs_unpack_into_chunk_refs():
+    refs = f.ChunkRefs(9, (0, 2), (K, K), (1, 2), (4096, 10), (0, 8192)).refs()
+    assert refs == [f.ChunkRef(9, 0, K, 1, 4096, 0), f.ChunkRef(9, 2, K, 2, 10, 8192)]
 
 
 def test_local_errors_are_distinct():

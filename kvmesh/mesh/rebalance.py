@@ -1,0 +1,35 @@
+"""Which directory entries move when the ring changes. Pure: rings in, owners out.
+
+A holder keeps its keys advertised to their `r` ring owners. After a ring
+change it tells only the owners that are new for a key; owners that stayed
+already have the entry, and an owner that is gone takes its shard with it
+(the surviving replicas still answer). One peer joining or leaving a ring of
+N therefore moves about 1/N of a holder's entries, not all of them.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Iterable
+
+from kvmesh.hashring.ring import HashRing
+from kvmesh.types import PeerId
+
+
+def new_owners(keys: Iterable[bytes], old: HashRing, new: HashRing,
+               r: int) -> dict[PeerId, list[bytes]]:
+    """{owner: keys} for every (key, owner) pair under `new` that `old` did not have."""
+    out: dict[PeerId, list[bytes]] = defaultdict(list)
+    for key in keys:
+        before = old.owners(key, r)
+        for owner in new.owners(key, r):
+            if owner not in before:
+                out[owner].append(key)
+    return dict(out)
+
+
+def moved_fraction(keys: list[bytes], old: HashRing, new: HashRing, r: int) -> float:
+    """Share of (key, owner) entries under `new` that are new: what a change costs."""
+    moved = sum(len(v) for v in new_owners(keys, old, new, r).values())
+    total = sum(len(new.owners(k, r)) for k in keys)
+    return moved / total if total else 0.0

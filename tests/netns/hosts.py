@@ -1,0 +1,72 @@
+"""kvmesh peers running inside hosts made of network namespaces (`kvmesh.bench.hosts`)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+from kvmesh.bench.hosts import Hosts
+from tests.peers.mesh_procs import PeerProcess
+
+
+class HostPeer(PeerProcess):
+    """A standalone peer (`kvmesh peer`) inside one host; same stdin protocol as PeerProcess."""
+
+    def __init__(self, hosts: Hosts, i: int, env: dict[str, str], slot_bytes: int) -> None:
+        self.host = i
+        self.proc = subprocess.Popen(
+            hosts.exec_argv(i) + [sys.executable, "-m", "kvmesh.cli", "peer",
+                                  "--slot-bytes", str(slot_bytes)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+            env={**env, "KVMESH_HOST": hosts.ip(i)}, text=True, bufsize=1)
+        self.peer_id = self.control_url = ""
+
+    def wait_ready(self, timeout: float = 120) -> "HostPeer":
+        ready = self.read(timeout)
+        self.peer_id, self.control_url = ready["peer_id"], ready["control_url"]
+        return self
+
+    def members(self) -> list[str]:
+        return self.send("status")["members"]
+
+
+def start_peers(hosts: Hosts, which: list[int], env: dict[str, str],
+                slot_bytes: int = 1 << 20) -> list[HostPeer]:
+    """Start one peer per host, all at once (imports dominate start-up), and wait for each."""
+    base = {**os.environ, "KVMESH_CHUNK_TOKENS": "16", "KVMESH_CPU_BYTES": "64MiB",
+            "KVMESH_TIMEOUT_S": "2", **env}
+    peers = [HostPeer(hosts, i, base, slot_bytes) for i in which]
+    try:
+        return [p.wait_ready() for p in peers]
+    except BaseException:
+        for p in peers:
+            p.kill()
+        raise
+
+
+def stop_peers(peers: list[HostPeer]) -> None:
+    """Ask every peer to exit at once, then reap them (SIGKILL past 10 s)."""
+    for peer in peers:
+        try:
+            peer.proc.stdin.write('{"op": "exit"}\n')
+            peer.proc.stdin.flush()
+        except OSError:
+            pass
+    for peer in peers:
+        try:
+            peer.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            pass
+        peer.kill()
+
+
+def wait_until(pred, timeout_s: float, what: str, every_s: float = 0.1) -> float:
+    """Seconds until pred() held; AssertionError naming `what` past timeout_s."""
+    start = time.monotonic()
+    while not pred():
+        if time.monotonic() - start > timeout_s:
+            raise AssertionError(f"{what}: not within {timeout_s}s")
+        time.sleep(every_s)
+    return time.monotonic() - start
