@@ -151,8 +151,13 @@ def test_local_errors_are_distinct():
 @settings(max_examples=200, deadline=None)
 @given(st.binary(max_size=300))
 def test_random_garbage_never_crashes_differently(data):
+    """Garbage is either a well-typed HOLDERS frame or a RemoteProtocolError, never another exception."""
     decoder = codec.FrameDecoder(sink=lambda c: bytearray(c.length))
     try:
-        decoder.receive_data(prefix(ftype=f.FrameType.HOLDERS, header_len=len(data) or 1) + data)
+        frames = decoder.receive_data(prefix(ftype=f.FrameType.HOLDERS, header_len=len(data) or 1)
+                                      + data)
     except RemoteProtocolError:
-        pass
+        return
+    assert all(isinstance(fr, f.Holders) for fr in frames)
+    for fr in frames:
+        assert all(isinstance(p, str) for holders in fr.holders for p in holders)
