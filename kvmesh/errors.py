@@ -43,7 +43,3 @@ class HandshakeError(ProtocolError):
 
 class TransferError(KvmeshError):
     """A pull failed: dead peer, timeout, miss or corrupt payload."""
-
-
-class ChecksumError(TransferError):
-    """A payload did not match the checksum its holder sent."""

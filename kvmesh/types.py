@@ -38,10 +38,3 @@ class PeerAddress:
 
 def key_hex(key: ChunkKey) -> str:
     return bytes(key).hex()
-
-
-def key_from_hex(text: str) -> ChunkKey:
-    raw = bytes.fromhex(text)
-    if len(raw) != CHUNK_KEY_BYTES:
-        raise ValueError(f"a chunk key is {CHUNK_KEY_BYTES} bytes, got {len(raw)}")
-    return ChunkKey(raw)

@@ -10,11 +10,12 @@ destination after a plain copy read every byte from memory twice.
 from __future__ import annotations
 
 import mmap
-import os
 import socket
 from functools import lru_cache
 
 import xxhash
+
+from kvmesh.mesh.slab_pool import map_readonly
 
 from kvmesh import native
 
@@ -67,10 +68,5 @@ class SharedPoolReader:
     def _map(self, path: str) -> mmap.mmap:
         mapping = self._maps.get(path)
         if mapping is None:
-            fd = os.open(path, os.O_RDONLY)
-            try:
-                mapping = mmap.mmap(fd, 0, prot=mmap.PROT_READ)
-            finally:
-                os.close(fd)
-            self._maps[path] = mapping
+            mapping = self._maps[path] = map_readonly(path)
         return mapping
