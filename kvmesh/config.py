@@ -18,6 +18,7 @@ from kvmesh.errors import ConfigError
 from kvmesh.types import PeerAddress
 
 TRANSPORTS = ("auto", "tcp", "shm", "ucx")
+SHM_VERIFY_MODES = ("lease", "checksum")
 DISCOVERY_MODES = ("static", "dns", "multicast")
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -97,7 +98,8 @@ class MeshConfig:
     port: int = 0  # 0: pick a free port
     seeds: tuple[PeerAddress, ...] = ()
     discovery: str = "static"
-    replication: int = 2
+    replication: int = 2  # directory owners per key once the mesh is past full_directory_upto
+    full_directory_upto: int = 16  # up to this many peers, every peer keeps the whole directory
     vnodes: int = 128
     secret: bytes | None = None
     advertise_host: str = ""  # how others reach us; "": `host` (required if host is a wildcard)
@@ -110,6 +112,9 @@ class TransferConfig:
     transport: str = "auto"
     timeout_s: float = 2.0  # every network await is bounded by this
     max_inflight: int = 32  # pulls outstanding per remote peer
+    # Same-host copies are trusted within the holder's pin lease ("lease");
+    # "checksum" also verifies each one against its checksum (~40% slower).
+    shm_verify: str = "lease"
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,6 +162,7 @@ def _from_env(env: Mapping[str, str]) -> KvmeshConfig:
         seeds=opt("KVMESH_SEEDS", parse_seeds, ()),
         discovery=opt("KVMESH_DISCOVERY", parse_choice, "static", DISCOVERY_MODES),
         replication=opt("KVMESH_REPLICATION", parse_int, 2, 1, 16),
+        full_directory_upto=opt("KVMESH_FULL_DIRECTORY_UPTO", parse_int, 16, 0, 1024),
         vnodes=opt("KVMESH_VNODES", parse_int, 128, 1, 4096),
         secret=secret.encode() if secret else None,
         advertise_host=get("KVMESH_ADVERTISE_HOST") or "",
@@ -167,6 +173,7 @@ def _from_env(env: Mapping[str, str]) -> KvmeshConfig:
         transport=opt("KVMESH_TRANSPORT", parse_choice, "auto", TRANSPORTS),
         timeout_s=opt("KVMESH_TIMEOUT_S", parse_float, 2.0, 0.01, 600.0),
         max_inflight=opt("KVMESH_MAX_INFLIGHT", parse_int, 32, 1, 4096),
+        shm_verify=opt("KVMESH_SHM_VERIFY", parse_choice, "lease", SHM_VERIFY_MODES),
     )
     control = ControlConfig(
         host=get("KVMESH_CONTROL_HOST") or base.control.host,

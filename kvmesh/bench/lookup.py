@@ -7,10 +7,13 @@ LMCache's `LMCacheEngine.lookup` of the same ids, stored in its
 LocalCPUBackend (own venv; mock GPU connector, so nothing but bookkeeping).
 
 Mesh: eight peer processes on loopback; one stores a 32-chunk prefix, another
-(holding none of it) looks it up repeatedly: one batched LOOKUP per directory
-owner asked, in parallel. Baselines from the same run: one PING round trip
-(the floor for any remote question), and PINGs sent in parallel to exactly
-the owners the lookup asks (the floor for a lookup that asks them).
+(holding none of it) looks it up repeatedly. Twice: as configured by default
+(a mesh this small keeps the whole directory on every peer, so the lookup is
+answered in the looker's process), and as a DHT with 2 owners per key
+(KVMESH_FULL_DIRECTORY_UPTO=0, what larger meshes do): one batched LOOKUP per
+directory owner asked, in parallel. Baselines from the same run: one PING
+round trip (the floor for any remote question), and PINGs sent in parallel to
+exactly the owners the DHT lookup asks (the floor for a lookup that asks them).
 
 Writes lookup.{json,md} and lookup.png (latency percentiles).
 """
@@ -66,7 +69,7 @@ def local_lookup_us(tokens: int, chunk_tokens: int, repeat: int) -> list[float]:
 
 
 def planned_owners(peer_ids: list[str], looker: str, chunks: int) -> list[str]:
-    """The remote owners the looker's lookup asks (same ring and plan as the peers)."""
+    """The remote owners the looker's DHT lookup asks (same ring and plan as the peers)."""
     config = KvmeshConfig(chunk_tokens=MESH_CHUNK_TOKENS)
     keys = standalone_hasher(config, MESH_SLOT_BYTES).keys(
         prompt_tokens(1, chunks, MESH_CHUNK_TOKENS))
@@ -75,20 +78,25 @@ def planned_owners(peer_ids: list[str], looker: str, chunks: int) -> list[str]:
     return [owner for owner in plan if owner != looker]
 
 
-def mesh_lookup_us(peers_n: int, chunks: int, repeat: int) -> dict[str, list[float] | int]:
-    peers = start_peers(peers_n, {"KVMESH_CHUNK_TOKENS": str(MESH_CHUNK_TOKENS),
-                                  "KVMESH_CPU_BYTES": "16MiB"}, MESH_SLOT_BYTES)
+def mesh_lookup_us(peers_n: int, chunks: int, repeat: int,
+                   whole_directory: bool) -> dict[str, list[float] | int]:
+    """Lookup latencies from the last peer; with the DHT, the PING baselines too."""
+    env = {"KVMESH_CHUNK_TOKENS": str(MESH_CHUNK_TOKENS), "KVMESH_CPU_BYTES": "16MiB",
+           "KVMESH_FULL_DIRECTORY_UPTO": str(peers_n if whole_directory else 0)}
+    peers = start_peers(peers_n, env, MESH_SLOT_BYTES)
     try:
         looker = peers[-1]
         peers[0].send("fill", seed=1, chunks=chunks)
         time.sleep(0.3)  # advertisements reach the owners
         looker.send("lookup", seed=1, chunks=chunks)  # warm connections
-        owners = planned_owners([p.peer_id for p in peers], looker.peer_id, chunks)
-        looker.send("ping_latency", peers=owners, repeat=20)  # warm those connections too
-        return {"lookup": looker.send("lookup_latency", seed=1, chunks=chunks, repeat=repeat)["us"],
-                "ping": looker.send("ping_latency", peer=peers[0].peer_id, repeat=repeat)["us"],
-                "fanout": looker.send("ping_latency", peers=owners, repeat=repeat)["us"],
-                "owners": len(owners)}
+        out = {"lookup": looker.send("lookup_latency", seed=1, chunks=chunks, repeat=repeat)["us"]}
+        if not whole_directory:
+            owners = planned_owners([p.peer_id for p in peers], looker.peer_id, chunks)
+            looker.send("ping_latency", peers=owners, repeat=20)  # warm those connections too
+            out.update(ping=looker.send("ping_latency", peer=peers[0].peer_id, repeat=repeat)["us"],
+                       fanout=looker.send("ping_latency", peers=owners, repeat=repeat)["us"],
+                       owners=len(owners))
+        return out
     finally:
         for peer in peers:
             peer.stop()
@@ -107,7 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     local = local_lookup_us(args.local_tokens, args.chunk_tokens, args.repeat)
     lmc = lmcache_run.run("lookup", args.lmcache_python, tokens=args.local_tokens,
                           chunk_tokens=args.chunk_tokens, reps=min(args.repeat, 200))
-    mesh = mesh_lookup_us(args.peers, args.chunks, args.repeat)
+    whole = mesh_lookup_us(args.peers, args.chunks, args.repeat, whole_directory=True)
+    mesh = mesh_lookup_us(args.peers, args.chunks, args.repeat, whole_directory=False)
 
     table = Table("lookup", ["what", "p50 us", "p99 us", "p50 vs baseline"])
     lmc_p50 = percentile(lmc["us"], 0.5) if lmc else None
@@ -120,16 +129,23 @@ def main(argv: list[str] | None = None) -> int:
     else:
         table.note(lmcache_run.skipped_note(args.lmcache_python))
     ping50, fan50 = percentile(mesh["ping"], 0.5), percentile(mesh["fanout"], 0.5)
-    table.add(f"kvmesh lookup of a {args.chunks}-chunk prefix, {args.peers}-peer mesh",
+    table.add(f"kvmesh lookup of a {args.chunks}-chunk prefix, {args.peers}-peer mesh "
+              "(default: whole directory on every peer)",
+              percentile(whole["lookup"], 0.5), percentile(whole["lookup"], 0.99),
+              f"{percentile(whole['lookup'], 0.5) / ping50:.3g} x PING")
+    table.add(f"kvmesh lookup of a {args.chunks}-chunk prefix, {args.peers}-peer mesh "
+              "as a DHT (2 owners per key)",
               percentile(mesh["lookup"], 0.5), percentile(mesh["lookup"], 0.99),
               f"{percentile(mesh['lookup'], 0.5) / fan50:.3g} x fan-out PING")
     table.add("baseline: one PING round trip", ping50, percentile(mesh["ping"], 0.99), 1.0)
     table.add(f"baseline: PING to the {mesh['owners']} owners the lookup asks, in parallel",
               fan50, percentile(mesh["fanout"], 0.99), f"{fan50 / ping50:.3g} x PING")
     table.note(f"{args.repeat} lookups from an engine thread through the sync facade; "
-               "the mesh lookup asks as few directory owners as possible (lookup_plan)")
+               "the DHT lookup asks as few directory owners as possible (lookup_plan); "
+               "meshes of up to KVMESH_FULL_DIRECTORY_UPTO (16) peers keep the whole directory")
     table.emit()
-    series = {"kvmesh local lookup": local, "kvmesh mesh lookup": mesh["lookup"],
+    series = {"kvmesh local lookup": local, "kvmesh mesh lookup": whole["lookup"],
+              "kvmesh mesh lookup, DHT": mesh["lookup"],
               "baseline: PING": mesh["ping"], f"baseline: PING x{mesh['owners']} in parallel":
               mesh["fanout"]}
     if lmc:

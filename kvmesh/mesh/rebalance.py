@@ -16,13 +16,14 @@ from kvmesh.hashring.ring import HashRing
 from kvmesh.types import PeerId
 
 
-def new_owners(keys: Iterable[bytes], old: HashRing, new: HashRing,
-               r: int) -> dict[PeerId, list[bytes]]:
-    """{owner: keys} for every (key, owner) pair under `new` that `old` did not have."""
+def new_owners(keys: Iterable[bytes], old: HashRing, new: HashRing, r: int,
+               new_r: int | None = None) -> dict[PeerId, list[bytes]]:
+    """{owner: keys} for every (key, owner) pair under `new` (with `new_r`
+    owners per key, default `r`) that `old` (with `r`) did not have."""
     out: dict[PeerId, list[bytes]] = defaultdict(list)
     for key in keys:
         before = old.owners(key, r)
-        for owner in new.owners(key, r):
+        for owner in new.owners(key, r if new_r is None else new_r):
             if owner not in before:
                 out[owner].append(key)
     return dict(out)

@@ -30,7 +30,8 @@ class ConnectionPool:
         self._hello = hello
         self._clients: dict[PeerId, PeerClient] = {}
         self._dialing: dict[PeerId, asyncio.Future] = {}
-        self._shm = SharedPoolReader() if config.transfer.transport in ("auto", "shm") else None
+        self._shm = (SharedPoolReader(verify_checksum=config.transfer.shm_verify == "checksum")
+                     if config.transfer.transport in ("auto", "shm") else None)
 
     def transports(self) -> dict[str, str]:
         return {peer: c.transport for peer, c in self._clients.items() if not c.closed}

@@ -65,12 +65,14 @@ class PeerHandle:
             raise
 
     def lookup_prefix(self, keys: Sequence[ChunkKey]) -> int:
-        # All held here (the store is thread-safe): answer on this thread. The
-        # hop onto the peer loop and back costs more than the whole lookup.
+        # All held here (the store is thread-safe), or a small mesh whose whole
+        # directory is here: answer on this thread. The hop onto the peer loop
+        # and back costs more than the whole lookup.
         local = self.peer.store.leading_hits(keys)
-        if local == len(keys):
-            self._local_lookups.add(local, self._loop, self.peer.stats)
-            return local
+        if local == len(keys) or self.peer.owns_whole_directory:
+            matched = self.peer.matched_in_own_directory(keys, local)
+            self._local_lookups.add(len(keys), matched, self._loop, self.peer.stats)
+            return matched
         try:
             return self.call(self.peer.lookup_prefix(list(keys)), self._timeout * 2)
         except (KvmeshError, concurrent.futures.TimeoutError, OSError) as exc:
@@ -121,13 +123,14 @@ class _LocalLookupCounts:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()  # engine threads add, the loop thread folds
-        self._lookups = self._chunks = 0
+        self._lookups = self._chunks = self._hits = 0
         self._fold_scheduled = False
 
-    def add(self, chunks: int, loop: asyncio.AbstractEventLoop, stats) -> None:
+    def add(self, chunks: int, hits: int, loop: asyncio.AbstractEventLoop, stats) -> None:
         with self._lock:
             self._lookups += 1
             self._chunks += chunks
+            self._hits += hits
             if self._fold_scheduled:
                 return
             self._fold_scheduled = True
@@ -135,11 +138,12 @@ class _LocalLookupCounts:
 
     def _fold(self, stats) -> None:
         with self._lock:
-            lookups, chunks, self._lookups, self._chunks = self._lookups, self._chunks, 0, 0
+            lookups, chunks, hits = self._lookups, self._chunks, self._hits
+            self._lookups = self._chunks = self._hits = 0
             self._fold_scheduled = False
         stats.lookups += lookups
         stats.lookup_chunks += chunks
-        stats.lookup_hit_chunks += chunks
+        stats.lookup_hit_chunks += hits
 
 
 class PeerLoadJob:

@@ -30,6 +30,7 @@ from kvmesh.hashring.keys import ChunkHasher
 from kvmesh.hashring.ring import HashRing
 from kvmesh.mesh.directory import Directory
 from kvmesh.mesh.lookup_plan import plan_queries
+from kvmesh.mesh.placement import replicas
 from kvmesh.mesh.rebalance import new_owners
 from kvmesh.mesh.store import ChunkStore
 from kvmesh.mesh.swim import Swim
@@ -72,6 +73,9 @@ class Peer:
         self.membership: Swim | None = None
         self._gossip: MeshGossip | None = None
         self._placed: HashRing | None = None  # the ring our keys were last advertised under
+        # Whether this peer owns every directory entry (a small mesh): set on
+        # the loop thread at each ring change, read by engine threads.
+        self.owns_whole_directory = config.mesh.full_directory_upto >= 1
         self._ring_changed = asyncio.Event()
         self.pool: ConnectionPool | None = None
         self.loader: ChunkLoader | None = None
@@ -173,6 +177,8 @@ class Peer:
             if self.pool is not None:
                 self.pool.drop(peer)
         self._holder_cache.clear()
+        ring = self.membership.ring
+        self.owns_whole_directory = self._replicas(ring) >= len(ring)
         self._ring_changed.set()
 
     async def _rebalance_loop(self) -> None:
@@ -190,7 +196,7 @@ class Peer:
             keys = self.store.keys()
             for start in range(0, len(keys), REBALANCE_BATCH_KEYS):
                 batch = keys[start:start + REBALANCE_BATCH_KEYS]
-                moved = new_owners(batch, old, new, self.config.mesh.replication)
+                moved = new_owners(batch, old, new, self._replicas(old), self._replicas(new))
                 for owner, owned in moved.items():
                     self._queue_to(owner, owned, withdraw=False)
                 await asyncio.sleep(0)
@@ -203,8 +209,14 @@ class Peer:
     def withdraw(self, keys: Sequence[bytes]) -> None:
         self._queue(keys, withdraw=True)
 
+    def _replicas(self, ring: HashRing) -> int:
+        """Directory owners per key on `ring` (see kvmesh.mesh.placement)."""
+        mesh = self.config.mesh
+        return replicas(len(ring), mesh.replication, mesh.full_directory_upto)
+
     def _queue(self, keys: Sequence[bytes], withdraw: bool) -> None:
-        ring, r = self.membership.ring, self.config.mesh.replication
+        ring = self.membership.ring
+        r = self._replicas(ring)
         for key in keys:
             for owner in ring.owners(key, r):
                 self._queue_to(owner, [key], withdraw)
@@ -280,7 +292,8 @@ class Peer:
         Keys we own are answered here; an owner that cannot be asked is struck
         off and its keys are planned again over their other owners.
         """
-        ring, r = self.membership.ring, self.config.mesh.replication
+        ring = self.membership.ring
+        r = self._replicas(ring)
         answers: list[tuple[str, ...]] = [()] * len(keys)
         candidates = [ring.owners(k, r) for k in keys]
         todo = list(range(len(keys)))
@@ -327,6 +340,18 @@ class Peer:
         self._holder_cache.move_to_end(key)
         if len(self._holder_cache) > HOLDER_CACHE_KEYS:
             self._holder_cache.popitem(last=False)
+
+    def matched_in_own_directory(self, keys: Sequence[bytes], local: int) -> int:
+        """Extend `local` leading store hits with the keys this peer's own
+        directory says another peer holds; what lookup_prefix answers when
+        `owns_whole_directory`. Any thread: one dict read and one tuple built
+        per key, each atomic under the GIL (holders are str peer ids)."""
+        matched = local
+        for key in keys[local:]:
+            if not any(h != self.peer_id for h in self.directory.holders(key)):
+                break
+            matched += 1
+        return matched
 
     async def lookup_prefix(self, keys: Sequence[bytes]) -> int:
         """Leading keys held here or anywhere in the mesh."""

@@ -2,7 +2,9 @@
 
 Replies are matched to requests by id. A pull streams its chunks back in any
 order; each lands in a destination buffer chosen by the caller (a store
-slot) and is verified against its checksum before it is reported. Every
+slot) and is verified before it is reported: against its checksum when it
+came over a stream, against the holder's pin lease when it was copied out of
+the holder's shared pool (see `kvmesh.transfer.shm`). Every
 request is bounded by the caller's deadline; a timed-out or broken
 connection is closed whole, so no late payload can write into a buffer the
 caller has already given back.
@@ -13,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import sys
+import time
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -57,6 +60,7 @@ class _PullState:
     remaining: set[int]
     finished: asyncio.Future
     shared_path: str = ""
+    lease_deadline: float = 0.0  # time.monotonic() by which shared copies must end
 
     def resolve(self, index: int, ok: bool, length: int, checksum: int = 0) -> None:
         if index in self.remaining:
@@ -145,7 +149,8 @@ class PeerClient:
             rid = next(self._ids)
             state = _PullState(keys, dest, done, set(range(len(keys))),
                                asyncio.get_running_loop().create_future(),
-                               self.remote.shm_path if self._shm else "")
+                               self.remote.shm_path if self._shm else "",
+                               SharedPoolReader.lease_deadline(time.monotonic()))
             self._pulls[rid] = state
             try:
                 await within(self._conn.send(f.Pull(rid, keys, bool(self._shm))), timeout_s)
@@ -249,7 +254,7 @@ class PeerClient:
             return
         out = state.dest(ref.index, ref.length)
         ok = out is not None and self._shm.copy_out(state.shared_path, ref.offset, ref.length,
-                                                    out, ref.checksum)
+                                                    out, ref.checksum, state.lease_deadline)
         state.resolve(ref.index, ok, ref.length, ref.checksum)
 
     async def _on_chunk_refs(self, refs: f.ChunkRefs) -> None:

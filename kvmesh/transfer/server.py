@@ -8,7 +8,9 @@ CHUNK_REF per chunk otherwise. A protocol error closes this connection
 only; the peer keeps serving every other one. Chunks are pinned from the
 moment they are chosen until their bytes are written (TCP/UCX) or the puller
 releases them (shared memory), so eviction never pulls a slot out from under
-a transfer.
+a transfer. A shared pull's pins outlive its connection: the puller may still
+be copying refs it has read, so only RELEASE or the lease's end unpins them
+(see `kvmesh.transfer.shm`).
 """
 
 from __future__ import annotations
@@ -21,12 +23,11 @@ from kvmesh.errors import HandshakeError, KvmeshError, ProtocolError
 from kvmesh.transfer import frames as f
 from kvmesh.transfer import handshake
 from kvmesh.transfer.connection import FramedConnection
+from kvmesh.transfer.shm import SHARED_LEASE_S
 from kvmesh.transfer.streams import Stream, StreamClosed
 
 log = logging.getLogger(__name__)
 
-# A puller that never releases a shared-memory pull loses its pins after this.
-SHARED_LEASE_S = 30.0
 # Chunk refs per CHUNK_REFS frame: the puller starts copying the first batch
 # while later ones are pinned; one frame per chunk cost ~30 us of decode each.
 REFS_PER_FRAME = 16
@@ -212,8 +213,7 @@ class _Session:
             task.cancel()
         if self.tasks:
             await asyncio.gather(*self.tasks, return_exceptions=True)
-        for rid in list(self.leases):
-            self._release(rid)
+        # Leases stay: each one's timer unpins it (see the module docstring).
 
 
 def _chunk_refs(request_id: int, batch: list[tuple[int, bytes, Any]]) -> f.ChunkRefs:

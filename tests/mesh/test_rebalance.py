@@ -43,3 +43,12 @@ def test_one_join_or_leave_moves_about_one_nth_of_the_entries(n, r):
     small, big = ring(n), ring(n + 1)
     for old, new in ((small, big), (big, small)):
         assert moved_fraction(KEYS, old, new, r) == pytest.approx(1 / (n + 1), rel=0.2)
+
+
+def test_shrinking_into_a_full_directory_sends_every_entry_to_every_new_owner():
+    old, new = ring(5), ring(5)
+    new.remove("10.0.0.4:7400")
+    moved = new_owners(KEYS[:500], old, new, 2, new_r=4)
+    for owner, keys in moved.items():
+        assert sorted(keys) == sorted(k for k in KEYS[:500] if owner not in old.owners(k, 2))
+    assert set(moved) == set(new.peers)  # every survivor lacked some entries

@@ -70,7 +70,10 @@ def test_holder_killed_mid_pull_gives_misses_not_hangs(transport):
 
 
 def test_corrupt_payload_is_rejected(transport):
-    peers = start_mesh(2, transport)
+    # Over shm no payload travels: bytes flipped in the holder's own pool are
+    # only seen by a puller that verifies checksums (lease mode trusts pins).
+    verify = {1: {"KVMESH_SHM_VERIFY": "checksum"}} if transport == "shm" else None
+    peers = start_mesh(2, transport, per_peer_env=verify)
     try:
         wait_for_members(peers, 2)
         holder, puller = peers

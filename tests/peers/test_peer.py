@@ -24,10 +24,13 @@ SLOT = 64 << 10
 
 
 def config(seeds=(), secret=None, transport="tcp", cpu_bytes=8 << 20,
-           probe_interval_s=1.0) -> KvmeshConfig:
+           probe_interval_s=1.0, full_directory_upto=0) -> KvmeshConfig:
+    # Most tests here check the DHT (2 owners per key), which small meshes
+    # only use with the full directory turned off.
     return KvmeshConfig(chunk_tokens=16, store=StoreConfig(cpu_bytes=cpu_bytes),
                         mesh=MeshConfig(seeds=tuple(PeerAddress.parse(s) for s in seeds),
-                                        secret=secret, probe_interval_s=probe_interval_s),
+                                        secret=secret, probe_interval_s=probe_interval_s,
+                                        full_directory_upto=full_directory_upto),
                         transfer=TransferConfig(transport=transport, timeout_s=1.0),
                         control=ControlConfig(enabled=False))
 
@@ -194,7 +197,7 @@ def wait_until(pred, timeout_s: float, what: str) -> float:
 
 
 def owners(handle: PeerHandle, key: bytes) -> list[str]:
-    return handle.peer.membership.ring.owners(key, handle.peer.config.mesh.replication)
+    return handle.peer.membership.ring.owners(key, handle.peer._replicas(handle.peer.membership.ring))
 
 
 def test_losing_one_peer_loses_no_directory_entry(mesh):
@@ -290,3 +293,37 @@ async def test_wildcard_without_advertise_host_refuses_a_loopback_guess(monkeypa
     assert await gossip.advertised_host(MeshConfig(host="0.0.0.0", advertise_host="10.1.1.1"),
                                         1.0) == "10.1.1.1"
     assert await gossip.advertised_host(MeshConfig(host="10.2.2.2"), 1.0) == "10.2.2.2"
+
+
+def test_a_small_mesh_keeps_the_whole_directory_on_every_peer(mesh):
+    peers = mesh(4, full_directory_upto=4)
+    keys = save(peers[0], 16)
+    time.sleep(0.3)
+    assert all(p.peer.directory.holders(k) == (peers[0].peer_id,) for p in peers for k in keys)
+    asked: list[str] = []
+    ask_owner = peers[3].peer._ask_owner
+
+    async def counting(owner, owned):
+        asked.append(owner)
+        return await ask_owner(owner, owned)
+
+    peers[3].peer._ask_owner = counting
+    assert peers[3].lookup_prefix(keys) == 16
+    assert asked == []  # answered from its own directory
+    removed = peers[0].peer.store.clear()
+    peers[0].call(_withdraw(peers[0].peer, removed))
+    time.sleep(0.3)
+    assert all(not p.peer.directory.holders(k) for p in peers for k in keys)
+
+
+def test_growing_past_the_full_directory_keeps_r_owners_and_lookups_work(mesh):
+    peers = mesh(3, probe_interval_s=FAST, full_directory_upto=3)
+    keys = save(peers[0], 32)
+    time.sleep(0.3)
+    assert all(p.peer.directory.holders(k) for p in peers for k in keys)
+    newcomer = mesh(1, probe_interval_s=FAST, full_directory_upto=3)[-1]
+    time.sleep(0.5)  # the 4-peer ring is a DHT again: r=2, the newcomer gets what it owns
+    assert newcomer.peer._replicas(newcomer.peer.membership.ring) == 2
+    assert all(newcomer.peer.directory.holders(k) == (peers[0].peer_id,)
+               for k in keys if newcomer.peer_id in owners(newcomer, k))
+    assert newcomer.lookup_prefix(keys) == 32

@@ -117,3 +117,17 @@ async def test_lookup_and_ping_are_answered_inline_in_order(version):
     got = [await asyncio.wait_for(conn.read_frame(), 2) for _ in range(3)]
     assert got == [f.Pong(1), f.Holders(2, (("s:1",), ("s:1",))), f.Pong(3)]
     await _close(conn, server)
+
+
+async def test_shared_pins_outlive_the_connection_until_the_lease_ends(monkeypatch):
+    # The puller may still be copying refs it read before the connection
+    # dropped: only RELEASE or the lease's end may unpin them.
+    monkeypatch.setattr("kvmesh.transfer.server.SHARED_LEASE_S", 0.3)
+    node, conn, server = await _session(2)
+    await conn.send(f.Pull(5, _keys(3), True))
+    frame = await asyncio.wait_for(conn.read_frame(), 2)
+    assert isinstance(frame, f.ChunkRefs) and node.pinned == 3
+    await _close(conn, server)
+    assert node.pinned == 3
+    await asyncio.sleep(0.5)
+    assert node.pinned == 0

@@ -1,0 +1,64 @@
+"""Copying a chunk out of another pool's file: lease and checksum checks."""
+
+import time
+
+import pytest
+import xxhash
+
+from kvmesh.mesh.slab_pool import SlabPool
+from kvmesh.transfer.shm import LEASE_MARGIN_S, SHARED_LEASE_S, SharedPoolReader
+
+
+@pytest.fixture
+def pool():
+    pool = SlabPool(slot_bytes=1 << 16, cap_bytes=4 << 16, shared=True)
+    pool.view(2)[:] = bytes(range(256)) * 256
+    yield pool
+    pool.close()
+
+
+def _copy(reader, pool, deadline, checksum=0, length=1 << 16):
+    out = bytearray(1 << 16)
+    ok = reader.copy_out(pool.shm_path, pool.offset(2), length, memoryview(out), checksum, deadline)
+    return ok, bytes(out)
+
+
+def test_lease_copy_within_the_lease_is_exact(pool):
+    reader = SharedPoolReader()
+    ok, out = _copy(reader, pool, time.monotonic() + 5)
+    assert ok and out == bytes(pool.view(2))
+    reader.close()
+
+
+def test_lease_copy_after_the_lease_is_a_miss(pool):
+    reader = SharedPoolReader()
+    assert _copy(reader, pool, time.monotonic() - 0.001)[0] is False
+    reader.close()
+
+
+def test_lease_deadline_ends_before_the_holders_lease():
+    sent = 100.0
+    assert SharedPoolReader.lease_deadline(sent) == sent + SHARED_LEASE_S - LEASE_MARGIN_S
+    assert 0 < LEASE_MARGIN_S < SHARED_LEASE_S
+
+
+def test_checksum_mode_rejects_bytes_that_do_not_match(pool):
+    reader = SharedPoolReader(verify_checksum=True)
+    good = xxhash.xxh3_64_intdigest(bytes(pool.view(2)))
+    assert _copy(reader, pool, time.monotonic() + 5, checksum=good)[0] is True
+    assert _copy(reader, pool, time.monotonic() + 5, checksum=good ^ 1)[0] is False
+    reader.close()
+
+
+@pytest.mark.parametrize("offset_delta, length, out_bytes", [
+    (0, 1 << 16, (1 << 16) - 1),  # longer than the destination
+    (2 << 16, 16, 16),  # past the end of the pool file
+    (-(4 << 16), 16, 16),  # a negative offset
+])
+def test_out_of_range_refs_are_misses(pool, offset_delta, length, out_bytes):
+    reader = SharedPoolReader()
+    out = memoryview(bytearray(out_bytes))
+    assert reader.copy_out(pool.shm_path, pool.offset(2) + offset_delta, length, out, 0,
+                           time.monotonic() + 5) is False
+    assert bytes(out) == bytes(out_bytes)  # nothing written
+    reader.close()
