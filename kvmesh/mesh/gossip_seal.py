@@ -22,7 +22,7 @@ import hmac
 from dataclasses import dataclass
 from typing import Callable
 
-from kvmesh.mesh.swim import GossipTransport
+from kvmesh.mesh.swim_edges import GossipTransport
 
 TAG_BYTES = 16
 GOSSIP_CONTEXT = b"kvmesh-gossip-v1"

@@ -1,8 +1,9 @@
 """SWIM timing: every interval and limit as a pure function of cluster size.
 
-Nothing here reads a clock or keeps state; the engine (`swim.py`) asks these
-functions what to wait for, and the tests check them from tables. The
-formulas follow hashicorp/memberlist (and its Lifeguard extensions):
+Nothing here reads a clock or keeps state; the engine (`swim.py` and its
+parts) asks these functions what to wait for, and the tests check them from
+tables. The formulas follow hashicorp/memberlist (and its Lifeguard
+extensions):
 
 - suspicion timeout  = mult * max(1, log10(n)) * probe interval; a suspicion
   starts at `max_mult` times that and shrinks towards it as other members

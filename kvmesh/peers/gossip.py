@@ -27,7 +27,8 @@ from kvmesh.config import MeshConfig
 from kvmesh.errors import ConfigError
 from kvmesh.mesh.discovery import MulticastBeacon, discover
 from kvmesh.mesh.gossip_seal import SealedTransport, beacon_sealer, gossip_sealer
-from kvmesh.mesh.swim import ChangeFn, Swim
+from kvmesh.mesh.swim import Swim
+from kvmesh.mesh.swim_edges import ChangeFn
 from kvmesh.mesh.swim_states import LIVE
 from kvmesh.mesh.swim_timing import SwimConfig
 from kvmesh.mesh.udp_transport import UdpTransport, format_addr

@@ -9,10 +9,13 @@ from hypothesis import given, settings, strategies as st
 from kvmesh.errors import RemoteProtocolError
 from kvmesh.hashring.ring import HashRing
 from kvmesh.mesh.sim_network import SimClock, SimNetwork
-from kvmesh.mesh.swim import (MAX_DATAGRAM_BYTES, MAX_RECV_BYTES, VERSION, BroadcastQueue, Entry,
-                              Kind, MemberView, Swim, decode, encode, pack_entry)
+from kvmesh.mesh.swim import Swim
+from kvmesh.mesh.swim_broadcast import BroadcastQueue
+from kvmesh.mesh.swim_members import MemberView
 from kvmesh.mesh.swim_states import MemberState
 from kvmesh.mesh.swim_timing import SwimConfig, detection_bound_s
+from kvmesh.mesh.swim_wire import (MAX_DATAGRAM_BYTES, MAX_RECV_BYTES, VERSION, Entry, Kind, decode,
+                                   encode, pack_entry)
 
 A, S, D, L = MemberState.ALIVE, MemberState.SUSPECT, MemberState.DEAD, MemberState.LEFT
 CFG = SwimConfig()  # memberlist's LAN defaults, in simulated seconds

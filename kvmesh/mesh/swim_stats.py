@@ -1,0 +1,22 @@
+"""Counters of one SWIM engine, read by status pages and metrics (`Swim.stats`).
+
+One `SwimStats` per engine; its parts increment the fields on the clock's
+thread, readers take a copy (`dataclasses.asdict`) on the same thread.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(slots=True)
+class SwimStats:
+    sent: int = 0
+    received: int = 0
+    malformed: int = 0  # undecodable or out-of-cap datagrams, dropped
+    misdirected: int = 0  # pings meant for another peer id at our address
+    probes: int = 0
+    probe_failures: int = 0
+    suspicions: int = 0  # suspicions started here (own probes or gossip)
+    refutations: int = 0  # times we bumped our incarnation to answer an accusation
+    declared_dead: int = 0  # suspicions that expired here
