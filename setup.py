@@ -1,6 +1,6 @@
 """Builds kvmesh's optional C extension; everything else is in pyproject.toml.
 
-The extension only speeds up two loops (kvmesh/native); if it cannot be
+The extension only speeds up a few hot loops (kvmesh/native); if it cannot be
 compiled (`optional=True`), kvmesh installs anyway and uses the Python twins.
 """
 
@@ -8,10 +8,12 @@ from setuptools import Extension, setup
 
 setup(ext_modules=[Extension(
     "kvmesh.native._speedups",
-    sources=["kvmesh/native/_speedups.c", "kvmesh/native/kernels_default.c",
+    sources=["kvmesh/native/_speedups.c", "kvmesh/native/blocks.c",
+             "kvmesh/native/kernels_default.c",
              "kvmesh/native/kernels_avx2.c", "kvmesh/native/kernels_avx512.c"],
     include_dirs=["kvmesh/native"],
-    depends=["kvmesh/native/kernels.h", "kvmesh/native/kernels_impl.h", "kvmesh/native/xxhash.h"],
+    depends=["kvmesh/native/blocks.h", "kvmesh/native/kernels.h",
+             "kvmesh/native/kernels_impl.h", "kvmesh/native/xxhash.h"],
     extra_compile_args=["-O3"],
     optional=True,
 )])

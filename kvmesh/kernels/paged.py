@@ -5,20 +5,14 @@ then layer 1's, and so on; within a layer the bytes are the layer tensor with
 only those blocks kept along its block dim (see `kvmesh.kernels.layouts`).
 
 KV is moved as raw bytes (any dtype, fp8 included) through uint8 views of the
-engine's own storage. The copy strategy is picked once, in `PagedKV.__init__`:
-
-- fast path: when every layer is an equally strided view of one storage at
-  evenly spaced offsets (vLLM allocates all layers in one buffer), one strided
-  `[L, ...]` view spans all layers, so one copy call moves a run of blocks
-  (or, on a GPU, any set of blocks) for every layer at once;
-- fallback: the same, once per layer.
-
-On CPU, each run of consecutive block ids is one numpy strided copy. Not
-torch: a torch `copy_` splits across OpenMP threads, and when another process
-(or the engine) keeps a core busy, its barrier stalls 5-16 ms per call
-(measured here on 2 cores); numpy copies on the calling thread at memcpy
-speed and releases the GIL. CPU `index_copy_` on bytes was 0.1-1 GB/s. On a
-GPU, scattered ids take one `index_select` / `index_copy_` kernel.
+engine's own storage. When every layer is an equally strided view of one
+storage at evenly spaced offsets (vLLM allocates all layers in one buffer),
+one strided `[L, ...]` view spans all layers (`fast_path`); otherwise each
+layer is its own view. The copy kernel is picked once, in `PagedKV.__init__`
+(see `kvmesh.kernels.copiers`): on CPU, one C call for the whole chunk
+("native"), or numpy strided copies per run of consecutive ids when the C
+extension is not built ("numpy"); on a GPU, `index_select` / `index_copy_`
+("torch").
 
 Devices: layers and slab may sit on different devices (CUDA KV, pinned CPU
 slab). The chunk is then staged in one device buffer and crosses in one copy,
@@ -35,6 +29,7 @@ from typing import Sequence
 
 import torch
 
+from kvmesh.kernels.copiers import Copier, auto_kernel, make_copier
 from kvmesh.kernels.layouts import KVLayout, get_layout
 
 BlockIds = Sequence[int] | torch.Tensor
@@ -46,31 +41,34 @@ class PagedKV:
     Build once per engine (e.g. in `register_kv_caches`); the layer tensors
     must outlive this object. Calls may come from any thread; they do not
     order themselves against other writers of the same blocks or slab.
+
+    `kernel` is "auto" (the fastest that fits) or one of
+    `kvmesh.kernels.copiers.KERNELS` (for tests and benchmarks); the one in
+    use is `self.kernel`. ValueError if the layers or the kernel do not fit.
     """
 
-    def __init__(self, layers: Sequence[torch.Tensor], layout: KVLayout | str = "vllm-cpu"):
+    def __init__(self, layers: Sequence[torch.Tensor], layout: KVLayout | str = "vllm-cpu", *,
+                 kernel: str = "auto"):
         self.layout = get_layout(layout)
         _check_uniform(layers, self.layout)
         permuted = [t.permute(self.layout.physical_order) for t in layers]
         self.num_layers = len(layers)
         self.num_blocks = permuted[0].shape[self.layout.block_dim]
         self.device = layers[0].device
+        self._kv_on_cpu = self.device.type == "cpu"
         self.dtype = layers[0].dtype
-        self._layer_views = [_byte_view(t) for t in permuted]
-        self.block_bytes = _block_bytes(self._layer_views[0], self.layout.block_dim)
-        stacked = _stack(self._layer_views)
+        layer_views = [_byte_view(t) for t in permuted]
+        self.block_bytes = _block_bytes(layer_views[0], self.layout.block_dim)
+        stacked = _stack(layer_views)
         if stacked is not None:
-            self._views, self._block_dim = [stacked], self.layout.block_dim + 1
+            views, block_dim = [stacked], self.layout.block_dim + 1
         else:
-            self._views, self._block_dim = self._layer_views, self.layout.block_dim
-        on_cpu = self.device.type == "cpu"
-        self._gather_fn = _gather_cpu if on_cpu else _gather_device
-        self._scatter_fn = _scatter_cpu if on_cpu else _scatter_device
-
-    @property
-    def fast_path(self) -> bool:
-        """True when one copy call spans all layers (one strided view)."""
-        return len(self._views) == 1
+            views, block_dim = layer_views, self.layout.block_dim
+        self.fast_path = stacked is not None  # one strided view spans all layers
+        self.kernel = auto_kernel(views, block_dim) if kernel == "auto" else kernel
+        self._all = make_copier(self.kernel, views, block_dim)
+        self._by_layer = [make_copier(self.kernel, [v], self.layout.block_dim)
+                          for v in layer_views]
 
     def chunk_bytes(self, num_blocks: int) -> int:
         """Bytes of a chunk of `num_blocks` blocks of every layer."""
@@ -85,7 +83,7 @@ class PagedKV:
         """
         ids = self._checked_ids(block_ids, unique=False)
         slab = self._checked_slab(out, len(ids))
-        self._gather(slab, ids, self._views, self._block_dim, sync)
+        self._gather(self._all, slab, ids, sync)
 
     def gather_layer(self, layer: int, block_ids: BlockIds, out: torch.Tensor, *,
                      sync: bool = True) -> None:
@@ -93,7 +91,7 @@ class PagedKV:
         `out` (for saving layer by layer as the forward pass goes)."""
         ids = self._checked_ids(block_ids, unique=False)
         part = self._layer_part(self._checked_slab(out, len(ids)), layer, len(ids))
-        self._gather(part, ids, [self._layer_views[layer]], self.layout.block_dim, sync)
+        self._gather(self._by_layer[layer], part, ids, sync)
 
     def scatter(self, slab: torch.Tensor, block_ids: BlockIds, *, offset: int = 0,
                 chunk_blocks: int | None = None, sync: bool = True) -> None:
@@ -109,7 +107,7 @@ class PagedKV:
         ids = self._checked_ids(block_ids, unique=True)
         total = self._checked_range(len(ids), offset, chunk_blocks)
         slab = self._checked_slab(slab, total)
-        self._scatter(slab, ids, self._views, self._block_dim, offset, total, sync)
+        self._scatter(self._all, slab, ids, offset, total, sync)
 
     def scatter_layer(self, slab: torch.Tensor, layer: int, block_ids: BlockIds, *,
                       offset: int = 0, chunk_blocks: int | None = None,
@@ -119,28 +117,31 @@ class PagedKV:
         ids = self._checked_ids(block_ids, unique=True)
         total = self._checked_range(len(ids), offset, chunk_blocks)
         part = self._layer_part(self._checked_slab(slab, total), layer, total)
-        self._scatter(part, ids, [self._layer_views[layer]], self.layout.block_dim, offset,
-                      total, sync)
+        self._scatter(self._by_layer[layer], part, ids, offset, total, sync)
 
-    def _gather(self, slab: torch.Tensor, ids: list[int], views: list[torch.Tensor],
-                block_dim: int, sync: bool) -> None:
-        staging = slab if slab.device == self.device else torch.empty(
-            slab.numel(), dtype=torch.uint8, device=self.device)
-        for view, seg in zip(views, _split(staging, views, block_dim, len(ids))):
-            self._gather_fn(view, block_dim, ids, seg)
-        if staging is not slab:
-            slab.copy_(staging, non_blocking=slab.is_pinned())
-            self._maybe_sync(sync)
+    def _gather(self, copier: Copier, slab: torch.Tensor, ids: list[int], sync: bool) -> None:
+        if self._on_kv_device(slab):
+            copier.gather(ids, slab)
+            return
+        staging = torch.empty(slab.numel(), dtype=torch.uint8, device=self.device)
+        copier.gather(ids, staging)
+        slab.view(-1).copy_(staging, non_blocking=slab.is_pinned())
+        self._maybe_sync(sync)
 
-    def _scatter(self, slab: torch.Tensor, ids: list[int], views: list[torch.Tensor],
-                 block_dim: int, offset: int, total: int, sync: bool) -> None:
-        non_blocking = slab.is_pinned() and self.device.type != "cpu"
-        staging = slab if slab.device == self.device else slab.to(
-            self.device, non_blocking=non_blocking)
-        for view, seg in zip(views, _split(staging, views, block_dim, total)):
-            self._scatter_fn(view, block_dim, ids, seg.narrow(block_dim, offset, len(ids)))
-        if staging is not slab:
-            self._maybe_sync(sync)
+    def _scatter(self, copier: Copier, slab: torch.Tensor, ids: list[int], offset: int,
+                 total: int, sync: bool) -> None:
+        if self._on_kv_device(slab):
+            copier.scatter(slab, ids, offset, total)
+            return
+        non_blocking = self.device.type != "cpu" and slab.is_pinned()
+        copier.scatter(slab.view(-1).to(self.device, non_blocking=non_blocking), ids, offset,
+                       total)
+        self._maybe_sync(sync)
+
+    def _on_kv_device(self, slab: torch.Tensor) -> bool:
+        # After a chunk copy has flushed the caches every torch call costs
+        # 5-25 us; `is_cpu` is the cheapest test (the CPU has one device).
+        return slab.is_cpu if self._kv_on_cpu else slab.device == self.device
 
     def _checked_range(self, num_ids: int, offset: int, chunk_blocks: int | None) -> int:
         total = num_ids if chunk_blocks is None else chunk_blocks
@@ -153,12 +154,12 @@ class PagedKV:
         if not 0 <= layer < self.num_layers:
             raise ValueError(f"layer {layer} out of range [0, {self.num_layers})")
         size = num_ids * self.block_bytes
-        return slab[layer * size:(layer + 1) * size]
+        return slab.view(-1)[layer * size:(layer + 1) * size]
 
     def _checked_ids(self, block_ids: BlockIds, unique: bool) -> list[int]:
         raw = block_ids.tolist() if isinstance(block_ids, torch.Tensor) else block_ids
         try:
-            ids = [operator.index(i) for i in raw]
+            ids = list(map(operator.index, raw))
         except TypeError:
             raise ValueError("block ids must be integers") from None
         if not ids:
@@ -171,7 +172,9 @@ class PagedKV:
         return ids
 
     def _checked_slab(self, slab: torch.Tensor, num_ids: int) -> torch.Tensor:
-        if slab.dtype != torch.uint8:
+        """`slab`, as given: copiers take any contiguous shape (no `view(-1)`
+        on the hot path, see `_on_kv_device`)."""
+        if slab.dtype is not torch.uint8:
             raise ValueError(f"a slab must be uint8, got {slab.dtype}")
         if not slab.is_contiguous():
             raise ValueError("a slab must be contiguous")
@@ -179,7 +182,7 @@ class PagedKV:
         if slab.numel() != need:
             raise ValueError(f"slab holds {slab.numel()} bytes but {num_ids} blocks of "
                              f"{self.num_layers} layers need {need}")
-        return slab.view(-1)
+        return slab
 
     def _maybe_sync(self, sync: bool) -> None:
         if sync and self.device.type == "cuda":
@@ -199,61 +202,6 @@ def scatter_chunk(slab: torch.Tensor, layers: Sequence[torch.Tensor], block_ids:
                   layout: KVLayout | str = "vllm-cpu") -> None:
     """One-shot `PagedKV(layers, layout).scatter(slab, block_ids)`."""
     PagedKV(layers, layout).scatter(slab, block_ids)
-
-
-def _runs(ids: list[int]) -> list[tuple[int, int, int]]:
-    """(first block id, position in the chunk, length) of each consecutive run."""
-    runs, start = [], 0
-    for pos in range(1, len(ids) + 1):
-        if pos == len(ids) or ids[pos] != ids[pos - 1] + 1:
-            runs.append((ids[start], start, pos - start))
-            start = pos
-    return runs
-
-
-def _along(dim: int, start: int, length: int) -> tuple[slice, ...]:
-    return (slice(None),) * dim + (slice(start, start + length),)
-
-
-def _gather_cpu(view: torch.Tensor, dim: int, ids: list[int], seg: torch.Tensor) -> None:
-    """One numpy strided copy per run of consecutive ids (no OpenMP, see top)."""
-    src, dst = view.numpy(), seg.numpy()
-    for first, pos, length in _runs(ids):
-        dst[_along(dim, pos, length)] = src[_along(dim, first, length)]
-
-
-def _scatter_cpu(view: torch.Tensor, dim: int, ids: list[int], seg: torch.Tensor) -> None:
-    dst, src = view.numpy(), seg.numpy()
-    for first, pos, length in _runs(ids):
-        dst[_along(dim, first, length)] = src[_along(dim, pos, length)]
-
-
-def _gather_device(view: torch.Tensor, dim: int, ids: list[int], seg: torch.Tensor) -> None:
-    """One kernel whatever the ids (GPU)."""
-    if len(_runs(ids)) == 1:
-        seg.copy_(view.narrow(dim, ids[0], len(ids)))
-    else:
-        torch.index_select(view, dim, _index(ids, view.device), out=seg)
-
-
-def _scatter_device(view: torch.Tensor, dim: int, ids: list[int], seg: torch.Tensor) -> None:
-    if len(_runs(ids)) == 1:
-        view.narrow(dim, ids[0], len(ids)).copy_(seg)
-    else:
-        view.index_copy_(dim, _index(ids, view.device), seg)
-
-
-def _index(ids: list[int], device: torch.device) -> torch.Tensor:
-    return torch.tensor(ids, dtype=torch.int64, device=device)
-
-
-def _split(slab: torch.Tensor, views: list[torch.Tensor], dim: int,
-           num_ids: int) -> list[torch.Tensor]:
-    """`slab` cut into one contiguous piece per view, each shaped like it."""
-    shape = list(views[0].shape)
-    shape[dim] = num_ids
-    size = slab.numel() // len(views)
-    return [slab[i * size:(i + 1) * size].view(shape) for i in range(len(views))]
 
 
 def _check_uniform(layers: Sequence[torch.Tensor], layout: KVLayout) -> None:

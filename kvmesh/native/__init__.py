@@ -1,7 +1,7 @@
-"""Three hot loops in C, each with a pure-Python twin that gives the same result.
+"""Hot loops in C, each with a pure-Python twin that gives the same result.
 
 The C extension (`_speedups.c`, built at install; optional) exists because
-the per-item cost of a Python loop dominates all three:
+the per-item cost of a Python loop dominates each of them:
 
 - `chain_keys`: chained xxh3-128 chunk keys over an int32 token buffer.
   Python pays ~1 us per chunk in slicing, concatenation and calls; raw xxh3
@@ -11,6 +11,10 @@ the per-item cost of a Python loop dominates all three:
   hashing the 2 MiB destination reads it twice from memory.
 - `pack_int32`: a list of token ids as int32 bytes; numpy and array.array
   spend 25-40 ns per Python int, the C loop a few.
+- `gather_blocks` / `scatter_blocks`: a chunk's block-rows between paged KV
+  buffers and a slab (layout in `kvmesh.native.blocks`), all memcpys in one
+  call with the GIL released. Python pays 1-5 us per strided copy, and a
+  chunk of scattered block ids is dozens of them.
 
 `NATIVE` says which implementation is in use (`ISA`: the instruction set
 the C kernels were picked for: avx512, avx2, default; "python" without C); the `py_*` twins are always
@@ -24,6 +28,8 @@ import array
 
 import numpy as np
 import xxhash
+
+from kvmesh.native.blocks import py_gather_blocks, py_scatter_blocks
 
 KEY_BYTES = 16
 
@@ -63,12 +69,16 @@ def py_pack_int32(seq) -> bytes:
 
 
 try:
-    from kvmesh.native._speedups import ISA, chain_keys, copy_checksum, pack_int32
+    from kvmesh.native._speedups import (
+        ISA, chain_keys, copy_checksum, gather_blocks, pack_int32, scatter_blocks,
+    )
 
     NATIVE = True
 except ImportError:  # not built (no compiler at install): same results, slower
     chain_keys, copy_checksum, pack_int32 = py_chain_keys, py_copy_checksum, py_pack_int32
+    gather_blocks, scatter_blocks = py_gather_blocks, py_scatter_blocks
     NATIVE, ISA = False, "python"
 
-__all__ = ["ISA", "NATIVE", "chain_keys", "copy_checksum", "pack_int32", "py_chain_keys",
-           "py_copy_checksum", "py_pack_int32"]
+__all__ = ["ISA", "NATIVE", "chain_keys", "copy_checksum", "gather_blocks", "pack_int32",
+           "py_chain_keys", "py_copy_checksum", "py_gather_blocks", "py_pack_int32",
+           "py_scatter_blocks", "scatter_blocks"]

@@ -7,6 +7,8 @@
  * pack_int32(seq) -> bytes
  *     a list or tuple of ints as int32 little-endian; TypeError for a
  *     non-integer, OverflowError for a value outside int32.
+ * gather_blocks / scatter_blocks(kv, rows, row_bytes, ids, slab, first, slab_blocks)
+ *     paged KV block-rows to / from a slab in one call (blocks.c).
  *
  * xxhash.h is vendored (BSD-2-Clause, LICENSE.xxhash); the kernel for the
  * best instruction set the CPU has is picked once, at import.
@@ -17,6 +19,7 @@
 #include <longintrepr.h> /* ob_digit (3.11 has it in Python.h) */
 #endif
 
+#include "blocks.h"
 #include "kernels.h"
 
 /* Below these sizes the GIL is kept: retaking it can wait for another thread's
@@ -24,7 +27,7 @@
  * TTFT path, so they keep it unless the prompt is huge; a chunk copy (2 MiB,
  * ~0.5 ms) lets the engine thread run meanwhile. */
 #define CHAIN_RELEASE_GIL_BYTES (4 << 20)
-#define COPY_RELEASE_GIL_BYTES (256 << 10)
+#define COPY_RELEASE_GIL_BYTES KVM_COPY_RELEASE_GIL_BYTES
 
 static kvm_chain_keys_fn chain_keys_impl = kvm_chain_keys_default;
 static kvm_copy_checksum_fn copy_checksum_impl = kvm_copy_checksum_default;
@@ -182,6 +185,10 @@ static PyMethodDef methods[] = {
      "copy_checksum(dst, src) -> xxh3_64 of src, after copying it into dst"},
     {"pack_int32", pack_int32, METH_O,
      "pack_int32(seq) -> bytes: ints as int32 little-endian"},
+    {"gather_blocks", kvm_py_gather_blocks, METH_VARARGS,
+     "gather_blocks(kv, rows, row_bytes, ids, slab, first, slab_blocks): KV block-rows into slab"},
+    {"scatter_blocks", kvm_py_scatter_blocks, METH_VARARGS,
+     "scatter_blocks(kv, rows, row_bytes, ids, slab, first, slab_blocks): slab into KV block-rows"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -3,15 +3,17 @@
 import pytest
 import torch
 
-from kvmesh.kernels import paged
 from kvmesh.kernels.layouts import get_layout
 from kvmesh.kernels.paged import PagedKV, gather_chunk, scatter_chunk
 
 L, H, D, NUM_BLOCKS = 4, 2, 64, 24
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-DEVICES = ["cpu", pytest.param("cuda", marks=CUDA)]
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
-LAYOUT_BLOCK = [("vllm-cpu", 32), ("flash", 16), ("flashinfer", 16), ("vllm-nhd", 16)]
+LAYOUT_BLOCK = [("vllm-cpu", 32), ("flash", 16), ("flashinfer", 16), ("vllm-hnd", 16),
+                ("vllm-nhd", 16)]
+# Every kernel runs on CPU (torch's is the GPU one, plain torch ops); on CUDA only torch's.
+DEVICE_KERNEL = [("cpu", k) for k in ("native", "numpy", "torch")] + [
+    pytest.param("cuda", "torch", marks=CUDA)]
 IDS = [[3, 4, 5, 6], [9, 2, 17, 3], [23], [0, 1, 7, 8, 9, 20]]
 
 
@@ -58,17 +60,13 @@ def new_slab(kv, n, device):
 
 
 def paged_kv(layers, layout, kernels):
-    """A PagedKV; kernels="device" forces the GPU kernels (index_select /
-    index_copy_), which are plain torch ops and so also run on CPU."""
-    kv = PagedKV(layers, layout)
-    if kernels == "device":
-        kv._gather_fn, kv._scatter_fn = paged._gather_device, paged._scatter_device
+    kv = PagedKV(layers, layout, kernel=kernels)
+    assert kv.kernel == kernels
     return kv
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device,kernels", DEVICE_KERNEL)
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("kernels", ["native", "device"])
 @pytest.mark.parametrize("shared", [True, False], ids=["fast", "fallback"])
 @pytest.mark.parametrize("layout,block_size", LAYOUT_BLOCK)
 def test_gather_matches_reference_and_round_trips(layout, block_size, shared, kernels, dtype,
@@ -102,7 +100,7 @@ def test_scatter_into_other_blocks_moves_whole_blocks(layout, block_size):
             assert torch.equal(ps.select(spec.block_dim, a), pd.select(spec.block_dim, b))
 
 
-@pytest.mark.parametrize("kernels", ["native", "device"])
+@pytest.mark.parametrize("kernels", ["native", "numpy", "torch"])
 @pytest.mark.parametrize("layout,block_size", LAYOUT_BLOCK)
 def test_scatter_part_of_a_chunk(layout, block_size, kernels):
     src = make_cache(layout, block_size, torch.float32, "cpu")
@@ -142,7 +140,7 @@ def test_fp8_moves_as_bytes():
     assert torch.equal(slab, reference_chunk(layers, "flash", [8, 3]))
 
 
-@pytest.mark.parametrize("kernels", ["native", "device"])
+@pytest.mark.parametrize("kernels", ["native", "numpy", "torch"])
 def test_layer_by_layer_matches_whole_chunk(kernels):
     src = make_cache("vllm-cpu", 32, torch.float32, "cpu")
     dst = make_cache("vllm-cpu", 32, torch.float32, "cpu", fill=False)
