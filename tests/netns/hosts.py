@@ -4,29 +4,20 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import time
 
 from kvmesh.bench.hosts import Hosts
-from tests.peers.mesh_procs import PeerProcess
+from kvmesh.bench.procs import PeerProcess
 
 
 class HostPeer(PeerProcess):
-    """A standalone peer (`kvmesh peer`) inside one host; same stdin protocol as PeerProcess."""
+    """A standalone peer (`kvmesh peer`) inside one host, bound to its address."""
+
+    READY_TIMEOUT_S = 120.0  # every host imports at once
 
     def __init__(self, hosts: Hosts, i: int, env: dict[str, str], slot_bytes: int) -> None:
         self.host = i
-        self.proc = subprocess.Popen(
-            hosts.exec_argv(i) + [sys.executable, "-m", "kvmesh.cli", "peer",
-                                  "--slot-bytes", str(slot_bytes)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-            env={**env, "KVMESH_HOST": hosts.ip(i)}, text=True, bufsize=1)
-        self.peer_id = self.control_url = ""
-
-    def wait_ready(self, timeout: float = 120) -> "HostPeer":
-        ready = self.read(timeout)
-        self.peer_id, self.control_url = ready["peer_id"], ready["control_url"]
-        return self
+        super().__init__({**env, "KVMESH_HOST": hosts.ip(i)}, slot_bytes, argv_prefix=hosts.exec_argv(i))
 
     def members(self) -> list[str]:
         return self.send("status")["members"]
@@ -50,8 +41,7 @@ def stop_peers(peers: list[HostPeer]) -> None:
     """Ask every peer to exit at once, then reap them (SIGKILL past 10 s)."""
     for peer in peers:
         try:
-            peer.proc.stdin.write('{"op": "exit"}\n')
-            peer.proc.stdin.flush()
+            peer.write("exit")
         except OSError:
             pass
     for peer in peers:

@@ -8,7 +8,8 @@ import time
 
 import pytest
 
-from tests.peers.mesh_procs import start_mesh, transports, wait_for_members
+from kvmesh.bench.procs import wait_for_members
+from tests.peers.mesh_procs import start_loopback_mesh, transports
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -24,7 +25,7 @@ def _stop(peers) -> None:
 
 
 def test_pull_64_chunks_bit_exact(transport):
-    peers = start_mesh(4, transport)
+    peers = start_loopback_mesh(4, transport)
     try:
         wait_for_members(peers, 4)
         assert peers[0].send("fill", seed=1, chunks=64) == {"stored": 64}
@@ -46,7 +47,7 @@ def test_pull_64_chunks_bit_exact(transport):
 
 def test_holder_killed_mid_pull_gives_misses_not_hangs(transport):
     # 4 MiB chunks over 64 keys: the pull lasts long enough to be cut.
-    peers = start_mesh(3, transport, slot_bytes=4 << 20, cpu_bytes="320MiB")
+    peers = start_loopback_mesh(3, transport, slot_bytes=4 << 20, cpu_bytes="320MiB")
     try:
         wait_for_members(peers, 3)
         holder, replica, puller = peers
@@ -55,8 +56,7 @@ def test_holder_killed_mid_pull_gives_misses_not_hangs(transport):
         half = replica.send("load", seed=7, chunks=32)  # the replica holds the first half
         assert half["ok"] == 32
         time.sleep(0.3)
-        puller.proc.stdin.write('{"op": "load", "seed": 7, "chunks": 64, "timeout": 20}\n')
-        puller.proc.stdin.flush()
+        puller.write("load", seed=7, chunks=64, timeout=20)  # the reply is read after the kill
         time.sleep(0.05)
         holder.kill()
         started = time.monotonic()
@@ -73,7 +73,7 @@ def test_corrupt_payload_is_rejected(transport):
     # Over shm no payload travels: bytes flipped in the holder's own pool are
     # only seen by a puller that verifies checksums (lease mode trusts pins).
     verify = {1: {"KVMESH_SHM_VERIFY": "checksum"}} if transport == "shm" else None
-    peers = start_mesh(2, transport, per_peer_env=verify)
+    peers = start_loopback_mesh(2, transport, per_peer_env=verify)
     try:
         wait_for_members(peers, 2)
         holder, puller = peers
@@ -94,8 +94,8 @@ def test_corrupt_payload_is_rejected(transport):
 
 
 def test_wrong_secret_cannot_join_lookup_or_pull(transport):
-    peers = start_mesh(2, transport, per_peer_env={0: {"KVMESH_SECRET": "right"},
-                                                   1: {"KVMESH_SECRET": "wrong"}})
+    peers = start_loopback_mesh(2, transport, per_peer_env={0: {"KVMESH_SECRET": "right"},
+                                                            1: {"KVMESH_SECRET": "wrong"}})
     try:
         owner, intruder = peers
         assert owner.send("fill", seed=5, chunks=8)["stored"] == 8
