@@ -45,8 +45,9 @@ test-fast: setup
 test-netns: setup
 	$(PY) -m pytest -q -ra -m netns
 
-# The LMCache side-by-side rows need their own venv; plots need matplotlib.
-bench: setup lmcache-setup
+# The LMCache side-by-side rows need their own venv (and LMCache unpacked beside
+# .venv for its vLLM engines); plots need matplotlib.
+bench: setup lmcache-setup lmcache-vllm-setup
 	$(PY) -m pip install -q "matplotlib>=3.7"
 	$(VENV)/bin/kvmesh bench all
 

@@ -15,8 +15,8 @@ from pathlib import Path
 
 SIDE_SCRIPT = Path(__file__).with_name("lmcache_side.py")
 DEFAULT_PYTHON = Path(".venv-lmcache/bin/python")
-SKIPPED = ("LMCache comparison skipped: no {python} (run `make lmcache-setup`, "
-           "or pass --lmcache-python)")
+MISSING = "no {python} (run `make lmcache-setup`, or pass --lmcache-python)"
+SKIPPED = "LMCache comparison skipped: " + MISSING
 # Telemetry off, and the builtin hash made deterministic, as LMCache asks.
 LMCACHE_ENV = {"LMCACHE_TRACK_USAGE": "false", "DO_NOT_TRACK": "1", "PYTHONHASHSEED": "0",
                "LMCACHE_DISABLE_BANNER": "1"}
@@ -45,3 +45,8 @@ def run(command: str, python: Path = DEFAULT_PYTHON, timeout_s: float = 600, **a
 
 def skipped_note(python: Path = DEFAULT_PYTHON) -> str:
     return SKIPPED.format(python=python)
+
+
+def missing_note(python: Path = DEFAULT_PYTHON) -> str:
+    """Why LMCache cannot run, without the 'skipped' prefix."""
+    return MISSING.format(python=python)

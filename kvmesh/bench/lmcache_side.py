@@ -8,6 +8,8 @@ only inside the commands, so kvmesh can import this module's name safely.
     hash    ChunkedTokenDatabase.process_tokens, from a list and a tensor
     lookup  LMCacheEngine.lookup of a stored prefix (LocalCPUBackend, mock GPU)
     store   LocalCPUBackend put/get bookkeeping per chunk (no bytes copied)
+    transfer  two-process store/retrieve through a running `lmcache server`
+            (its shared-memory pool), with LMCache's own MP client
 
 The tokens are the same seeded ids the kvmesh side hashes. Hashing is
 LMCache's default ("builtin" Python hash over tuples, PYTHONHASHSEED fixed by
@@ -120,7 +122,118 @@ def cmd_store(chunks: int, chunk_tokens: int, reps: int) -> dict:
         LMCacheEngineBuilder.destroy("kvmesh-bench")
 
 
-COMMANDS = {"hash": cmd_hash, "lookup": cmd_lookup, "store": cmd_store}
+# The transfer command's paged KV: float32, NHD, 8 layers x 2 KV heads, so a
+# token is 128 * head_size bytes and one 256-token chunk is 32 KiB * head_size.
+KV_LAYERS, KV_HEADS, KV_BLOCK = 8, 2, 128
+
+
+def kv_geometry(total_bytes: int, chunk_bytes: int, chunk_tokens: int) -> dict:
+    """Head size and token count that make LMCache chunks `chunk_bytes` long
+    and the whole transfer `total_bytes`; ValueError if they cannot."""
+    per_token, rest = divmod(chunk_bytes, chunk_tokens)
+    head_size, rest2 = divmod(per_token, 2 * KV_LAYERS * KV_HEADS * 4)
+    chunks, rest3 = divmod(total_bytes, chunk_bytes)
+    if rest or rest2 or rest3 or head_size == 0 or chunk_tokens % KV_BLOCK:
+        raise ValueError(f"no KV geometry gives {chunk_bytes}-byte chunks of {chunk_tokens} "
+                         f"tokens adding up to {total_bytes} bytes")
+    return {"head_size": head_size, "tokens": chunks * chunk_tokens, "chunks": chunks}
+
+
+def cmd_transfer(rpc_url: str, total_bytes: int, chunk_bytes: int, reps: int) -> dict:
+    """Store `total_bytes` of paged KV into the server once, then `reps` times
+    lookup + retrieve it into other (zeroed) blocks, checking every byte after
+    each retrieve, outside the timing. LMCache's CPU path (engine-driven, shm
+    pool): store gathers blocks into the pool, retrieve scatters them back."""
+    import zmq  # noqa: PLC0415
+    from lmcache.v1.multiprocess.transport.factory import RequestClientFactory  # noqa: PLC0415
+
+    zmq_ctx = zmq.Context()
+    client = RequestClientFactory.create(rpc_url, context=zmq_ctx)
+    try:
+        chunk_tokens = int(client.get_chunk_size().result(timeout=30))
+        geo = kv_geometry(total_bytes, chunk_bytes, chunk_tokens)
+        kv = _paged_kv(geo["tokens"], geo["head_size"])
+        transfer = _register(client, kv, chunk_tokens // KV_BLOCK)
+        try:
+            return {**_store_and_pull(client, transfer, kv, geo["tokens"], chunk_tokens, reps),
+                    "chunks": geo["chunks"],
+                    "bytes": sum(t[:, :t.shape[1] // 2].nbytes for t in kv.values())}
+        finally:
+            transfer.unregister().result(timeout=30)
+            transfer.close()
+    finally:
+        client.close()
+        zmq_ctx.term()
+
+
+def _paged_kv(tokens: int, head_size: int) -> dict:
+    """Per layer [2, blocks, block, heads, head_size]: twice the blocks `tokens`
+    need, the first half the source, the second half where retrieves land."""
+    import torch  # noqa: PLC0415
+
+    torch.manual_seed(0)
+    blocks = 2 * tokens // KV_BLOCK
+    return {f"layer.{i}": torch.randn(2, blocks, KV_BLOCK, KV_HEADS, head_size)
+            for i in range(KV_LAYERS)}
+
+
+def _register(client, kv: dict, blocks_per_chunk: int):
+    from lmcache.utils import EngineType  # noqa: PLC0415
+    from lmcache.v1.multiprocess.group_view import EngineGroupInfo  # noqa: PLC0415
+    from lmcache.v1.multiprocess.transfer_context import (  # noqa: PLC0415
+        EngineDrivenTransferContext,
+    )
+
+    transfer = EngineDrivenTransferContext(4242, client)
+    group = EngineGroupInfo(engine_group_id=0, layer_indices=tuple(range(KV_LAYERS)),
+                            tokens_per_block=KV_BLOCK)
+    transfer.register(kv, "kvmesh-bench", 1, blocks_per_chunk, 60.0,
+                      layout_hints={"kv_layout": "NHD"}, engine_group_infos=[group],
+                      engine_type=EngineType.VLLM)
+    return transfer
+
+
+def _store_and_pull(client, transfer, kv: dict, tokens: int, chunk_tokens: int,
+                    reps: int) -> dict:
+    import torch  # noqa: PLC0415
+    from lmcache.v1.multiprocess.custom_types import IPCCacheServerKey  # noqa: PLC0415
+
+    ids = tuple(int(t) for t in _tokens(tokens))
+    blocks, per_chunk = tokens // KV_BLOCK, chunk_tokens // KV_BLOCK
+
+    def key(request_id: str, worker_id: int | None) -> IPCCacheServerKey:
+        return IPCCacheServerKey(model_name="kvmesh-bench", world_size=1, worker_id=worker_id,
+                                 token_ids=ids, start=0, end=tokens, request_id=request_id,
+                                 num_kv_readers=1)
+
+    start = time.perf_counter()
+    stored = transfer.submit_store("store", key("store", 0), kv, [list(range(blocks))], None,
+                                   per_chunk).result(timeout=300)
+    out = {"stored": bool(stored), "store_s": time.perf_counter() - start, "pull_s": [],
+           "retrieve_s": [], "hit_chunks": [], "intact": True}
+    client.end_session("store").result(timeout=30)
+    for rep in range(reps + 1):  # the first is a warm-up
+        for layer in kv.values():
+            layer[:, blocks:].zero_()
+        rid = f"pull-{rep}"
+        start = time.perf_counter()
+        client.lookup(key(rid, None), 1).result(timeout=30)
+        hit = client.wait_prefetch_status(rid, 30.0).result(timeout=40)
+        found = time.perf_counter()
+        ok = transfer.submit_retrieve(rid, key(rid, 0), kv, [list(range(blocks, 2 * blocks))],
+                                      None, per_chunk).result(timeout=300)
+        done = time.perf_counter()
+        client.end_session(rid).result(timeout=30)
+        out["intact"] = out["intact"] and bool(ok) and all(
+            torch.equal(t[:, :blocks], t[:, blocks:]) for t in kv.values())
+        if rep:
+            out["pull_s"].append(done - start)
+            out["retrieve_s"].append(done - found)
+            out["hit_chunks"].append(hit)
+    return out
+
+
+COMMANDS = {"hash": cmd_hash, "lookup": cmd_lookup, "store": cmd_store, "transfer": cmd_transfer}
 
 
 def main() -> int:

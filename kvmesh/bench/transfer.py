@@ -15,6 +15,11 @@ The time covers lookup, pull, landing in store slots, the checksum check of
 every chunk and its hand-over to the engine thread; bytes are not compared
 here (the tests do that). Writes transfer.{json,md} and transfer.png
 (GB/s against chunk size).
+
+Beside the kvmesh rows: LMCache moving the same bytes between two processes through its
+`lmcache server` and shared memory (lmcache_transfer.py), where
+`.venv-lmcache` exists (`make lmcache-setup`); otherwise the row is skipped
+with the reason printed and noted.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ import time
 import numpy as np
 
 from kvmesh import native
-from kvmesh.bench import plots
+from kvmesh.bench import lmcache_transfer, plots
 from kvmesh.bench.baselines import raw_socket_gbps
 from kvmesh.bench.procs import start_peers
 from kvmesh.bench.report import Table
@@ -93,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="chunk size for the tcp/ucx paths")
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--transports", default="shm,tcp" + (",ucx" if ucx.available() else ""))
+    lmcache_transfer.add_args(parser)
     args = parser.parse_args(argv)
     total = args.mib << 20
     base = CopyBaselines(total)
@@ -103,19 +109,26 @@ def main(argv: list[str] | None = None) -> int:
         for mib in sizes:
             chunk = int(mib * (1 << 20))
             runs.append((transport, chunk, measure(transport, total, chunk, args.reps, base)))
+    lmcache, lmcache_note = _lmcache(args, total, base)
     memcpy = base.memcpy_gbps()
     table = Table("transfer", ["path", "chunk MiB", "GB/s", "vs memcpy", "vs verified copy",
                                "vs raw socket"])
     table.add("baseline: memcpy (np.copyto, one call), same process", "-", memcpy, 1.0, "-",
               memcpy / raw)
-    for chunk in sorted({c for _, c, _ in runs}):
+    for chunk in sorted({c for _, c, _ in runs} | ({lmcache.chunk} if lmcache else set())):
         v = base.verified_gbps(chunk)
         table.add("baseline: copy + xxh3_64 in one pass (native), same process", chunk / 2**20, v,
                   v / memcpy, 1.0, v / raw)
     table.add("baseline: raw asyncio TCP stream, two processes", "-", raw, raw / memcpy, "-", 1.0)
-    for transport, chunk, rate in runs:
-        table.add(f"kvmesh pull over {transport}, two processes", chunk / 2**20, rate, rate / memcpy,
-                  rate / base.verified_gbps(chunk), rate / raw)
+    rows = [(f"kvmesh pull over {t}, two processes", c, r) for t, c, r in runs]
+    if lmcache:  # beside kvmesh's shm pull of the same chunk size
+        at = next((i + 1 for i, (t, c, _) in enumerate(runs) if (t, c) == ("shm", lmcache.chunk)),
+                  len(rows))
+        rows.insert(at, (lmcache_transfer.ROW, lmcache.chunk, lmcache.pull_gbps))
+    for name, chunk, rate in rows:
+        table.add(name, chunk / 2**20, rate, rate / memcpy, rate / base.verified_gbps(chunk),
+                  rate / raw)
+    table.note(lmcache_note)
     table.note(f"{args.mib} MiB per pull, median of {args.reps} pulls; baselines median of "
                f"{len(base.memcpy_s)} samples taken between the pulls; kvmesh.native: {native.ISA}")
     table.emit()
@@ -128,3 +141,17 @@ def main(argv: list[str] | None = None) -> int:
             "baseline: copy + xxh3 (1 pass)": [base.verified_gbps(int(s * 2**20)) for s in sizes],
         }, f"Pulling {args.mib} MiB between two peer processes")
     return 0
+
+
+def _lmcache(args, total: int,
+             base: CopyBaselines) -> tuple[lmcache_transfer.LMCacheTransfer | None, str]:
+    """LMCache's pull of the same bytes, or None; and the note that says which."""
+    if args.no_lmcache:
+        return None, "LMCache row skipped: --no-lmcache"
+    try:
+        got = lmcache_transfer.measure(args.lmcache_python, total,
+                                       int(args.lmcache_chunk_mib * 2**20), args.reps, base)
+    except lmcache_transfer.LMCacheSkipped as exc:
+        print(f"  LMCache row skipped: {exc}")
+        return None, f"LMCache row skipped: {exc}"
+    return got, got.note()

@@ -1,21 +1,23 @@
 """`kvmesh bench ttft`: time to first token on vLLM-CPU, with and without the mesh.
 
-Three engines of the demo model in separate processes: A and B with kvmesh,
-C without it (vLLM's own prefix cache is off in all three, so reuse is
-kvmesh's alone). For each prompt length: A computes the prompt (recompute),
-A again (hit in its own kvmesh store), B (pulled from A), and C (the engine
-without kvmesh). Then a workload with no reuse at all runs on A and C,
-interleaved, to show what kvmesh costs when it cannot help.
+Four engines of the demo model in separate processes: A and B with kvmesh,
+C and D without it (vLLM's own prefix cache is off in all of them, so reuse
+is kvmesh's alone). For each prompt length: A computes the prompt
+(recompute), A again (hit in its own kvmesh store), B (pulled from A), and C
+(the engine without kvmesh). Then a workload with no reuse at all runs as a
+paired A/B, A and B against C and D, with kvmesh's step-path time and thread
+CPU measured directly, to show what kvmesh costs when it cannot help (see
+`overhead`). `--only no-reuse` runs just that part. Last, the longest prompt's hit through LMCache, beside
+kvmesh's (see `lmcache_ttft`; skipped, with the reason, where LMCache is not set up).
 """
 
 from __future__ import annotations
 
 import argparse
 import random
-import statistics
 import time
 
-from kvmesh.bench import plots
+from kvmesh.bench import lmcache_ttft, overhead, plots
 from kvmesh.bench.report import Table
 from kvmesh.demo.engines import Engine, engine_env, free_port, run_dir
 from kvmesh.models.local import build_model
@@ -29,6 +31,11 @@ KV_CACHE_BYTES = 160 << 20
 def prompt(length: int, seed: int, vocab: int) -> list[int]:
     rng = random.Random(seed)
     return [rng.randrange(3, vocab) for _ in range(length)]
+
+
+def reuse_prompt(n: int, length: int, vocab: int) -> list[int]:
+    """The prompt of the reuse table's n-th length."""
+    return prompt(length, seed=1000 + n, vocab=vocab)
 
 
 def ttft(engine: Engine, tokens: list[int]) -> float:
@@ -50,8 +57,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="kvmesh bench ttft", description=__doc__)
     parser.add_argument("--lengths", default="1024,2048,4096,8160")
     parser.add_argument("--shape", default="demo")
-    parser.add_argument("--no-reuse-requests", type=int, default=8)
-    parser.add_argument("--no-reuse-tokens", type=int, default=1024)
+    parser.add_argument("--only", choices=("all", "no-reuse"), default="all",
+                        help="no-reuse: skip the per-length table and its plot")
+    overhead.add_arguments(parser)
+    lmcache_ttft.add_arguments(parser)
     args = parser.parse_args(argv)
     from pathlib import Path  # noqa: PLC0415
 
@@ -60,50 +69,53 @@ def main(argv: list[str] | None = None) -> int:
     port, rdir = free_port(), run_dir()
     engines = [Engine(name, str(model_dir), engine_env(i, port, rdir, kvmesh), kvmesh,
                       KV_CACHE_BYTES, BLOCK_SIZE, rdir)
-               for i, (name, kvmesh) in enumerate([("A", True), ("B", True), ("C", False)])]
+               for i, (name, kvmesh) in enumerate([("A", True), ("B", True), ("C", False),
+                                                   ("D", False)])]
+    reuse = None
     try:
         for engine in engines:
             engine.wait_ready()
-        a, b, c = engines
-        table = Table("ttft", ["prompt tokens", "recompute s", "local hit s", "remote hit s",
-                               "kvmesh off s", "speedup local", "speedup remote"])
-        for n, length in enumerate(int(x) for x in args.lengths.split(",")):
-            tokens = prompt(length, seed=1000 + n, vocab=shape.vocab_size)
-            saved = a.call("status").get("chunks_saved", 0)
-            miss = ttft(a, tokens)
-            wait_for_saves(a, saved, length // CHUNK_TOKENS)
-            local = ttft(a, tokens)
-            remote = ttft(b, tokens)
-            off = ttft(c, tokens)
-            table.add(length, miss, local, remote, off, off / local, off / remote)
-        table.note(f"model '{args.shape}': {flops_per_kv_byte(shape):,.0f} prefill FLOPs per KV "
-                   f"byte at 2k tokens (Llama-3-8B: ~110,000); one engine busy at a time")
-        table.emit()
-        columns = list(zip(*table.rows))
-        plots.ttft_vs_length("ttft", columns[0], {
-            "kvmesh on, recompute (miss)": columns[1], "kvmesh on, local hit": columns[2],
-            "kvmesh on, remote hit": columns[3], "baseline: kvmesh off": columns[4],
-        }, f"Time to first token, vLLM-CPU, model '{args.shape}'")
-        overhead_table(a, c, args, shape.vocab_size).emit()
+        a, b, c, d = engines
+        if args.only == "all":
+            reuse = reuse_table(a, b, c, args, shape)
+        # Two processes per arm: one process per arm would measure the processes.
+        for table in overhead.no_reuse_tables([a, b], [c, d], args, shape.vocab_size, CHUNK_TOKENS):
+            table.emit()
     finally:
         for engine in engines:
             engine.stop()
+    if reuse is not None:
+        lmcache_table(args, str(model_dir), reuse, shape.vocab_size).emit()
     return 0
 
 
-def overhead_table(on: Engine, off: Engine, args, vocab: int) -> Table:
-    """No reuse at all: unique prompts, A (kvmesh on) and C (off) interleaved."""
-    times: dict[str, list[float]] = {"on": [], "off": []}
-    for i in range(args.no_reuse_requests):
-        tokens = prompt(args.no_reuse_tokens, seed=50_000 + i, vocab=vocab)
-        for name, engine in (("on", on), ("off", off)) if i % 2 == 0 else (("off", off), ("on", on)):
-            # Each engine gets a different unique prompt so neither can hit.
-            times[name].append(ttft(engine, tokens if name == "on" else tokens[::-1]))
-    mean_on, mean_off = statistics.mean(times["on"]), statistics.mean(times["off"])
-    table = Table("ttft_no_reuse", ["engine", "mean TTFT s", "median TTFT s", "tokens/s (prefill)"])
-    for name, mean in (("kvmesh off", mean_off), ("kvmesh on", mean_on)):
-        values = times["off" if name == "kvmesh off" else "on"]
-        table.add(name, mean, statistics.median(values), args.no_reuse_tokens / mean)
-    table.note(f"kvmesh on / off mean TTFT: {mean_on / mean_off:.3f} over "
-               f"{args.no_reuse_requests} unique {args.no_reuse_tokens}-token prompts each, interleaved")
+def lmcache_table(args, model_dir: str, reuse: Table, vocab: int) -> Table:
+    """LMCache's hit on the reuse table's longest prompt, beside kvmesh's row."""
+    n = max(range(len(reuse.rows)), key=lambda i: reuse.rows[i][0])
+    length = reuse.rows[n][0]
+    return lmcache_ttft.compare(args, model_dir, reuse_prompt(n, length, vocab), reuse.rows[n],
+                                kv_cache_bytes=KV_CACHE_BYTES, block_size=BLOCK_SIZE, vocab=vocab)
+
+
+def reuse_table(a: Engine, b: Engine, c: Engine, args, shape) -> Table:
+    """Per prompt length: recompute, local hit, remote hit and kvmesh off; table and plot."""
+    table = Table("ttft", ["prompt tokens", "recompute s", "local hit s", "remote hit s",
+                           "kvmesh off s", "speedup local", "speedup remote"])
+    for n, length in enumerate(int(x) for x in args.lengths.split(",")):
+        tokens = reuse_prompt(n, length, shape.vocab_size)
+        saved = a.call("status").get("chunks_saved", 0)
+        miss = ttft(a, tokens)
+        wait_for_saves(a, saved, length // CHUNK_TOKENS)
+        local = ttft(a, tokens)
+        remote = ttft(b, tokens)
+        off = ttft(c, tokens)
+        table.add(length, miss, local, remote, off, off / local, off / remote)
+    table.note(f"model '{args.shape}': {flops_per_kv_byte(shape):,.0f} prefill FLOPs per KV "
+               f"byte at 2k tokens (Llama-3-8B: ~110,000); one engine busy at a time")
+    table.emit()
+    columns = list(zip(*table.rows))
+    plots.ttft_vs_length("ttft", columns[0], {
+        "kvmesh on, recompute (miss)": columns[1], "kvmesh on, local hit": columns[2],
+        "kvmesh on, remote hit": columns[3], "baseline: kvmesh off": columns[4],
+    }, f"Time to first token, vLLM-CPU, model '{args.shape}'")
     return table

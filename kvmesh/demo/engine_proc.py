@@ -3,10 +3,14 @@
 The engine runs vLLM's v1 engine in single-process mode (scheduler and worker
 in this process) with the kvmesh connector and vLLM's own prefix cache off
 (so every reuse the demo reports is kvmesh's), so its peer is embedded here and
-joins the mesh through the seeds in its environment. Commands:
+joins the mesh through the seeds in its environment. Benchmarks may give it
+another connector instead (`connector`, e.g. LMCache's, see
+kvmesh/bench/lmcache_vllm.py). Commands:
 
     ("generate", token_ids, max_tokens) -> (output token ids, ttft seconds)
     ("status",)                          -> the peer's status counters, or {}
+    ("profile",)                         -> CPU and scheduler counters by thread role,
+                                            kvmesh hook times (see `engine_profile`)
     ("stop",)
 """
 
@@ -14,21 +18,32 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from multiprocessing.connection import Connection
+
+from kvmesh.demo import engine_profile
 
 MAX_MODEL_LEN = 8192  # the local models' max_position_embeddings
 
 
 def serve(conn: Connection, model_dir: str, env: dict[str, str], kvmesh: bool,
-          kv_cache_bytes: int, block_size: int, log_path: str) -> None:
+          kv_cache_bytes: int, block_size: int, log_path: str,
+          connector: Callable[[], dict] | None = None) -> None:
+    """Run until ("stop",). `connector`, when given (with kvmesh False), is
+    called once here before vLLM is imported and returns the KVTransferConfig
+    arguments of another connector; it must pickle (a module-level function or
+    a functools.partial of one)."""
     os.environ.update(env)
     _redirect_output(log_path)
+    other = connector() if connector is not None else None
     from vllm import LLM, SamplingParams  # noqa: PLC0415 - heavy; only in the child
     from vllm.config import KVTransferConfig  # noqa: PLC0415
     from vllm.inputs import TokensPrompt  # noqa: PLC0415
 
-    kv_transfer = KVTransferConfig(kv_connector="KVMeshConnector", kv_role="kv_both",
-                                   engine_id=env.get("KVMESH_DEMO_ENGINE", "demo")) if kvmesh else None
+    kv_transfer = KVTransferConfig(**other) if other is not None else None
+    if kvmesh:
+        kv_transfer = KVTransferConfig(kv_connector="KVMeshConnector", kv_role="kv_both",
+                                       engine_id=env.get("KVMESH_DEMO_ENGINE", "demo"))
     llm = LLM(model=model_dir, dtype="float32", enforce_eager=True, block_size=block_size,
               kv_cache_memory_bytes=kv_cache_bytes, max_model_len=MAX_MODEL_LEN, seed=0,
               enable_prefix_caching=False, kv_transfer_config=kv_transfer,
@@ -40,6 +55,9 @@ def serve(conn: Connection, model_dir: str, env: dict[str, str], kvmesh: bool,
             break
         if cmd[0] == "status":
             conn.send(("ok", _peer_status(env.get("KVMESH_DEMO_ENGINE", "demo"))))
+            continue
+        if cmd[0] == "profile":
+            conn.send(("ok", engine_profile.profile(llm)))
             continue
         _, token_ids, max_tokens = cmd
         params = SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True)

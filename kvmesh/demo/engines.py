@@ -6,6 +6,7 @@ import multiprocessing as mp
 import os
 import socket
 import tempfile
+from collections.abc import Callable
 
 from kvmesh.demo.engine_proc import serve
 
@@ -18,14 +19,16 @@ def free_port() -> int:
 
 class Engine:
     def __init__(self, name: str, model_dir: str, env: dict[str, str], kvmesh: bool,
-                 kv_cache_bytes: int, block_size: int, log_dir: str) -> None:
+                 kv_cache_bytes: int, block_size: int, log_dir: str,
+                 connector: Callable[[], dict] | None = None) -> None:
+        """Start the engine process (see engine_proc.serve for `connector`)."""
         ctx = mp.get_context("spawn")
         self.name = name
         self.log_path = os.path.join(log_dir, f"{name}.log")
         self._conn, child = ctx.Pipe()
         self._proc = ctx.Process(target=serve, name=name, daemon=True,
                                  args=(child, model_dir, env, kvmesh, kv_cache_bytes, block_size,
-                                       self.log_path))
+                                       self.log_path, connector))
         self._proc.start()
 
     def wait_ready(self, timeout: float = 600) -> None:

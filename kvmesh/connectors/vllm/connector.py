@@ -6,6 +6,8 @@ its role (`MeshScheduler` or `MeshWorker`).
 
 With `KVMESH_ENABLE` unset or false neither half is built and every hook is a
 constant-time no-op: no tokens matched, empty metadata, nothing saved.
+Either way every hook on vLLM's step path is timed into `hook_times` (calls
+and nanoseconds; see `hook_times`), which the benchmarks read.
 
 Roles: kv_consumer loads only, kv_producer saves only, kv_both does both.
 When loading, vLLM's `kv_load_failure_policy` is set to "recompute": kvmesh is
@@ -30,6 +32,7 @@ from vllm.distributed.kv_transfer.kv_connector.v1.base import (
 
 from kvmesh.config import KvmeshConfig
 from kvmesh.connectors.vllm import peer_factory
+from kvmesh.connectors.vllm.hook_times import HookTimes, timed
 from kvmesh.connectors.vllm.metadata import StepPlan
 from kvmesh.connectors.vllm.namespace import build_namespace
 from kvmesh.connectors.vllm.scheduler import MeshScheduler
@@ -62,6 +65,7 @@ class KVMeshConnector(KVConnectorBase_V1):
     def __init__(self, vllm_config: "VllmConfig", role: KVConnectorRole,
                  kv_cache_config: "KVCacheConfig | None" = None,
                  config: KvmeshConfig | None = None) -> None:
+        self.hook_times = HookTimes()  # see hook_times: every step-path hook is timed
         super().__init__(vllm_config, role, kv_cache_config)
         self._config = config if config is not None else KvmeshConfig.from_env()
         self._scheduler: MeshScheduler | None = None
@@ -97,30 +101,37 @@ class KVMeshConnector(KVConnectorBase_V1):
                                     tp_rank=get_tensor_model_parallel_rank())
         self._worker.register_kv_caches(layers, namespace)
 
+    @timed
     def handle_preemptions(self, kv_connector_metadata: KVConnectorMetadata) -> None:
         if self._worker is not None:
             self._worker.handle_preemptions(kv_connector_metadata)
 
+    @timed
     def start_load_kv(self, forward_context: "ForwardContext", **kwargs: Any) -> None:
         if self._worker is not None:
             self._worker.start_load_kv(self._get_connector_metadata())
 
+    @timed
     def wait_for_layer_load(self, layer_name: str) -> None:
         return  # loads are asynchronous: a loading request is not in the batch
 
+    @timed
     def save_kv_layer(self, layer_name: str, kv_layer: torch.Tensor,
                       attn_metadata: "AttentionMetadata", **kwargs: Any) -> None:
         return  # chunks are gathered whole, all layers at once, in wait_for_save
 
+    @timed
     def wait_for_save(self) -> None:
         if self._worker is not None:
             self._worker.wait_for_save(self._get_connector_metadata())
 
+    @timed
     def get_finished(self, finished_req_ids: set[str]) -> tuple[set[str] | None, set[str] | None]:
         if self._worker is None:
             return None, None
         return self._worker.get_finished(finished_req_ids)
 
+    @timed
     def get_block_ids_with_load_errors(self) -> set[int]:
         if self._worker is None:
             return set()
@@ -134,23 +145,27 @@ class KVMeshConnector(KVConnectorBase_V1):
 
     # -- scheduler side -------------------------------------------------------
 
+    @timed
     def get_num_new_matched_tokens(self, request: "Request",
                                    num_computed_tokens: int) -> tuple[int | None, bool]:
         if self._scheduler is None:
             return 0, False
         return self._scheduler.get_num_new_matched_tokens(request, num_computed_tokens)
 
+    @timed
     def update_state_after_alloc(self, request: "Request", blocks: "KVCacheBlocks",
                                  num_external_tokens: int) -> None:
         if self._scheduler is not None:
             self._scheduler.update_state_after_alloc(request, blocks, num_external_tokens)
 
+    @timed
     def build_connector_meta(self, scheduler_output: "SchedulerOutput") -> KVConnectorMetadata:
         if self._scheduler is None:
             return KVMeshMetadata()
         plan = self._scheduler.build_connector_meta(scheduler_output)
         return KVMeshMetadata(plan.requests, plan.preempted_req_ids)
 
+    @timed
     def request_finished(self, request: "Request",
                          block_ids: list[int]) -> tuple[bool, dict[str, Any] | None]:
         if self._scheduler is None:

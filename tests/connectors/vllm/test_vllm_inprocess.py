@@ -96,10 +96,12 @@ def prompts():
 
 def run_engine(model_dir: Path, env, role: str | None = "kv_both", prefix_caching: bool = False,
                batches: list[list[list[int]]] | None = None,
-               transfer_params: list[dict] | None = None) -> list[dict]:
+               transfer_params: list[dict] | None = None,
+               profile: dict | None = None) -> list[dict]:
     """Start an engine, generate each batch in turn (default: `prompts()`), shut it down.
 
-    `role` None runs without the connector. Returns the outputs of the last batch.
+    `role` None runs without the connector. Returns the outputs of the last batch;
+    `profile`, if given, gets the engine's `engine_profile.profile` before shutdown.
     """
     from vllm import LLM, SamplingParams
     from vllm.config import KVTransferConfig
@@ -119,6 +121,10 @@ def run_engine(model_dir: Path, env, role: str | None = "kv_both", prefix_cachin
                                      extra_args={"kv_transfer_params": kv} if kv else None)
                       for kv in transfer_params or [None] * len(batch)]
             outs = llm.generate([{"prompt_token_ids": p} for p in batch], params, use_tqdm=False)
+        if profile is not None:
+            from kvmesh.demo.engine_profile import profile as engine_profile
+
+            profile.update(engine_profile(llm))
     finally:
         llm.llm_engine.engine_core.shutdown()
         del llm
@@ -138,7 +144,8 @@ def summarize(out):
 @pytest.fixture(scope="module")
 def runs(model_dir, env, mesh):
     out = {"reference": run_engine(model_dir, env, role=None)}
-    out["saved"] = run_engine(model_dir, env)  # engine A: computes and saves
+    out["saved_profile"] = {}
+    out["saved"] = run_engine(model_dir, env, profile=out["saved_profile"])  # A: computes, saves
     out["stored_after_a"] = len(mesh.chunks)
     out["loaded"] = run_engine(model_dir, env)  # engine B: loads
     # Chunk 2 of the first prompt cannot be loaded: chunks 2 and 3 are recomputed.
@@ -223,3 +230,19 @@ def test_prefill_decode_hand_off(runs):
     assert len(lookups) > 2 and lookups[-1] - lookups[0] >= 1.0
     for ref, got in zip(runs["reference"], runs["decode"]):
         assert got["tokens"] == ref["tokens"] and max_logprob_diff(got, ref) < 1e-4
+
+
+def test_engine_profile_counts_the_connectors_step_hooks(runs):
+    """Both halves' hook timers are read from the engine, and they count what ran."""
+    hooks = runs["saved_profile"]["hooks"]
+    calls = {hook: h["calls"] for hook, h in hooks.items()}
+    assert calls["request_finished"] == len(PROMPT_LENGTHS)
+    assert calls["get_num_new_matched_tokens"] >= len(PROMPT_LENGTHS)
+    steps = calls["build_connector_meta"]
+    assert steps >= MAX_TOKENS and calls["wait_for_save"] == steps
+    # One save_kv_layer and one wait_for_layer_load per layer (tiny: 4) per forward.
+    assert calls["save_kv_layer"] == calls["wait_for_layer_load"] == 4 * steps
+    assert all(h["ns"] > 0 for h in hooks.values())
+    threads = runs["saved_profile"]["threads"]
+    assert threads["kvmesh-save.run"] > 0 and threads["main.run"] > 0
+    assert threads["kvmesh-save.run"] + threads["main.run"] <= threads["process"]
