@@ -32,10 +32,6 @@ from kvmesh.transfer.streams import Stream, StreamClosed
 DestFn = Callable[[int, int], "memoryview | None"]
 # done(index, ok, length, checksum) -> None; called exactly once per key of a pull.
 DoneFn = Callable[[int, bool, int, int], None]
-# Bytes copied out of a holder's shared pool between two turns of the event
-# loop: a batch of refs is copied in the read loop, and other requests of this
-# peer (lookups) must not wait for a whole pull.
-SHARED_COPY_YIELD_BYTES = 4 << 20
 
 
 if sys.version_info >= (3, 11):
@@ -61,6 +57,8 @@ class _PullState:
     finished: asyncio.Future
     shared_path: str = ""
     lease_deadline: float = 0.0  # time.monotonic() by which shared copies must end
+    copying: set[int] = field(default_factory=set)  # indices handed to the copy thread
+    copies: set[asyncio.Future] = field(default_factory=set)  # their batches, in flight
 
     def resolve(self, index: int, ok: bool, length: int, checksum: int = 0) -> None:
         if index in self.remaining:
@@ -160,6 +158,7 @@ class PeerClient:
                 await self.aclose()
             finally:
                 self._pulls.pop(rid, None)
+                await _drain(state.copies)  # they write into slots failing frees
                 for index in sorted(state.remaining):
                     state.resolve(index, False, 0)
                 if self._shm and not self.closed:
@@ -214,7 +213,7 @@ class PeerClient:
             while True:
                 frame = await self._conn.read_frame()
                 if isinstance(frame, f.ChunkRefs):
-                    await self._on_chunk_refs(frame)
+                    self._on_chunk_refs(frame.refs())
                 else:
                     self._dispatch(frame)
         except (StreamClosed, ProtocolError, ConnectionError, OSError) as exc:
@@ -227,7 +226,7 @@ class PeerClient:
         if isinstance(frame, f.Chunk):
             self._on_chunk(frame)
         elif isinstance(frame, f.ChunkRef):
-            self._on_chunk_ref(frame)
+            self._on_chunk_refs([frame])
         elif isinstance(frame, f.Miss):
             state = self._pulls.get(frame.request_id)
             if state:
@@ -248,26 +247,31 @@ class PeerClient:
         ok = chunk.payload is not None and xxhash.xxh3_64_intdigest(chunk.payload) == chunk.checksum
         state.resolve(chunk.index, ok, chunk.length, chunk.checksum)
 
-    def _on_chunk_ref(self, ref: f.ChunkRef) -> None:
-        state = self._pulls.get(ref.request_id)
-        if state is None or ref.index not in state.remaining:
+    def _on_chunk_refs(self, refs: list[f.ChunkRef]) -> None:
+        """Hand chunk refs (one frame's, all of one pull) to the copy thread and
+        go on reading: one batch is copied while the loop lands the one before
+        (see SharedPoolReader). Destinations are taken here, on the loop."""
+        state = self._pulls.get(refs[0].request_id) if refs else None
+        if state is None:
             return
-        out = state.dest(ref.index, ref.length)
-        ok = out is not None and self._shm.copy_out(state.shared_path, ref.offset, ref.length,
-                                                    out, ref.checksum, state.lease_deadline)
-        state.resolve(ref.index, ok, ref.length, ref.checksum)
-
-    async def _on_chunk_refs(self, refs: f.ChunkRefs) -> None:
-        """Copy a batch of chunks out of the holder's pool, in this read loop
-        (one frame per batch: no per-chunk frame decode), letting other tasks
-        run every SHARED_COPY_YIELD_BYTES."""
-        copied = 0
-        for ref in refs.refs():
-            self._on_chunk_ref(ref)
-            copied += ref.length
-            if copied >= SHARED_COPY_YIELD_BYTES:
-                copied = 0
-                await asyncio.sleep(0)
+        jobs = []
+        for ref in refs:
+            if ref.index not in state.remaining or ref.index in state.copying:
+                continue
+            out = state.dest(ref.index, ref.length)
+            src = self._shm.source(state.shared_path, ref.offset, ref.length) if out else None
+            if src is None:
+                state.resolve(ref.index, False, ref.length, ref.checksum)
+                continue
+            state.copying.add(ref.index)
+            jobs.append((ref, out, src))
+        if not jobs:
+            return
+        copy, deadline = self._shm.copy, state.lease_deadline
+        fut = asyncio.get_running_loop().run_in_executor(
+            self._shm.copier, lambda: [copy(out, src, ref.checksum, deadline) for ref, out, src in jobs])
+        state.copies.add(fut)
+        fut.add_done_callback(lambda done: _copied(state, jobs, done))
 
     def _fail_all(self, exc: Exception) -> None:
         for fut in self._replies.values():
@@ -291,3 +295,27 @@ async def _handshake(conn: FramedConnection, hello: f.Hello, namespace: bytes,
     await conn.send(f.Auth(handshake.proof(secret, b"client", reply.nonce, hello.nonce)))
     return RemoteInfo(reply.peer_id, reply.version, reply.host_id, reply.shm_path, reply.ucx_port,
                       reply.control_port)
+
+
+def _copied(state: _PullState, jobs: list, done: asyncio.Future) -> None:
+    """A batch of shared-memory copies ended (on the loop): report each chunk."""
+    state.copies.discard(done)
+    oks = done.result() if not done.cancelled() and done.exception() is None else []
+    for i, (ref, _, _) in enumerate(jobs):
+        state.copying.discard(ref.index)
+        state.resolve(ref.index, i < len(oks) and oks[i], ref.length, ref.checksum)
+
+
+async def _drain(copies: set[asyncio.Future]) -> None:
+    """Wait until no copy of a pull is in flight, even through a cancellation
+    (re-raised after): the copies write into slots the caller is about to free."""
+    cancelled = False
+    pending = set(copies)
+    while pending:
+        try:
+            await asyncio.wait(pending)
+        except asyncio.CancelledError:
+            cancelled = True
+        pending = {fut for fut in pending if not fut.done()}
+    if cancelled:
+        raise asyncio.CancelledError

@@ -1,7 +1,8 @@
 """The same-host path: copy chunks straight out of a holder's shared pool.
 
 The holder pins the chunk and tells us its offset in its pool file; we map
-that file read-only once, copy the bytes into our destination, then release
+that file read-only once, copy the bytes into our destination (on a copy
+thread, so the loop lands one batch while the next is copied), then release
 the pin. No byte crosses a wire, so what could make a copy wrong is the slot
 being reused while we read it, and the pin rules that out for as long as it
 holds. The holder keeps the pins of a shared pull until the puller's RELEASE
@@ -23,6 +24,7 @@ from __future__ import annotations
 import mmap
 import socket
 import time
+from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 
 import numpy as np
@@ -53,11 +55,20 @@ def host_id() -> str:
 
 
 class SharedPoolReader:
-    """Read-only mappings of other peers' pools, by file path."""
+    """Read-only mappings of other peers' pools, by file path, and the thread
+    that copies chunks out of them.
+
+    Threading: `can_map`, `source`, `forget` and `close` run on the peer's
+    loop thread (they own the mappings); `copy` runs on `copier`, one thread,
+    so that a pull's bookkeeping on the loop (decoding refs, landing and
+    reporting chunks) overlaps the copies instead of waiting for them. The
+    copies release the GIL.
+    """
 
     def __init__(self, verify_checksum: bool = False) -> None:
         self.verify_checksum = verify_checksum
         self._maps: dict[str, mmap.mmap] = {}
+        self.copier = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kvmesh-shm-copy")
 
     def can_map(self, path: str) -> bool:
         try:
@@ -71,21 +82,31 @@ class SharedPoolReader:
         """The last `time.monotonic()` at which a copy for a pull sent at `pull_sent` may end."""
         return pull_sent + SHARED_LEASE_S - LEASE_MARGIN_S
 
-    def copy_out(self, path: str, offset: int, length: int, out: memoryview, checksum: int,
-                 lease_deadline: float) -> bool:
-        """Copy one chunk into `out`; True only if the copy is known good: it
-        ended within the lease (and matched the checksum when verifying)."""
+    def source(self, path: str, offset: int, length: int) -> memoryview | None:
+        """The chunk's bytes in the holder's pool, or None if out of its bounds."""
         mapping = self._map(path)
-        if offset < 0 or length < 0 or offset + length > len(mapping) or length > len(out):
+        if offset < 0 or length < 0 or offset + length > len(mapping):
+            return None
+        return memoryview(mapping)[offset:offset + length]
+
+    def copy(self, out: memoryview, src: memoryview, checksum: int, lease_deadline: float) -> bool:
+        """Copy `src` into `out`; True only if the copy is known good: it ended
+        within the lease (and matched the checksum when verifying)."""
+        length = len(src)
+        if length > len(out):
             return False
-        src = memoryview(mapping)[offset:offset + length]
         if self.verify_checksum:
             ok = native.copy_checksum(out, src) == checksum
         else:
-            # numpy copies with the GIL released: the engine's thread runs on.
             np.copyto(np.frombuffer(out, np.uint8, length), np.frombuffer(src, np.uint8))
             ok = True
         return ok and time.monotonic() < lease_deadline
+
+    def copy_out(self, path: str, offset: int, length: int, out: memoryview, checksum: int,
+                 lease_deadline: float) -> bool:
+        """`source` then `copy`, on the calling thread."""
+        src = self.source(path, offset, length)
+        return src is not None and self.copy(out, src, checksum, lease_deadline)
 
     def forget(self, path: str) -> None:
         mapping = self._maps.pop(path, None)
@@ -96,6 +117,7 @@ class SharedPoolReader:
                 pass
 
     def close(self) -> None:
+        self.copier.shutdown(wait=True)  # copies in flight take milliseconds
         for path in list(self._maps):
             self.forget(path)
 

@@ -1,0 +1,27 @@
+"""Client internals that a pull's safety rests on."""
+
+import asyncio
+
+import pytest
+
+from kvmesh.transfer.client import _drain
+
+
+async def test_drain_waits_for_copies_through_a_cancellation():
+    # Shared-memory copies write into store slots; the pull frees the slots of
+    # unfinished chunks right after _drain, so a cancel must not cut it short.
+    loop = asyncio.get_running_loop()
+    copy = loop.create_future()
+    copies = {copy}
+    drained = asyncio.ensure_future(_drain(copies))
+    await asyncio.sleep(0)
+    drained.cancel()
+    await asyncio.sleep(0.05)
+    assert not drained.done()  # still waiting for the copy
+    copy.set_result([True])
+    with pytest.raises(asyncio.CancelledError):
+        await drained
+
+
+async def test_drain_returns_at_once_without_copies():
+    await asyncio.wait_for(_drain(set()), 1)
