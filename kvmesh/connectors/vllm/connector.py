@@ -163,7 +163,7 @@ class KVMeshConnector(KVConnectorBase_V1):
         if self._scheduler is None:
             return KVMeshMetadata()
         plan = self._scheduler.build_connector_meta(scheduler_output)
-        return KVMeshMetadata(plan.requests, plan.preempted_req_ids)
+        return KVMeshMetadata(plan.requests, plan.preempted_req_ids, plan.idle)
 
     @timed
     def request_finished(self, request: "Request",

@@ -53,3 +53,5 @@ class StepPlan:
     requests: list[RequestPlan] = field(default_factory=list)
     # Requests preempted this step: their blocks are freed and will be reused.
     preempted_req_ids: list[str] = field(default_factory=list)
+    # This step computes no token: the engine is only waiting (e.g. for loads).
+    idle: bool = False

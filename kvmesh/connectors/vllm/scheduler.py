@@ -142,7 +142,8 @@ class MeshScheduler:
             if saves:
                 plans.setdefault(req_id, RequestPlan(req_id)).saves = saves
         preempted = sorted(scheduler_output.preempted_req_ids or ())
-        return StepPlan(requests=list(plans.values()), preempted_req_ids=preempted)
+        idle = scheduler_output.total_num_scheduled_tokens == 0
+        return StepPlan(requests=list(plans.values()), preempted_req_ids=preempted, idle=idle)
 
     def request_finished(self, request: "Request",
                          block_ids: list[int]) -> tuple[bool, dict[str, Any] | None]:

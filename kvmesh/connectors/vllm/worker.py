@@ -10,7 +10,9 @@ forward pass. Hooks, in vLLM's order within one step:
     wait_for_save        after the forward; queues saves of the chunks the
                          forward just completed
     get_finished         polls: loads whose chunks are all scattered or
-                         failed, and finished requests whose saves are done
+                         failed, and finished requests whose saves are done;
+                         on a step that computes nothing, first waits up to
+                         IDLE_LOAD_WAIT_S for a load to end
     get_block_ids_with_load_errors
                          blocks of failed chunks since the last call
 
@@ -24,7 +26,7 @@ from __future__ import annotations
 
 import logging
 import time
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
 import torch
@@ -50,6 +52,9 @@ FINISH_WAIT_S = 1.0
 # How long handle_preemptions may wait for saves still reading preempted blocks.
 PREEMPT_WAIT_S = 10.0
 LOAD_THREADS = 4  # mostly waiting on the network
+# An idle step (no token to compute) waits up to this long for a load to end;
+# a request that arrives meanwhile starts at most this much later.
+IDLE_LOAD_WAIT_S = 0.01
 # Errors a transfer may raise that mean "this chunk is a miss", not "bug".
 _TRANSFER_ERRORS = (KvmeshError, ValueError, RuntimeError)
 
@@ -84,6 +89,7 @@ class MeshWorker:
         self._load_pool = ThreadPoolExecutor(LOAD_THREADS, thread_name_prefix="kvmesh-load")
         self._save_pool = ThreadPoolExecutor(1, thread_name_prefix="kvmesh-save")
         self._loads: dict[str, _Load] = {}
+        self._idle_step = False  # this step computes nothing (see get_finished)
         self._saves: dict[str, list[Future]] = {}
         self._save_reqs: set[str] = set()  # had a planned save; not yet reported
         self._finished: set[str] = set()  # finished by vLLM, awaiting their saves
@@ -122,6 +128,7 @@ class MeshWorker:
     def start_load_kv(self, metadata: StepPlan) -> None:
         """Start this step's loads; returns at once. Chunks are scattered on a pool thread."""
         self.handle_preemptions(metadata)  # no-forward steps get no handle_preemptions call
+        self._idle_step = metadata.idle
         deadline = time.monotonic() + self._load_deadline_s
         for plan in metadata.requests:
             if plan.loads:
@@ -145,6 +152,13 @@ class MeshWorker:
             job = self._loads[req_id].job
             if job is not None:
                 job.cancel()  # aborted while loading: stop pulling
+        if self._idle_step and self._loads:
+            # Nothing to compute: wait a little for a load instead of returning
+            # at once. An engine stepping in a tight loop holds the GIL, and the
+            # load threads wait up to a switch interval (5 ms) for it after every
+            # copy: that made an 8k-token load take ~0.5 s instead of ~10 ms.
+            wait([load.future for load in self._loads.values()], timeout=IDLE_LOAD_WAIT_S,
+                 return_when=FIRST_COMPLETED)
         done_recving = {r for r, load in self._loads.items() if load.future.done()}
         for req_id in done_recving:
             self._failed_blocks |= self._loads.pop(req_id).failed_blocks()

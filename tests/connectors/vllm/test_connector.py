@@ -178,3 +178,9 @@ def test_namespace_binds_model_shape_layout_and_rank():
 def test_chunk_size_must_be_a_multiple_of_the_block_size():
     with pytest.raises(ConfigError):
         build_namespace(vllm_config(block_size=128), 64)
+
+
+def test_the_metadata_tells_the_worker_when_a_step_computes_nothing(lookups):
+    c = KVMeshConnector(vllm_config("kv_both"), KVConnectorRole.SCHEDULER, None, config=ENABLED)
+    assert c.build_connector_meta(sched_output()).idle is True
+    assert c.build_connector_meta(sched_output(scheduled={"r": 5})).idle is False

@@ -297,3 +297,9 @@ def test_a_decode_request_stops_waiting_at_the_deadline():
     assert s.get_num_new_matched_tokens(req, 0) == (None, False)
     clock.now += 5.0
     assert s.get_num_new_matched_tokens(req, 0) == (2 * CHUNK, True)
+
+
+def test_a_step_that_computes_nothing_is_marked_idle():
+    s = make()
+    assert s.build_connector_meta(sched_output()).idle is True
+    assert s.build_connector_meta(sched_output(scheduled={"r": 3})).idle is False

@@ -60,8 +60,8 @@ def worker(kv, peer):
         peer_factory.set_factories()
 
 
-def step(loads=None, saves=None, req="r", preempted=()):
-    return StepPlan([RequestPlan(req, loads or [], saves or [])], list(preempted))
+def step(loads=None, saves=None, req="r", preempted=(), idle=False):
+    return StepPlan([RequestPlan(req, loads or [], saves or [])], list(preempted), idle)
 
 
 def poll(worker, finished=frozenset(), want_send=None, want_recv=None, timeout=5.0):
@@ -222,3 +222,30 @@ def test_shutdown_does_not_hang_on_an_outstanding_load(kv, peer):
         assert time.monotonic() - t0 < 5
     finally:
         peer_factory.set_factories()
+
+
+def test_a_step_with_nothing_to_compute_waits_briefly_for_a_load(worker, peer, monkeypatch):
+    # An engine that only waits for loads must not spin: its busy loop holds the
+    # GIL the load threads need. A step that computes waits for nothing.
+    from kvmesh.connectors.vllm import worker as worker_module
+    waits = []
+    real_wait = worker_module.wait
+
+    def recording_wait(futures, timeout=None, **kw):
+        waits.append((len(futures), timeout))
+        return real_wait(futures, timeout=timeout, **kw)
+
+    monkeypatch.setattr(worker_module, "wait", recording_wait)
+    peer.chunks[key(1)] = torch.zeros(CHUNK_BYTES, dtype=torch.uint8)
+    peer.gate = threading.Event()
+    worker.start_load_kv(step(loads=[ChunkSpec(key(1), [9, 10])], req="b"))
+    assert worker.get_finished(set()) == (set(), set())
+    assert waits == []  # the step computed: no wait
+    worker.start_load_kv(step(idle=True))
+    t0 = time.monotonic()
+    assert worker.get_finished(set()) == (set(), set())
+    assert waits == [(1, worker_module.IDLE_LOAD_WAIT_S)]
+    assert time.monotonic() - t0 < 1.0  # bounded
+    peer.gate.set()
+    _, recvd, _ = poll(worker, want_recv="b")
+    assert recvd == {"b"}

@@ -191,5 +191,6 @@ def sched_output(new=(), cached=(), scheduled: dict[str, int] | None = None,
             num_computed_tokens=[c[2] for c in cached],
             resumed_req_ids=set(resumed)),
         num_scheduled_tokens=dict(scheduled or {}),
+        total_num_scheduled_tokens=sum((scheduled or {}).values()),
         preempted_req_ids=set(preempted),
     )
