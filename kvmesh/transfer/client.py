@@ -259,7 +259,8 @@ class PeerClient:
             if ref.index not in state.remaining or ref.index in state.copying:
                 continue
             out = state.dest(ref.index, ref.length)
-            src = self._shm.source(state.shared_path, ref.offset, ref.length) if out else None
+            src = (self._shm.source(state.shared_path, ref.offset, ref.length)
+                   if out is not None else None)
             if src is None:
                 state.resolve(ref.index, False, ref.length, ref.checksum)
                 continue
