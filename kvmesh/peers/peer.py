@@ -22,7 +22,7 @@ import socket
 import time
 from collections import OrderedDict, defaultdict
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Iterable, Sequence
 
 from kvmesh.config import KvmeshConfig
 from kvmesh.errors import KvmeshError
@@ -346,12 +346,7 @@ class Peer:
         directory says another peer holds; what lookup_prefix answers when
         `owns_whole_directory`. Any thread: one dict read and one tuple built
         per key, each atomic under the GIL (holders are str peer ids)."""
-        matched = local
-        for key in keys[local:]:
-            if not any(h != self.peer_id for h in self.directory.holders(key)):
-                break
-            matched += 1
-        return matched
+        return local + self._held_elsewhere(self.directory.holders(k) for k in keys[local:])
 
     async def lookup_prefix(self, keys: Sequence[bytes]) -> int:
         """Leading keys held here or anywhere in the mesh."""
@@ -360,12 +355,18 @@ class Peer:
         local = self.store.leading_hits(keys)
         matched = local
         if local < len(keys):
-            holders = await self.find_holders(keys[local:], fresh=True)
-            for hs in holders:
-                if not any(h != self.peer_id for h in hs):
-                    break
-                matched += 1
+            matched += self._held_elsewhere(await self.find_holders(keys[local:], fresh=True))
         self.stats.lookup_hit_chunks += matched
+        return matched
+
+    def _held_elsewhere(self, holder_lists: Iterable[Sequence[str]]) -> int:
+        """How many leading entries name a holder other than this peer; stops
+        at the first that does not (the iterable may be lazy)."""
+        matched = 0
+        for holders in holder_lists:
+            if not any(h != self.peer_id for h in holders):
+                break
+            matched += 1
         return matched
 
     async def load(self, keys: Sequence[bytes], on_result: ResultFn) -> None:

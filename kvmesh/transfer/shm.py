@@ -102,12 +102,6 @@ class SharedPoolReader:
             ok = True
         return ok and time.monotonic() < lease_deadline
 
-    def copy_out(self, path: str, offset: int, length: int, out: memoryview, checksum: int,
-                 lease_deadline: float) -> bool:
-        """`source` then `copy`, on the calling thread."""
-        src = self.source(path, offset, length)
-        return src is not None and self.copy(out, src, checksum, lease_deadline)
-
     def forget(self, path: str) -> None:
         mapping = self._maps.pop(path, None)
         if mapping is not None:

@@ -17,9 +17,16 @@ def pool():
     pool.close()
 
 
+def _copy_out(reader, path, offset, length, out, checksum, deadline):
+    """What the client does for one ref: find the bytes on the loop, copy them."""
+    src = reader.source(path, offset, length)
+    return src is not None and reader.copy(out, src, checksum, deadline)
+
+
 def _copy(reader, pool, deadline, checksum=0, length=1 << 16):
     out = bytearray(1 << 16)
-    ok = reader.copy_out(pool.shm_path, pool.offset(2), length, memoryview(out), checksum, deadline)
+    ok = _copy_out(reader, pool.shm_path, pool.offset(2), length, memoryview(out), checksum,
+                   deadline)
     return ok, bytes(out)
 
 
@@ -58,7 +65,7 @@ def test_checksum_mode_rejects_bytes_that_do_not_match(pool):
 def test_out_of_range_refs_are_misses(pool, offset_delta, length, out_bytes):
     reader = SharedPoolReader()
     out = memoryview(bytearray(out_bytes))
-    assert reader.copy_out(pool.shm_path, pool.offset(2) + offset_delta, length, out, 0,
-                           time.monotonic() + 5) is False
+    assert _copy_out(reader, pool.shm_path, pool.offset(2) + offset_delta, length, out, 0,
+                     time.monotonic() + 5) is False
     assert bytes(out) == bytes(out_bytes)  # nothing written
     reader.close()
