@@ -23,5 +23,14 @@ async def test_drain_waits_for_copies_through_a_cancellation():
         await drained
 
 
-async def test_drain_returns_at_once_without_copies():
-    await asyncio.wait_for(_drain(set()), 1)
+async def test_drain_returns_once_every_copy_has_ended():
+    loop = asyncio.get_running_loop()
+    ended, running = loop.create_future(), loop.create_future()
+    ended.set_result([True])
+    drained = asyncio.ensure_future(_drain({ended, running}))
+    await asyncio.sleep(0.05)
+    assert not drained.done()  # one copy is still running
+    running.set_result([True])
+    await asyncio.wait_for(drained, 1)
+    assert drained.done() and drained.exception() is None
+    assert await asyncio.wait_for(_drain(set()), 1) is None  # nothing in flight: no wait
