@@ -5,9 +5,9 @@ another pulls all of it (`--reps` times). Baselines measured in the same run,
 interleaved with the pulls so that load from other processes hits them alike:
 
 - memcpy: np.copyto of the same number of bytes, one call, same process;
-- memcpy in chunks: the same, one np.copyto per chunk (what any chunked
-  transfer is made of: a single huge copy streams past the cache, these
-  cannot);
+- memcpy in chunks: the same, one np.copyto per chunk (glibc streams past
+  the cache only in far larger calls; the shared-memory pull copies each
+  chunk with streaming stores of its own, `kvmesh.native.copy_stream`);
 - verified copy: `kvmesh.native.copy_checksum` over the same bytes in
   chunk-sized pieces, same process -- one pass that copies and computes the
   xxh3_64 every pulled chunk is checked against: the floor of a pull that
@@ -150,8 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     table.note(f"{args.mib} MiB per pull, median of {args.reps} pulls; baselines median of "
                f"{len(base.memcpy_s)} samples taken between the pulls; kvmesh.native: {native.ISA}")
     table.note("memcpy in one call of the whole size streams past the cache (glibc switches to "
-               "non-temporal stores above a fraction of the L3 size); copies of chunk size, "
-               "like a pull's, cannot")
+               "non-temporal stores above a fraction of the L3 size), np.copyto of a chunk does "
+               "not; the shared-memory pull copies each chunk with streaming stores of its own")
     table.emit()
     shm = [(c / 2**20, r) for t, c, r in runs if t == "shm"]
     if len(shm) > 1:

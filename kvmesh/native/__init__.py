@@ -9,6 +9,8 @@ the per-item cost of a Python loop dominates each of them:
 - `copy_checksum`: copy a chunk and compute its xxh3_64 in one pass (each
   block hashed while still in cache), with the GIL released. Copying and then
   hashing the 2 MiB destination reads it twice from memory.
+- `copy_stream`: a plain chunk copy with streaming stores (glibc's memcpy
+  streams only copies far bigger than a chunk), GIL released.
 - `pack_int32`: a list of token ids as int32 bytes; numpy and array.array
   spend 25-40 ns per Python int, the C loop a few.
 - `gather_blocks` / `scatter_blocks`: a chunk's block-rows between paged KV
@@ -57,6 +59,15 @@ def py_copy_checksum(dst, src) -> int:
     return xxhash.xxh3_64_intdigest(dst[:len(src)])
 
 
+def py_copy_stream(dst, src) -> None:
+    """dst[:len(src)] = src (the C version bypasses the cache; same bytes)."""
+    src = memoryview(src).cast("B")
+    dst = memoryview(dst).cast("B")
+    if len(src) > len(dst):
+        raise ValueError("copy_stream: destination is smaller than the source")
+    dst[:len(src)] = src
+
+
 def py_pack_int32(seq) -> bytes:
     """A list or tuple of ints as int32 little-endian bytes.
 
@@ -70,15 +81,17 @@ def py_pack_int32(seq) -> bytes:
 
 try:
     from kvmesh.native._speedups import (
-        ISA, chain_keys, copy_checksum, gather_blocks, pack_int32, scatter_blocks,
+        ISA, chain_keys, copy_checksum, copy_stream, gather_blocks, pack_int32, scatter_blocks,
     )
 
     NATIVE = True
 except ImportError:  # not built (no compiler at install): same results, slower
     chain_keys, copy_checksum, pack_int32 = py_chain_keys, py_copy_checksum, py_pack_int32
+    copy_stream = py_copy_stream
     gather_blocks, scatter_blocks = py_gather_blocks, py_scatter_blocks
     NATIVE, ISA = False, "python"
 
-__all__ = ["ISA", "NATIVE", "chain_keys", "copy_checksum", "gather_blocks", "pack_int32",
-           "py_chain_keys", "py_copy_checksum", "py_gather_blocks", "py_pack_int32",
+__all__ = ["ISA", "NATIVE", "chain_keys", "copy_checksum", "copy_stream", "gather_blocks",
+           "pack_int32", "py_chain_keys", "py_copy_checksum", "py_copy_stream",
+           "py_gather_blocks", "py_pack_int32",
            "py_scatter_blocks", "scatter_blocks"]

@@ -4,6 +4,8 @@
  *     the n chained xxh3-128 chunk keys; the same bytes as the Python loop.
  * copy_checksum(dst, src) -> int
  *     dst[:len(src)] = src, and xxh3_64 of those bytes, in one pass.
+ * copy_stream(dst, src) -> None
+ *     dst[:len(src)] = src with streaming (cache-bypassing) stores.
  * pack_int32(seq) -> bytes
  *     a list or tuple of ints as int32 little-endian; TypeError for a
  *     non-integer, OverflowError for a value outside int32.
@@ -31,6 +33,7 @@
 
 static kvm_chain_keys_fn chain_keys_impl = kvm_chain_keys_default;
 static kvm_copy_checksum_fn copy_checksum_impl = kvm_copy_checksum_default;
+static kvm_copy_stream_fn copy_stream_impl = kvm_copy_stream_default;
 static const char *isa = "default";
 
 static void pick_kernels(void)
@@ -40,10 +43,12 @@ static void pick_kernels(void)
     if (__builtin_cpu_supports("avx512f")) {
         chain_keys_impl = kvm_chain_keys_avx512;
         copy_checksum_impl = kvm_copy_checksum_avx512;
+        copy_stream_impl = kvm_copy_stream_avx512;
         isa = "avx512";
     } else if (__builtin_cpu_supports("avx2")) {
         chain_keys_impl = kvm_chain_keys_avx2;
         copy_checksum_impl = kvm_copy_checksum_avx2;
+        copy_stream_impl = kvm_copy_stream_avx2;
         isa = "avx2";
     }
 #endif
@@ -115,6 +120,28 @@ static PyObject *copy_checksum(PyObject *self, PyObject *args)
     return out;
 }
 
+static PyObject *copy_stream(PyObject *self, PyObject *args)
+{
+    Py_buffer dst, src;
+    if (!PyArg_ParseTuple(args, "w*y*", &dst, &src))
+        return NULL;
+    int fits = src.len <= dst.len;
+    if (!fits) {
+        PyErr_SetString(PyExc_ValueError, "copy_stream: destination is smaller than the source");
+    } else if (src.len >= COPY_RELEASE_GIL_BYTES) {
+        Py_BEGIN_ALLOW_THREADS
+        copy_stream_impl(dst.buf, src.buf, (size_t)src.len);
+        Py_END_ALLOW_THREADS
+    } else {
+        copy_stream_impl(dst.buf, src.buf, (size_t)src.len);
+    }
+    PyBuffer_Release(&dst);
+    PyBuffer_Release(&src);
+    if (!fits)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
 /* An exact int whose value fits one internal digit, read without a call
  * (token ids always do): 1 for done, 0 to take the general path. Saves about
  * half of pack_int32's time on a 32k-token prompt. */
@@ -183,6 +210,8 @@ static PyMethodDef methods[] = {
      "chain_keys(root, tokens, chunk_bytes, n) -> list of n chained xxh3-128 keys"},
     {"copy_checksum", copy_checksum, METH_VARARGS,
      "copy_checksum(dst, src) -> xxh3_64 of src, after copying it into dst"},
+    {"copy_stream", copy_stream, METH_VARARGS,
+     "copy_stream(dst, src): dst[:len(src)] = src, bypassing the cache"},
     {"pack_int32", pack_int32, METH_O,
      "pack_int32(seq) -> bytes: ints as int32 little-endian"},
     {"gather_blocks", kvm_py_gather_blocks, METH_VARARGS,

@@ -19,11 +19,14 @@ typedef void (*kvm_chain_keys_fn)(const uint8_t *root, const uint8_t *tokens, si
                                   size_t n, uint8_t *scratch, uint8_t *keys_out);
 /* dst[:len] = src[:len]; returns xxh3_64 of the bytes (see kernels_impl.h). */
 typedef uint64_t (*kvm_copy_checksum_fn)(uint8_t *dst, const uint8_t *src, size_t len);
+/* dst[:len] = src[:len] with cache-bypassing stores (see kernels_impl.h). */
+typedef void (*kvm_copy_stream_fn)(uint8_t *dst, const uint8_t *src, size_t len);
 
 #define KVM_DECLARE(isa)                                                                   \
     void kvm_chain_keys_##isa(const uint8_t *, const uint8_t *, size_t, size_t, uint8_t *, \
                               uint8_t *);                                                  \
-    uint64_t kvm_copy_checksum_##isa(uint8_t *, const uint8_t *, size_t);
+    uint64_t kvm_copy_checksum_##isa(uint8_t *, const uint8_t *, size_t);                  \
+    void kvm_copy_stream_##isa(uint8_t *, const uint8_t *, size_t);
 
 KVM_DECLARE(default)
 #if defined(__x86_64__) && defined(__GNUC__)

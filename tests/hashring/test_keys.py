@@ -8,6 +8,7 @@ import xxhash
 from dataclasses import asdict
 from hypothesis import given, strategies as st
 
+from kvmesh import native
 from kvmesh.hashring.keys import ChunkHasher, KeyNamespace
 
 NS = KeyNamespace("llama-tiny", "float32", 4, 2, 64, 16, "vllm-cpu")
@@ -71,3 +72,16 @@ def test_prefix_property(tokens, cut):
     full = hasher.keys(tokens)
     assert hasher.keys(tokens[: cut * 16]) == full[:cut]
     assert hasher.keys(tokens, max_chunks=cut) == full[:cut]
+
+
+@pytest.mark.parametrize("chunk_tokens", [16, 256])  # the C kernel's copied and in-place paths
+@pytest.mark.parametrize("n_chunks", [0, 1, 7])
+def test_keys_equal_the_python_twin_from_every_input_form(chunk_tokens, n_chunks):
+    hasher = ChunkHasher(KeyNamespace(**{**asdict(NS), "chunk_tokens": chunk_tokens}))
+    tokens = np.random.default_rng(n_chunks).integers(0, 1 << 31, n_chunks * chunk_tokens + 5,
+                                                      dtype=np.int32)
+    want = native.py_chain_keys(hasher.root, tokens.tobytes(), chunk_tokens * 4, n_chunks)
+    assert len(want) == n_chunks
+    strided = np.repeat(tokens, 2)[::2]  # int32 but not contiguous: must not be read in place
+    for form in (tokens, tokens.tolist(), tokens.astype(">i4"), strided, torch.from_numpy(tokens)):
+        assert hasher.keys(form) == want

@@ -37,6 +37,22 @@ def test_chain_keys_refuse_bad_arguments(chain, root, chunk_bytes, n):
         chain(root, b"12345678", chunk_bytes, n)
 
 
+# key + chunk: 240 bytes is XXH3's last short input (the chunk is copied after
+# the key); from 241 the C kernel reads the chunk in place, 64-byte stripe by
+# stripe, with a scramble after each 1024 bytes: sizes at each of those edges.
+@pytest.mark.parametrize("chunk_bytes", [224, 225, 1007, 1008, 1009, 1024, 1072, 1073, 2032, 2033,
+                                         4096])
+@pytest.mark.parametrize("n", [0, 1, 3])
+def test_chain_keys_match_xxhash_at_the_edges_of_xxh3_sizes(chunk_bytes, n):
+    data = np.random.default_rng(chunk_bytes).integers(0, 256, n * chunk_bytes + 3, dtype=np.uint8)
+    expected, prev = [], ROOT
+    for i in range(n):
+        prev = xxhash.xxh3_128_digest(prev + data[i * chunk_bytes:(i + 1) * chunk_bytes].tobytes())
+        expected.append(prev)
+    for chain in IMPLS:
+        assert chain(ROOT, data, chunk_bytes, n) == expected
+
+
 @pytest.mark.parametrize("size", [0, 1, 63, 64, 65, 4095, 4096, 4097, 100_003, (2 << 20) + 13])
 @pytest.mark.parametrize("dst_offset", [0, 1, 33])
 def test_copy_checksum_copies_and_hashes_exactly(size, dst_offset):
@@ -51,6 +67,25 @@ def test_copy_checksum_copies_and_hashes_exactly(size, dst_offset):
 
 def test_copy_checksum_refuses_a_small_or_readonly_destination():
     for copy in (native.copy_checksum, native.py_copy_checksum):
+        with pytest.raises(ValueError):
+            copy(bytearray(3), b"four")
+        with pytest.raises(TypeError):
+            copy(b"readonly", b"four")
+
+
+@pytest.mark.parametrize("size", [0, 1, 63, 64, 65, 255, 256, 257, 100_003, (2 << 20) + 13])
+@pytest.mark.parametrize("dst_offset", [0, 1, 33])
+def test_copy_stream_copies_exactly_and_nothing_else(size, dst_offset):
+    src = np.random.default_rng(size).integers(0, 256, size + 5, dtype=np.uint8)[5:]  # unaligned
+    for copy in (native.copy_stream, native.py_copy_stream):
+        dst = np.full(size + 64, 0xAB, dtype=np.uint8)
+        copy(dst[dst_offset:], src)
+        assert dst[dst_offset:dst_offset + size].tobytes() == src.tobytes()
+        assert (dst[:dst_offset] == 0xAB).all() and (dst[dst_offset + size:] == 0xAB).all()
+
+
+def test_copy_stream_refuses_a_small_or_readonly_destination():
+    for copy in (native.copy_stream, native.py_copy_stream):
         with pytest.raises(ValueError):
             copy(bytearray(3), b"four")
         with pytest.raises(TypeError):
