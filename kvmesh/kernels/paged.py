@@ -25,6 +25,8 @@ slab or reusing it.
 from __future__ import annotations
 
 import operator
+import threading
+import warnings
 from typing import Sequence
 
 import torch
@@ -249,3 +251,15 @@ def _stack(views: list[torch.Tensor]) -> torch.Tensor | None:
 
 def _block_bytes(view: torch.Tensor, block_dim: int) -> int:
     return view.numel() // view.shape[block_dim]
+
+
+_readonly_lock = threading.Lock()
+
+
+def readonly_bytes(buffer) -> torch.Tensor:
+    """A uint8 tensor over a read-only buffer (another process's shared
+    memory), to scatter from: it is only ever read. torch warns that such a
+    tensor could be written; the warning says nothing the caller does not know."""
+    with _readonly_lock, warnings.catch_warnings():  # the lock: catch_warnings is process-wide
+        warnings.filterwarnings("ignore", message="The given buffer is not writable")
+        return torch.frombuffer(buffer, dtype=torch.uint8)

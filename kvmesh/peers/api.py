@@ -13,11 +13,17 @@ that the slot may be reused and the view must not be touched.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator, Protocol, Sequence
+from typing import Callable, Iterator, Protocol, Sequence
 
 import torch
 
 from kvmesh.types import ChunkKey
+
+# reader(index, data) -> True once it has consumed chunk `index` (e.g. scattered
+# it into paged KV). `data` is another process's memory, read-only and valid
+# only during the call; the reader runs on the peer's copy thread, so it must
+# be safe to run beside the thread that consumes `LoadJob.results`.
+ChunkReader = Callable[[int, memoryview], bool]
 
 
 @dataclass(slots=True)
@@ -31,13 +37,15 @@ class SaveTicket:
 
 @dataclass(slots=True)
 class ChunkResult:
-    """One chunk of a load job, landed (data set) or failed (data None)."""
+    """One chunk of a load job: landed (data set), consumed by the job's
+    reader (`consumed`, data None) or failed (neither)."""
 
     index: int  # position in the key list given to start_load
     key: ChunkKey
     data: torch.Tensor | None
     source: str  # "local", "disk", a peer id, or "" when it failed
     _release: object = None
+    consumed: bool = False
 
     def release(self) -> None:
         """Unpin the slot. Call once, after the data has been copied out."""
@@ -73,11 +81,17 @@ class PeerApi(Protocol):
     def lookup_prefix(self, keys: Sequence[ChunkKey]) -> int:
         """How many leading keys are held somewhere (this store or the mesh)."""
 
-    def start_load(self, keys: Sequence[ChunkKey]) -> LoadJob:
-        """Begin bringing these chunks into local slots; returns at once."""
+    def start_load(self, keys: Sequence[ChunkKey], reader: ChunkReader | None = None) -> LoadJob:
+        """Begin bringing these chunks into local slots; returns at once.
+
+        With `reader`, chunks held by a peer on this host are not copied into
+        a local slot: their bytes go to `reader` in place, one copy in all, and
+        their results come back `consumed`. Other chunks land as usual.
+        """
 
     def prepare_save(self, key: ChunkKey) -> SaveTicket | None:
         """Reserve a slot for a new chunk; None if it is already stored or no slot is free."""
 
-    def commit_save(self, ticket: SaveTicket, ok: bool = True) -> None:
-        """Publish (ok) or drop the chunk; it is advertised only after this."""
+    def commit_save(self, ticket: SaveTicket, ok: bool = True, length: int | None = None) -> None:
+        """Publish (ok) the first `length` bytes of the slot (all of it by
+        default) as the chunk, or drop it; it is advertised only after this."""

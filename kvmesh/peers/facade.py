@@ -22,7 +22,7 @@ import torch
 from kvmesh.config import KvmeshConfig
 from kvmesh.errors import KvmeshError, StoreError
 from kvmesh.hashring.keys import ChunkHasher
-from kvmesh.peers.api import ChunkResult, SaveTicket
+from kvmesh.peers.api import ChunkReader, ChunkResult, SaveTicket
 from kvmesh.peers.peer import Peer
 from kvmesh.types import ChunkKey
 
@@ -79,10 +79,11 @@ class PeerHandle:
             log.info("lookup failed, treating as a miss: %s", exc)
             return self.peer.store.leading_hits(keys)
 
-    def start_load(self, keys: Sequence[ChunkKey]) -> "PeerLoadJob":
+    def start_load(self, keys: Sequence[ChunkKey],
+                   reader: ChunkReader | None = None) -> "PeerLoadJob":
         job = PeerLoadJob(self.peer.store, list(keys))
-        job._future = asyncio.run_coroutine_threadsafe(self.peer.load(job.keys, job.on_result),
-                                                       self._loop)
+        job._future = asyncio.run_coroutine_threadsafe(
+            self.peer.load(job.keys, job.on_result, reader), self._loop)
         return job
 
     def prepare_save(self, key: ChunkKey) -> SaveTicket | None:
@@ -95,8 +96,8 @@ class PeerHandle:
             return None
         return SaveTicket(key, ticket.tensor, ticket)
 
-    def commit_save(self, ticket: SaveTicket, ok: bool = True) -> None:
-        committed = self.peer.store.commit_store(ticket.token, ok)
+    def commit_save(self, ticket: SaveTicket, ok: bool = True, length: int | None = None) -> None:
+        committed = self.peer.store.commit_store(ticket.token, ok, length)
         if committed and ok:
             self._loop.call_soon_threadsafe(self._after_save, ticket.key)
 
@@ -158,11 +159,13 @@ class PeerLoadJob:
         self._lock = threading.Lock()
         self._future: concurrent.futures.Future | None = None
 
-    def on_result(self, index: int, ok: bool, source: str) -> None:
+    def on_result(self, index: int, ok: bool, source: str, consumed: bool = False) -> None:
         """Called on the peer loop, once per key; pins the landed chunk for the engine."""
         key = self.keys[index]
         result = ChunkResult(index, key, None, "")
-        if ok:
+        if ok and consumed:
+            result = ChunkResult(index, key, None, source, consumed=True)
+        elif ok:
             try:
                 ticket = self._store.prepare_load(key)
                 data = torch.frombuffer(ticket.view, dtype=torch.uint8) if ticket.length else \

@@ -1,6 +1,8 @@
 """Bringing chunks into this peer's store: local tiers first, then holders.
 
-Remote chunks land straight in freshly reserved store slots. Each holder gets
+Remote chunks land straight in freshly reserved store slots, or, given a
+reader, chunks in a same-host holder's shared pool are handed to it in place
+and never stored here (the host already holds them once). Each holder gets
 one PULL for all the keys it should serve (the stream is pipelined on the
 wire, results come back as they land); a key a holder could not serve is
 retried on its next holder. Every chunk ends in exactly one `on_result`.
@@ -19,7 +21,9 @@ from kvmesh.peers.stats import PeerStats
 
 log = logging.getLogger(__name__)
 
-ResultFn = Callable[[int, bool, str], None]  # (index, ok, source)
+# on_result(index, ok, source, consumed): consumed = taken by the reader, not stored.
+ResultFn = Callable[[int, bool, str, bool], None]
+ReaderFn = Callable[[int, memoryview], bool]  # (index in keys, the holder's bytes)
 HoldersFn = Callable[[Sequence[bytes]], Awaitable[list[tuple[str, ...]]]]
 MAX_ATTEMPTS = 3
 # Bytes/s below which a pull's whole budget runs out. Low on purpose: a loaded
@@ -41,13 +45,15 @@ class ChunkLoader:
         self._stats = stats
 
     async def load(self, keys: Sequence[bytes], on_result: ResultFn,
-                   holders: Sequence[tuple[str, ...]] | None = None) -> None:
-        """Bring `keys` into the store; `holders` (one tuple per key) skips the lookup."""
+                   holders: Sequence[tuple[str, ...]] | None = None,
+                   reader: ReaderFn | None = None) -> None:
+        """Bring `keys` into the store, or to `reader` (see the module doc);
+        `holders` (one tuple per key) skips the lookup."""
         todo = []
         for index, key in enumerate(keys):
             tier = self._store.tier_of(key)
             if tier is not None:
-                on_result(index, True, tier)
+                on_result(index, True, tier, False)
             else:
                 todo.append(index)
         if not todo:
@@ -65,19 +71,20 @@ class ChunkLoader:
                 if candidates[index]:
                     groups[candidates[index].pop(0)].append(index)
                 else:
-                    on_result(index, False, "")
+                    on_result(index, False, "", False)
             if not groups:
                 return
-            outcomes = await asyncio.gather(*(self._pull_from(holder, indices, keys, on_result)
+            outcomes = await asyncio.gather(*(self._pull_from(holder, indices, keys, on_result,
+                                                              reader)
                                               for holder, indices in groups.items()))
             todo = [i for failed in outcomes for i in failed]
             if not todo:
                 return
         for index in todo:
-            on_result(index, False, "")
+            on_result(index, False, "", False)
 
     async def _pull_from(self, holder: str, indices: list[int], keys: Sequence[bytes],
-                         on_result: ResultFn) -> list[int]:
+                         on_result: ResultFn, reader: ReaderFn | None) -> list[int]:
         """Pull from one holder; returns the indices it did not deliver."""
         failed: list[int] = []
         tickets: dict[int, object] = {}
@@ -104,10 +111,12 @@ class ChunkLoader:
             if ok:
                 self._stats.bytes_pulled += length
                 self._stats.remote_hits += 1
-                fetched.append(key)
-                on_result(index, True, holder)
+                consumed = ticket is None  # no slot was asked for: the reader took it
+                if not consumed:
+                    fetched.append(key)
+                on_result(index, True, holder, consumed)
             elif store.tier_of(key) is not None:  # another load stored it meanwhile
-                on_result(index, True, "local")
+                on_result(index, True, "local", False)
             else:
                 failed.append(index)
 
@@ -123,7 +132,9 @@ class ChunkLoader:
             # PeerClient.pull calls done() exactly once per key, even on failure.
             budget = self._timeout_s + len(indices) * store.slot_bytes / MIN_PULL_BANDWIDTH
             await client.pull(tuple(keys[i] for i in indices), dest, done, budget,
-                              stall_s=self._timeout_s)
+                              stall_s=self._timeout_s,
+                              reader=None if reader is None else
+                              (lambda j, src: reader(indices[j], src)))
         finally:
             self._stats.pulls_inflight -= 1
         if fetched:

@@ -37,7 +37,7 @@ from kvmesh.mesh.swim import Swim
 from kvmesh.mesh.swim_states import MemberState
 from kvmesh.peers.connections import ConnectionPool, is_mesh_failure
 from kvmesh.peers.gossip import MeshGossip, open_listeners
-from kvmesh.peers.loader import ChunkLoader, ResultFn
+from kvmesh.peers.loader import ChunkLoader, ReaderFn, ResultFn
 from kvmesh.peers.stats import PeerStats
 from kvmesh.transfer import frames as f
 from kvmesh.transfer import handshake
@@ -369,15 +369,16 @@ class Peer:
             matched += 1
         return matched
 
-    async def load(self, keys: Sequence[bytes], on_result: ResultFn) -> None:
-        def counted(index: int, ok: bool, source: str) -> None:
+    async def load(self, keys: Sequence[bytes], on_result: ResultFn,
+                   reader: ReaderFn | None = None) -> None:
+        def counted(index: int, ok: bool, source: str, consumed: bool) -> None:
             if ok and source in ("cpu", "disk", "local"):
                 self.stats.local_hits += 1
             elif not ok:
                 self.stats.load_failures += 1
-            on_result(index, ok, source)
+            on_result(index, ok, source, consumed)
 
-        await self.loader.load(keys, counted)
+        await self.loader.load(keys, counted, reader=reader)
 
     # ---- ServingNode (called by transfer.server) -----------------------------
 
@@ -419,7 +420,7 @@ class Peer:
     async def fetch(self, keys: Sequence[bytes], holder: str) -> int:
         """Pull these keys from `holder` into our store; returns how many arrived."""
         arrived = []
-        await self.loader.load(keys, lambda i, ok, _src: ok and arrived.append(i),
+        await self.loader.load(keys, lambda i, ok, _src, _consumed: ok and arrived.append(i),
                                holders=[(holder,)] * len(keys))
         return len(arrived)
 

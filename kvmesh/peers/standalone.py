@@ -27,7 +27,7 @@ import xxhash
 from kvmesh.config import KvmeshConfig
 from kvmesh.hashring.keys import ChunkHasher, KeyNamespace
 from kvmesh.kernels.layouts import get_layout
-from kvmesh.kernels.paged import PagedKV
+from kvmesh.kernels.paged import PagedKV, readonly_bytes
 from kvmesh.models.shapes import get_shape
 from kvmesh.peers.facade import PeerHandle
 from kvmesh.peers.metrics import member_states
@@ -137,13 +137,18 @@ class StandaloneNode:
         keys = self.hasher.keys(tokens)
         matched = self.handle.lookup_prefix(keys)
         looked_up = time.perf_counter()
-        job = self.handle.start_load(keys[:matched])
+
+        def read(index: int, data: memoryview) -> bool:  # same-host holders: one copy
+            kv.scatter(readonly_bytes(data), range(index * per_chunk, (index + 1) * per_chunk))
+            return True
+
+        job = self.handle.start_load(keys[:matched], read)
         ok = 0
         for result in job.results(float(cmd.get("timeout", 60))):
             if result.data is not None:
                 first = result.index * per_chunk
                 kv.scatter(result.data, range(first, first + per_chunk))
-                ok += 1
+            ok += result.data is not None or result.consumed
             result.release()
         end = time.perf_counter()
         return {"matched": matched, "ok": ok, "seconds": end - start,

@@ -25,13 +25,15 @@ from kvmesh.errors import HandshakeError, KvmeshError, ProtocolError, TransferEr
 from kvmesh.transfer import frames as f
 from kvmesh.transfer import handshake
 from kvmesh.transfer.connection import FramedConnection
-from kvmesh.transfer.shm import SharedPoolReader
+from kvmesh.transfer.shm import ChunkReader, SharedPoolReader
 from kvmesh.transfer.streams import Stream, StreamClosed
 
 # dest(index, length) -> writable buffer for that chunk, or None to drop it.
 DestFn = Callable[[int, int], "memoryview | None"]
 # done(index, ok, length, checksum) -> None; called exactly once per key of a pull.
 DoneFn = Callable[[int, bool, int, int], None]
+# reader(index, src) -> True once it consumed the chunk in place (shared-memory pulls only).
+ReaderFn = Callable[[int, memoryview], bool]
 
 
 if sys.version_info >= (3, 11):
@@ -59,6 +61,7 @@ class _PullState:
     lease_deadline: float = 0.0  # time.monotonic() by which shared copies must end
     copying: set[int] = field(default_factory=set)  # indices handed to the copy thread
     copies: set[asyncio.Future] = field(default_factory=set)  # their batches, in flight
+    reader: ReaderFn | None = None  # consumes shared chunks in place of `dest`
 
     def resolve(self, index: int, ok: bool, length: int, checksum: int = 0) -> None:
         if index in self.remaining:
@@ -136,8 +139,13 @@ class PeerClient:
             raise TransferError(f"{self.remote.peer_id}: send timed out") from None
 
     async def pull(self, keys: tuple[bytes, ...], dest: DestFn, done: DoneFn, timeout_s: float,
-                   stall_s: float | None = None) -> None:
+                   stall_s: float | None = None, reader: ReaderFn | None = None) -> None:
         """Fetch chunks; `done` is called once per key (False for a miss or failure).
+
+        With `reader`, a pull through the holder's shared pool hands each
+        chunk's bytes to `reader(index, src)` on the copy thread, in place,
+        instead of copying them into `dest`; `src` is valid only during the
+        call. Other transports ignore it (their bytes must land somewhere).
 
         The pull gives up after `timeout_s` in all, or as soon as `stall_s`
         passes without a single chunk landing: a holder that died without its
@@ -148,7 +156,8 @@ class PeerClient:
             state = _PullState(keys, dest, done, set(range(len(keys))),
                                asyncio.get_running_loop().create_future(),
                                self.remote.shm_path if self._shm else "",
-                               SharedPoolReader.lease_deadline(time.monotonic()))
+                               SharedPoolReader.lease_deadline(time.monotonic()),
+                               reader=reader)
             self._pulls[rid] = state
             try:
                 await within(self._conn.send(f.Pull(rid, keys, bool(self._shm))), timeout_s)
@@ -258,7 +267,8 @@ class PeerClient:
         for ref in refs:
             if ref.index not in state.remaining or ref.index in state.copying:
                 continue
-            out = state.dest(ref.index, ref.length)
+            out = (_read_as(state.reader, ref.index) if state.reader is not None
+                   else state.dest(ref.index, ref.length))
             src = (self._shm.source(state.shared_path, ref.offset, ref.length)
                    if out is not None else None)
             if src is None:
@@ -296,6 +306,10 @@ async def _handshake(conn: FramedConnection, hello: f.Hello, namespace: bytes,
     await conn.send(f.Auth(handshake.proof(secret, b"client", reply.nonce, hello.nonce)))
     return RemoteInfo(reply.peer_id, reply.version, reply.host_id, reply.shm_path, reply.ucx_port,
                       reply.control_port)
+
+
+def _read_as(reader: ReaderFn, index: int) -> ChunkReader:
+    return lambda src: reader(index, src)
 
 
 def _copied(state: _PullState, jobs: list, done: asyncio.Future) -> None:

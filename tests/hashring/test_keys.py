@@ -85,3 +85,24 @@ def test_keys_equal_the_python_twin_from_every_input_form(chunk_tokens, n_chunks
     strided = np.repeat(tokens, 2)[::2]  # int32 but not contiguous: must not be read in place
     for form in (tokens, tokens.tolist(), tokens.astype(">i4"), strided, torch.from_numpy(tokens)):
         assert hasher.keys(form) == want
+
+
+@pytest.mark.parametrize("length, tail", [(16 * 3 + 11, 8), (16 * 3 + 7, 4), (16 * 3 + 3, 0),
+                                          (16 * 3, 0), (12, 12)])
+def test_the_tail_key_chains_the_rest_cut_to_whole_blocks(length, tail):
+    h = ChunkHasher(NS)  # chunks of 16 tokens; blocks of 4 here
+    tokens = list(range(100, 100 + length))
+    full = h.keys(tokens)
+    keys = h.keys(tokens, tail_multiple=4)
+    assert keys[:len(full)] == full and len(keys) == len(full) + (tail > 0)
+    if tail:
+        start = len(full) * 16
+        rest = np.array(tokens[start:start + tail], dtype="<i4").tobytes()
+        assert keys[-1] == xxhash.xxh3_128_digest((full[-1] if full else h.root) + rest)
+
+
+def test_no_tail_when_the_chunks_are_capped_or_no_multiple_is_given():
+    h = ChunkHasher(NS)
+    tokens = list(range(16 * 3 + 11))
+    assert h.keys(tokens, max_chunks=2, tail_multiple=4) == h.keys(tokens)[:2]
+    assert h.keys(tokens, tail_multiple=0) == h.keys(tokens)

@@ -327,3 +327,27 @@ def test_growing_past_the_full_directory_keeps_r_owners_and_lookups_work(mesh):
     assert all(newcomer.peer.directory.holders(k) == (peers[0].peer_id,)
                for k in keys if newcomer.peer_id in owners(newcomer, k))
     assert newcomer.lookup_prefix(keys) == 32
+
+
+@pytest.mark.parametrize("transport", ["shm", "tcp"])
+def test_a_reader_takes_same_host_chunks_in_place_and_nothing_else(mesh, transport):
+    a, b = mesh(2, transport=transport, full_directory_upto=16)
+    keys = save(a, 3)
+    deadline = time.monotonic() + 5
+    while b.lookup_prefix(keys) < 3 and time.monotonic() < deadline:
+        time.sleep(0.02)  # a's advertisement reaches b
+    seen: dict[int, bytes] = {}
+    results = sorted(b.start_load(keys, lambda i, data: seen.setdefault(i, bytes(data)) is not None)
+                     .results(5), key=lambda r: r.index)
+    expected = [bytes([i % 251]) * SLOT for i in range(3)]
+    if transport == "shm":  # one copy, straight out of a's pool; b stores nothing
+        assert all(r.consumed and r.data is None for r in results)
+        assert [seen[i] for i in range(3)] == expected
+        assert b.peer.store.leading_hits(keys) == 0
+    else:  # bytes over a wire land in b's slots, as without a reader
+        assert seen == {} and not any(r.consumed for r in results)
+        assert [bytes(r.data.numpy()) for r in results] == expected
+        assert b.peer.store.leading_hits(keys) == 3
+    for r in results:
+        r.release()
+    assert b.peer.stats.remote_hits == 3

@@ -16,6 +16,9 @@ Hooks, in vLLM's order within one step:
                                 are freed
 Policy: only prompt chunks are cached (generated tokens are not), and a chunk
 is saved at most once per request, after every one of its tokens is computed.
+A prompt's last, partial chunk is cached too, cut down to whole blocks (its
+"tail", a shorter chunk keyed like any other): without it an 8,160-token
+prompt in chunks of 256 recomputes 224 tokens on every hit, with it one.
 
 Prefill/decode hand-off (see `pd_proxy`): a request whose kv_transfer_params
 hold {"kvmesh_role": "prefill"} finishes with {"kvmesh_chunks": n}, the number
@@ -54,7 +57,8 @@ HANDOFF_POLL_S = 0.01
 
 @dataclass(slots=True)
 class _RequestState:
-    keys: list[ChunkKey]
+    keys: list[ChunkKey]  # the prompt's chunk keys; the last is the tail's if tail_tokens
+    tail_tokens: int = 0  # tokens of the tail chunk, a multiple of the block size
     block_ids: list[int] = field(default_factory=list)
     # vLLM's own computed tokens at the last lookup (block aligned).
     local_tokens: int = 0
@@ -113,7 +117,8 @@ class MeshScheduler:
         if self._awaits_handoff(request, state, first + hits):
             state.next_lookup = self._clock() + HANDOFF_POLL_S
             return None, False
-        end = min((first + hits) * self._chunk_tokens, request.num_tokens - 1)
+        end = min(self._chunk_end(state, first + hits - 1) if hits else 0,
+                  request.num_tokens - 1)
         matched = end - num_computed_tokens
         return (matched, True) if matched > 0 else (0, False)
 
@@ -128,7 +133,7 @@ class MeshScheduler:
         end = start + num_external_tokens
         first, stop = start // self._chunk_tokens, -(-end // self._chunk_tokens)
         self._pending_loads[request.request_id] = [
-            self._load_spec(state.keys[i], i, block_ids, start, end) for i in range(first, stop)
+            self._load_spec(state, i, block_ids, start, end) for i in range(first, stop)
         ]
         state.mesh_chunks = (first, stop)
 
@@ -171,17 +176,28 @@ class MeshScheduler:
     def _state_for(self, request: "Request") -> _RequestState:
         state = self._requests.get(request.request_id)
         if state is None:
-            state = _RequestState(keys=self._prompt_keys(request))
+            state = self._prompt_state(request)
             self._requests[request.request_id] = state
         return state
 
-    def _prompt_keys(self, request: "Request") -> list[ChunkKey]:
+    def _prompt_state(self, request: "Request") -> _RequestState:
         tokens = request.prompt_token_ids
         if not tokens:
-            return []
+            return _RequestState(keys=[])
         salt = getattr(request, "cache_salt", None) or ""
         namespace = self._namespace.with_salt(salt) if salt else self._namespace
-        return ChunkHasher(namespace).keys(tokens)
+        keys = ChunkHasher(namespace).keys(tokens, tail_multiple=self._block_size)
+        tail = len(tokens) % self._chunk_tokens // self._block_size * self._block_size
+        return _RequestState(keys=keys, tail_tokens=tail)
+
+    def _chunk_end(self, state: _RequestState, chunk: int) -> int:
+        """The token after chunk `chunk`: a whole chunk on, or the tail's end."""
+        if state.tail_tokens and chunk == len(state.keys) - 1:
+            return chunk * self._chunk_tokens + state.tail_tokens
+        return (chunk + 1) * self._chunk_tokens
+
+    def _chunk_blocks(self, state: _RequestState, chunk: int) -> int:
+        return -(-(self._chunk_end(state, chunk) - chunk * self._chunk_tokens) // self._block_size)
 
     def _awaits_handoff(self, request: "Request", state: _RequestState, held: int) -> bool:
         """True while fewer than the chunks a prefill announced are held, until the wait ends."""
@@ -206,14 +222,14 @@ class MeshScheduler:
             return 0
         return max(0, min(int(hits), len(keys)))
 
-    def _load_spec(self, key: ChunkKey, chunk: int, block_ids: list[int],
+    def _load_spec(self, state: _RequestState, chunk: int, block_ids: list[int],
                    start: int, end: int) -> ChunkSpec:
         """Chunk `chunk`'s blocks, skipping those outside tokens [start, end)."""
         lo_block, hi_block = start // self._block_size, -(-end // self._block_size)
         first = chunk * self._blocks_per_chunk
         ids = [block_ids[b] if lo_block <= b < min(hi_block, len(block_ids)) else SKIP_BLOCK
-               for b in range(first, first + self._blocks_per_chunk)]
-        return ChunkSpec(key, ids)
+               for b in range(first, first + self._chunk_blocks(state, chunk))]
+        return ChunkSpec(state.keys[chunk], ids)
 
     def _scheduled_requests(self, scheduler_output: "SchedulerOutput"):
         """(req_id, tokens computed once this step runs) of every scheduled request.
@@ -241,16 +257,19 @@ class MeshScheduler:
         state = self._requests.get(req_id)
         if not self._saves or state is None:
             return []
-        full = min(computed // self._chunk_tokens, len(state.keys))
+        done = state.next_save
+        while done < len(state.keys) and self._chunk_end(state, done) <= computed:
+            done += 1
         lo, hi = state.mesh_chunks
         bpc = self._blocks_per_chunk
         saves = []
-        for chunk in range(state.next_save, full):
-            ids = state.block_ids[chunk * bpc:(chunk + 1) * bpc]
-            if lo <= chunk < hi or len(ids) < bpc:
+        for chunk in range(state.next_save, done):
+            blocks = self._chunk_blocks(state, chunk)
+            ids = state.block_ids[chunk * bpc:chunk * bpc + blocks]
+            if lo <= chunk < hi or len(ids) < blocks:
                 continue
             saves.append(ChunkSpec(state.keys[chunk], ids))
-        state.next_save = max(state.next_save, full)
+        state.next_save = max(state.next_save, done)
         state.had_saves |= bool(saves)
         return saves
 

@@ -38,7 +38,7 @@ from kvmesh.connectors.vllm.namespace import layout_tag
 from kvmesh.errors import ConfigError, KvmeshError
 from kvmesh.hashring.keys import KeyNamespace
 from kvmesh.kernels.layouts import detect_layout
-from kvmesh.kernels.paged import PagedKV
+from kvmesh.kernels.paged import PagedKV, readonly_bytes
 from kvmesh.peers.api import LoadJob, PeerApi
 
 logger = logging.getLogger(__name__)
@@ -193,7 +193,7 @@ class MeshWorker:
 
     def _start_load(self, specs: list[ChunkSpec], deadline: float) -> _Load:
         try:
-            job = self._peer.start_load([s.key for s in specs])
+            job = self._peer.start_load([s.key for s in specs], self._reader_for(specs))
         except KvmeshError as exc:
             logger.warning("kvmesh: load could not start, recomputing: %s", exc)
             failed: Future = Future()
@@ -206,7 +206,9 @@ class MeshWorker:
         landed: set[int] = set()
         for result in job.results(max(0.0, deadline - time.monotonic())):
             try:
-                if result.data is not None:
+                if result.consumed:  # the reader scattered it already
+                    landed.add(result.index)
+                elif result.data is not None:
                     self._scatter(result.data, specs[result.index])
                     landed.add(result.index)
             except _TRANSFER_ERRORS as exc:
@@ -216,13 +218,29 @@ class MeshWorker:
         first_missing = next((i for i in range(len(specs)) if i not in landed), len(specs))
         return _blocks_from(specs, first_missing)
 
+    def _reader_for(self, specs: list[ChunkSpec]):
+        """Scatters a same-host holder's chunk straight from its shared pool
+        (see PeerApi.start_load): one copy instead of a copy into a local slot
+        and a scatter out of it. Runs on the peer's copy thread."""
+        def read(index: int, data: memoryview) -> bool:
+            try:
+                self._scatter(readonly_bytes(data), specs[index])
+                return True
+            except _TRANSFER_ERRORS as exc:
+                logger.warning("kvmesh: chunk %d could not be scattered: %s", index, exc)
+                return False
+        return read
+
     def _scatter(self, data: torch.Tensor, spec: ChunkSpec) -> None:
-        """Write one landed chunk into its live blocks (a head or tail may be skipped)."""
+        """Write one landed chunk into its live blocks (a head or tail may be
+        skipped). A prompt's tail chunk has fewer blocks than the others."""
         lo, hi = spec.live_range()
+        blocks = len(spec.block_ids)
         # offset/chunk_blocks cut the slab per the layout (K then V blocks in
-        # token-major layouts), which a plain [layers, blocks, -1] view would not.
-        self._paged.scatter(data[:self._chunk_bytes], spec.block_ids[lo:hi], offset=lo,
-                            chunk_blocks=self._blocks_per_chunk)
+        # token-major layouts), which a plain [layers, blocks, -1] view would
+        # not. The slab must be exactly `blocks` blocks: a chunk of another
+        # size under this key is not this chunk (scatter raises ValueError).
+        self._paged.scatter(data, spec.block_ids[lo:hi], offset=lo, chunk_blocks=blocks)
 
     # -- saves ----------------------------------------------------------------
 
@@ -236,14 +254,14 @@ class MeshWorker:
                 continue
             if ticket is None:
                 continue
-            ok = False
+            ok, length = False, self._paged.chunk_bytes(len(spec.block_ids))
             try:
-                self._paged.gather(spec.block_ids, ticket.data[:self._chunk_bytes])
+                self._paged.gather(spec.block_ids, ticket.data[:length])
                 ok = True
             except _TRANSFER_ERRORS as exc:
                 logger.warning("kvmesh: chunk could not be gathered: %s", exc)
             finally:
-                self._peer.commit_save(ticket, ok)
+                self._peer.commit_save(ticket, ok, length)
 
     def _prune_saves(self) -> None:
         for req_id in list(self._saves):

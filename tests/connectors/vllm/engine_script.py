@@ -18,6 +18,8 @@ import json
 import os
 import sys
 
+import numpy as np
+
 MARK = "@@kvmesh-test@@ "  # vLLM logs to stdout too; our lines carry this mark
 
 
@@ -34,8 +36,11 @@ def install_corrupting_peer() -> None:
         def __getattr__(self, name):
             return getattr(self._inner, name)
 
-        def start_load(self, keys):
-            job = self._inner.start_load(keys)
+        def start_load(self, keys, reader=None):
+            def flipped(index, data):  # a same-host holder's chunk, read in place
+                return reader(index, memoryview(np.frombuffer(data, np.uint8) ^ 0x55))
+
+            job = self._inner.start_load(keys, flipped if reader is not None else None)
             inner_results = job.results
 
             def results(timeout_s):

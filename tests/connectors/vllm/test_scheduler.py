@@ -81,8 +81,8 @@ def test_a_full_prompt_hit_leaves_the_last_token_to_compute():
     assert s.get_num_new_matched_tokens(fake_request("r", prompt), 0) == (3 * CHUNK - 1, True)
 
 
-def test_a_prompt_shorter_than_a_chunk_never_matches():
-    s = make(peer_holding(3))
+def test_a_prompt_shorter_than_a_chunk_matches_only_its_own_tail():
+    s = make(peer_holding(3))  # PROMPT's first chunk is held, not the short prompt's tail
     assert s.get_num_new_matched_tokens(fake_request("r", PROMPT[:CHUNK - 1]), 0) == (0, False)
 
 
@@ -228,10 +228,10 @@ def test_consumer_role_plans_no_saves_and_frees_at_once():
 
 def test_a_request_without_saves_is_freed_at_once():
     s = make(peer_holding(0))
-    req = fake_request("r", PROMPT[:CHUNK - 1])
+    req = fake_request("r", PROMPT[:BLOCK - 1])  # not one whole block: nothing to save
     s.get_num_new_matched_tokens(req, 0)
-    s.build_connector_meta(sched_output(new=[new_req("r", [1, 2], 0)], scheduled={"r": CHUNK - 1}))
-    assert s.request_finished(req, [1, 2]) == (False, None)
+    s.build_connector_meta(sched_output(new=[new_req("r", [1], 0)], scheduled={"r": BLOCK - 1}))
+    assert s.request_finished(req, [1]) == (False, None)
 
 
 def test_a_request_finished_before_its_load_was_planned_is_dropped():
@@ -303,3 +303,63 @@ def test_a_step_that_computes_nothing_is_marked_idle():
     s = make()
     assert s.build_connector_meta(sched_output()).idle is True
     assert s.build_connector_meta(sched_output(scheduled={"r": 3})).idle is False
+
+
+# -- the tail: a prompt's last, partial chunk in whole blocks ------------------
+
+TAILED = list(range(100, 330))  # 230 tokens: chunks 0..2, then a 38-token rest = 1 block + 6
+
+
+def tail_keys(tokens=TAILED):
+    return ChunkHasher(NS).keys(tokens, tail_multiple=BLOCK)
+
+
+def test_the_tail_is_saved_in_whole_blocks_once_the_prompt_is_computed():
+    s = make(peer_holding(0))
+    req = fake_request("r", TAILED)
+    s.get_num_new_matched_tokens(req, 0)
+    keys = tail_keys()
+    assert len(keys) == 4
+    step1 = s.build_connector_meta(sched_output(new=[new_req("r", [1, 2, 3, 4, 5, 6], 0)],
+                                                scheduled={"r": 200}))
+    assert saves_of(step1) == {"r": [ChunkSpec(k, ids) for k, ids in
+                                     zip(keys, [[1, 2], [3, 4], [5, 6]])]}
+    step2 = s.build_connector_meta(sched_output(cached=[("r", [7, 8], 200)], scheduled={"r": 30}))
+    assert saves_of(step2) == {"r": [ChunkSpec(keys[3], [7])]}  # the tail's one whole block
+    assert s.request_finished(req, list(range(1, 9))) == (True, None)
+
+
+def test_a_held_tail_is_loaded_up_to_the_last_token():
+    peer = FakePeer(slot_bytes=16)
+    for key in tail_keys():
+        peer.chunks[bytes(key)] = torch.zeros(16, dtype=torch.uint8)
+    s = make(peer)
+    req = fake_request("r", TAILED)
+    n, is_async = s.get_num_new_matched_tokens(req, 0)
+    assert (n, is_async) == (3 * CHUNK + BLOCK, True)  # 6 tokens past the tail's block remain
+    s.update_state_after_alloc(req, fake_blocks([1, 2, 3, 4, 5, 6, 7, 8]), n)
+    (plan,) = s.build_connector_meta(sched_output()).requests
+    assert [c.block_ids for c in plan.loads] == [[1, 2], [3, 4], [5, 6], [7]]
+    assert plan.loads[3].key == tail_keys()[3]
+
+
+def test_a_prompt_ending_on_its_tail_leaves_the_last_token_to_compute():
+    prompt = TAILED[:3 * CHUNK + BLOCK]
+    peer = FakePeer(slot_bytes=16)
+    for key in tail_keys(prompt):
+        peer.chunks[bytes(key)] = torch.zeros(16, dtype=torch.uint8)
+    s = make(peer)
+    assert s.get_num_new_matched_tokens(fake_request("r", prompt), 0) == (len(prompt) - 1, True)
+
+
+def test_without_the_tail_only_whole_chunks_match():
+    s = make(peer_holding(3, TAILED))  # full chunks only
+    assert s.get_num_new_matched_tokens(fake_request("r", TAILED), 0) == (3 * CHUNK, True)
+
+
+def test_a_tail_is_not_a_prefix_of_a_longer_prompt():
+    peer = FakePeer(slot_bytes=16)
+    for key in tail_keys(TAILED[:3 * CHUNK + BLOCK]):
+        peer.chunks[bytes(key)] = torch.zeros(16, dtype=torch.uint8)
+    s = make(peer)  # a longer prompt's chunk 3 is a whole chunk, with another key
+    assert s.get_num_new_matched_tokens(fake_request("r", TAILED + [1] * 40), 0) == (3 * CHUNK, True)

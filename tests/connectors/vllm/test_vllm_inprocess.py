@@ -24,8 +24,19 @@ pytestmark = pytest.mark.vllm
 BLOCK = 32
 CHUNK = 64
 MAX_TOKENS = 8
-# 300 tokens: four full chunks and a partial one; 256: the whole prompt is chunks.
+# 300 tokens: four full chunks and a 44-token rest, whose one whole block is
+# the tail chunk; 256: the whole prompt is chunks.
 PROMPT_LENGTHS = (300, 256)
+
+
+def chunks_of(n: int) -> int:
+    """Chunks a prompt of n tokens is cached as: the full ones and its tail, if any."""
+    return n // CHUNK + (n % CHUNK >= BLOCK)
+
+
+def covered(n: int) -> int:
+    """Tokens of a prompt of n tokens that its chunks cover."""
+    return n // CHUNK * CHUNK + n % CHUNK // BLOCK * BLOCK
 MODEL_CACHE = Path(__file__).resolve().parents[3] / ".cache" / "models" / "tiny-seed0"
 
 
@@ -179,16 +190,17 @@ def max_logprob_diff(a, b):
     return max(abs(x - y) for x, y in zip(a["logprobs"], b["logprobs"]))
 
 
-def test_engine_a_saves_every_full_prompt_chunk(runs):
-    assert runs["stored_after_a"] == sum(n // CHUNK for n in PROMPT_LENGTHS)
+def test_engine_a_saves_every_prompt_chunk_and_tail(runs):
+    assert runs["stored_after_a"] == sum(chunks_of(n) for n in PROMPT_LENGTHS) == 9
     assert all(r["cached"] == 0 for r in runs["saved"])
 
 
 def test_engine_b_loads_the_prefix_from_the_connector(runs):
-    # The 256-token prompt loads all four chunks but vLLM recomputes its last token.
-    assert [r["cached"] for r in runs["loaded"]] == [256, 255]
+    # 300 tokens: four chunks and the tail's block (288 tokens) are loaded. The
+    # 256-token prompt loads all four chunks but vLLM recomputes its last token.
+    assert [r["cached"] for r in runs["loaded"]] == [covered(300), 255] == [288, 255]
     b_peer = runs["peers"][1]
-    assert b_peer.chunks_loaded == sum(n // CHUNK for n in PROMPT_LENGTHS)
+    assert b_peer.chunks_loaded == sum(chunks_of(n) for n in PROMPT_LENGTHS)
     assert b_peer.pinned == 0
 
 
@@ -202,7 +214,7 @@ def test_engine_b_matches_a_run_without_the_connector(runs):
 
 def test_a_chunk_that_fails_to_load_is_recomputed(runs):
     b_peer = runs["peers"][2]
-    assert b_peer.chunks_loaded == sum(n // CHUNK for n in PROMPT_LENGTHS) - 1
+    assert b_peer.chunks_loaded == sum(chunks_of(n) for n in PROMPT_LENGTHS) - 1
     for ref, got in zip(runs["reference"], runs["partial"]):
         assert got["tokens"] == ref["tokens"]
         assert max_logprob_diff(got, ref) < 1e-4
@@ -210,9 +222,9 @@ def test_a_chunk_that_fails_to_load_is_recomputed(runs):
 
 def test_a_load_on_top_of_vllms_own_prefix_cache(runs):
     (got,) = runs["mixed"]
-    assert got["cached"] == 256  # 96 local + 160 loaded
-    # Warm-up loaded chunk 0; then chunk 1 (its second block only), 2 and 3.
-    assert runs["peers"][3].chunks_loaded == 1 + 3
+    assert got["cached"] == 288  # 96 local + 192 loaded
+    # Warm-up loaded chunk 0; then chunk 1 (its second block only), 2, 3 and the tail.
+    assert runs["peers"][3].chunks_loaded == 1 + 4
     assert got["tokens"] == runs["reference"][0]["tokens"]
     assert max_logprob_diff(got, runs["reference"][0]) < 1e-4
 
@@ -224,8 +236,8 @@ def test_corrupted_chunks_change_engine_b_output(runs):
 
 
 def test_prefill_decode_hand_off(runs):
-    assert [r["params"] for r in runs["prefill"]] == [{"kvmesh_chunks": 4}, {"kvmesh_chunks": 4}]
-    assert [r["cached"] for r in runs["decode"]] == [256, 255]  # waited for the last chunk
+    assert [r["params"] for r in runs["prefill"]] == [{"kvmesh_chunks": 5}, {"kvmesh_chunks": 4}]
+    assert [r["cached"] for r in runs["decode"]] == [288, 255]  # waited for the last chunk
     lookups = runs["decode_lookups"]
     assert len(lookups) > 2 and lookups[-1] - lookups[0] >= 1.0
     for ref, got in zip(runs["reference"], runs["decode"]):

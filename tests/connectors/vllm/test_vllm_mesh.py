@@ -27,8 +27,11 @@ pytestmark = [pytest.mark.vllm, pytest.mark.timeout(900)]
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[2]
 CHUNK = 64
-PROMPT_LENGTHS = (300, 256)  # 4 full chunks + a partial one; exactly 4 chunks
-FULL_CHUNKS = sum(n // CHUNK for n in PROMPT_LENGTHS)
+BLOCK = 32  # engine_script's block size
+# 300: 4 full chunks + a 44-token rest, whose whole block is the tail chunk; 256: exactly 4 chunks
+PROMPT_LENGTHS = (300, 256)
+CHUNKS = sum(n // CHUNK + (n % CHUNK >= BLOCK) for n in PROMPT_LENGTHS)
+CACHED = [288, 255]  # 4 chunks + the tail's block; all 4 chunks, less the token vLLM recomputes
 MARK = "@@kvmesh-test@@ "
 
 
@@ -124,11 +127,11 @@ def mesh_runs(model_dir, base_env):
     return out
 
 
-def test_engine_a_computes_and_saves_every_full_chunk(mesh_runs):
+def test_engine_a_computes_and_saves_every_chunk_and_tail(mesh_runs):
     runs = mesh_runs
     a = runs["a"]
     assert [r["cached"] for r in a["results"]] == [0, 0]
-    assert a["peer"]["chunks_saved"] == FULL_CHUNKS
+    assert a["peer"]["chunks_saved"] == CHUNKS == 9
     for got, ref in zip(a["results"], runs["reference"]["results"]):
         assert got["tokens"] == ref["tokens"]
 
@@ -137,8 +140,8 @@ def test_engine_b_loads_from_a_through_the_mesh_and_matches(mesh_runs):
     runs = mesh_runs
     b = runs["b"]
     # vLLM's prefix cache is off in B: every cached token came through kvmesh.
-    assert [r["cached"] for r in b["results"]] == [256, 255]
-    assert b["peer"]["remote_hits"] == FULL_CHUNKS
+    assert [r["cached"] for r in b["results"]] == CACHED
+    assert b["peer"]["remote_hits"] == CHUNKS
     assert b["peer"]["bytes_pulled"] > 0
     for got, ref in zip(b["results"], runs["reference"]["results"]):
         assert got["tokens"] == ref["tokens"]
@@ -148,7 +151,7 @@ def test_engine_b_loads_from_a_through_the_mesh_and_matches(mesh_runs):
 def test_corrupted_loaded_kv_changes_the_output(mesh_runs):
     runs = mesh_runs
     bad = runs["b_corrupt"]
-    assert [r["cached"] for r in bad["results"]] == [256, 255]
+    assert [r["cached"] for r in bad["results"]] == CACHED
     diffs = [max_logprob_diff(got, ref) for got, ref in
              zip(bad["results"], runs["reference"]["results"])]
     assert max(diffs) > 1e-2, "flipping the loaded KV must change the logprobs"
@@ -157,7 +160,7 @@ def test_corrupted_loaded_kv_changes_the_output(mesh_runs):
 def test_multiprocess_mode_scheduler_and_worker_apart(mesh_runs):
     runs = mesh_runs
     b = runs["b_mp"]
-    assert [r["cached"] for r in b["results"]] == [256, 255]
+    assert [r["cached"] for r in b["results"]] == CACHED
     for got, ref in zip(b["results"], runs["reference"]["results"]):
         assert got["tokens"] == ref["tokens"]
         assert max_logprob_diff(got, ref) < 1e-4

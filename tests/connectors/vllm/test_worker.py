@@ -110,6 +110,24 @@ def test_save_then_load_round_trips_the_blocks(worker, kv, peer):
     assert peer.pinned == 0
 
 
+@pytest.mark.parametrize("in_place", [False, True])
+def test_a_tail_chunk_of_fewer_blocks_round_trips(worker, kv, peer, in_place):
+    worker.wait_for_save(step(saves=[ChunkSpec(key(1), [5])]))  # a one-block tail
+    poll(worker, finished={"r"}, want_send="r")
+    assert peer.chunks[key(1)].numel() == CHUNK_BYTES // 2  # only its block is stored
+    peer.in_place = in_place
+    worker.start_load_kv(step(loads=[ChunkSpec(key(1), [12])], req="b"))
+    _, _, failed = poll(worker, want_recv="b")
+    assert failed == set() and torch.equal(blocks(kv, [12]), blocks(kv, [5]))
+
+
+def test_a_chunk_of_the_wrong_size_for_its_blocks_is_a_failure(worker, peer):
+    peer.chunks[key(1)] = torch.zeros(CHUNK_BYTES, dtype=torch.uint8)  # a whole chunk
+    worker.start_load_kv(step(loads=[ChunkSpec(key(1), [12])], req="b"))  # read as a tail
+    _, _, failed = poll(worker, want_recv="b")
+    assert failed == {12}
+
+
 def test_a_load_skips_blocks_marked_skip(worker, kv, peer):
     worker.wait_for_save(step(saves=[ChunkSpec(key(1), [3, 4])]))
     poll(worker, finished={"r"}, want_send="r")
@@ -118,6 +136,28 @@ def test_a_load_skips_blocks_marked_skip(worker, kv, peer):
     poll(worker, want_recv="b")
     assert torch.equal(blocks(kv, [8]), before)
     assert torch.equal(blocks(kv, [9]), blocks(kv, [4]))
+
+
+def test_a_same_host_chunk_is_scattered_in_place_from_the_holders_bytes(worker, kv, peer):
+    worker.wait_for_save(step(saves=[ChunkSpec(key(1), [3, 4])]))
+    poll(worker, finished={"r"}, want_send="r")
+    peer.in_place = True  # results come back consumed, data None: only the reader writes
+    before = blocks(kv, [8]).clone()
+    worker.start_load_kv(step(loads=[ChunkSpec(key(1), [SKIP_BLOCK, 9])], req="b"))
+    _, _, failed = poll(worker, want_recv="b")
+    assert failed == set()
+    assert torch.equal(blocks(kv, [8]), before) and torch.equal(blocks(kv, [9]), blocks(kv, [4]))
+    assert peer.pinned == 0 and peer.read_in_place == 1
+
+
+def test_a_chunk_the_reader_cannot_scatter_fails_with_all_after_it(worker, peer):
+    peer.chunks[key(1)] = torch.zeros(CHUNK_BYTES - 4, dtype=torch.uint8)  # not a chunk's size
+    peer.chunks[key(2)] = torch.zeros(CHUNK_BYTES, dtype=torch.uint8)
+    peer.in_place = True
+    worker.start_load_kv(step(loads=[ChunkSpec(key(1), [9, 10]), ChunkSpec(key(2), [11, 12])],
+                              req="b"))
+    _, _, failed = poll(worker, want_recv="b")
+    assert failed == {9, 10, 11, 12}
 
 
 def test_a_failed_chunk_fails_itself_and_everything_after_it(worker, kv, peer):

@@ -23,9 +23,10 @@ from kvmesh.types import ChunkKey
 
 
 class FakeLoadJob:
-    def __init__(self, peer: "FakePeer", keys: Sequence[ChunkKey]) -> None:
+    def __init__(self, peer: "FakePeer", keys: Sequence[ChunkKey], reader=None) -> None:
         self._peer = peer
         self._keys = list(keys)
+        self._reader = reader if peer.in_place else None
         self._yielded: set[int] = set()
         self._cancelled = threading.Event()
 
@@ -58,6 +59,12 @@ class FakeLoadJob:
         key = self._keys[i]
         data = None if fail else self._peer.pin(key)
         release = (lambda: self._peer.unpin()) if data is not None else None
+        if data is not None and self._reader is not None:
+            # As a same-host holder's chunk: read-only bytes, handed over in place.
+            consumed = self._reader(i, memoryview(data.numpy().tobytes()))
+            self._peer.unpin()
+            self._peer.read_in_place += 1
+            return ChunkResult(i, key, None, "peer" if consumed else "", consumed=consumed)
         return ChunkResult(i, key, data, "local" if data is not None else "", release)
 
 
@@ -68,6 +75,8 @@ class FakePeer:
     fail_keys: set[bytes] = field(default_factory=set)
     gate: threading.Event | None = None  # loads wait for it; unset at the deadline = failure
     reverse_order: bool = False
+    in_place: bool = False  # hand chunks to a load's reader, as a same-host holder's would be
+    read_in_place: int = 0
     namespace: object = None  # as given to open_peer, for tests that hash keys
     lookups: int = 0
     loads_started: int = 0
@@ -87,10 +96,10 @@ class FakePeer:
                 n += 1
             return n
 
-    def start_load(self, keys: Sequence[ChunkKey]) -> FakeLoadJob:
+    def start_load(self, keys: Sequence[ChunkKey], reader=None) -> FakeLoadJob:
         with self._lock:
             self.loads_started += 1
-        return FakeLoadJob(self, keys)
+        return FakeLoadJob(self, keys, reader)
 
     def prepare_save(self, key: ChunkKey) -> SaveTicket | None:
         with self._lock:
@@ -99,10 +108,10 @@ class FakePeer:
             self.saves_prepared += 1
         return SaveTicket(key, torch.zeros(self.slot_bytes, dtype=torch.uint8), None)
 
-    def commit_save(self, ticket: SaveTicket, ok: bool = True) -> None:
+    def commit_save(self, ticket: SaveTicket, ok: bool = True, length: int | None = None) -> None:
         with self._lock:
             if ok:
-                self.chunks[bytes(ticket.key)] = ticket.data.clone()
+                self.chunks[bytes(ticket.key)] = ticket.data[:length].clone()
                 self.saves_committed += 1
 
     def pin(self, key: ChunkKey) -> torch.Tensor | None:
