@@ -112,7 +112,9 @@ class ChunkLoader:
                 self._stats.bytes_pulled += length
                 self._stats.remote_hits += 1
                 consumed = ticket is None  # no slot was asked for: the reader took it
-                if not consumed:
+                if consumed:
+                    self._stats.read_in_place += 1
+                else:
                     fetched.append(key)
                 on_result(index, True, holder, consumed)
             elif store.tier_of(key) is not None:  # another load stored it meanwhile

@@ -27,6 +27,8 @@ COUNTERS = (
     ("lookup_hit_chunks", "kvmesh_lookup_hit_chunks", "Chunks found, here or in the mesh."),
     ("local_hits", "kvmesh_local_hits", "Chunks loaded from this peer's own tiers."),
     ("remote_hits", "kvmesh_remote_hits", "Chunks pulled from another peer."),
+    ("read_in_place", "kvmesh_read_in_place",
+     "Remote hits read straight out of a same-host peer's pool (not stored here)."),
     ("load_failures", "kvmesh_load_failures", "Chunks that failed to load."),
     ("bytes_pulled", "kvmesh_bytes_pulled", "Payload bytes pulled from other peers."),
     ("bytes_served", "kvmesh_bytes_served", "Payload bytes served to other peers."),

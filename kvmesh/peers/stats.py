@@ -14,6 +14,7 @@ class PeerStats:
     lookup_hit_chunks: int = 0
     local_hits: int = 0
     remote_hits: int = 0
+    read_in_place: int = 0  # remote hits read out of a same-host holder's pool, not stored
     load_failures: int = 0
     bytes_pulled: int = 0
     bytes_served: int = 0

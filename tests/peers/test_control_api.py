@@ -350,7 +350,7 @@ async def test_metrics(api):
                  f'kvmesh_store_bytes_used{{tier="cpu"}} {2 * SLOT_BYTES}.0',
                  f'kvmesh_store_bytes_cap{{tier="cpu"}} {32 * SLOT_BYTES}.0'):
         assert line in lines, line
-    for name in ("lookup_chunks", "lookup_hit_chunks", "local_hits", "remote_hits",
+    for name in ("lookup_chunks", "lookup_hit_chunks", "local_hits", "remote_hits", "read_in_place",
                  "load_failures", "bytes_served", "chunks_saved"):
         assert f"kvmesh_{name}_total 0.0" in lines
     assert prometheus_client.REGISTRY.get_sample_value("kvmesh_lookups_total") is None

@@ -351,3 +351,4 @@ def test_a_reader_takes_same_host_chunks_in_place_and_nothing_else(mesh, transpo
     for r in results:
         r.release()
     assert b.peer.stats.remote_hits == 3
+    assert b.peer.stats.read_in_place == (3 if transport == "shm" else 0)

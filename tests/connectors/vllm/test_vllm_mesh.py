@@ -142,6 +142,7 @@ def test_engine_b_loads_from_a_through_the_mesh_and_matches(mesh_runs):
     # vLLM's prefix cache is off in B: every cached token came through kvmesh.
     assert [r["cached"] for r in b["results"]] == CACHED
     assert b["peer"]["remote_hits"] == CHUNKS
+    assert b["peer"]["read_in_place"] == CHUNKS  # same host: scattered out of A's pool
     assert b["peer"]["bytes_pulled"] > 0
     for got, ref in zip(b["results"], runs["reference"]["results"]):
         assert got["tokens"] == ref["tokens"]
