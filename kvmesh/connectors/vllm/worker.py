@@ -25,6 +25,7 @@ succeeded, so the mesh never holds a partial chunk.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
@@ -192,44 +193,39 @@ class MeshWorker:
     # -- loads ----------------------------------------------------------------
 
     def _start_load(self, specs: list[ChunkSpec], deadline: float) -> _Load:
+        reader = _InPlaceReader(self._scatter, specs)
         try:
-            job = self._peer.start_load([s.key for s in specs], self._reader_for(specs))
+            job = self._peer.start_load([s.key for s in specs], reader)
         except KvmeshError as exc:
             logger.warning("kvmesh: load could not start, recomputing: %s", exc)
             failed: Future = Future()
             failed.set_result(_blocks_from(specs, 0))
             return _Load(None, failed, specs)
-        return _Load(job, self._load_pool.submit(self._run_load, job, specs, deadline), specs)
+        return _Load(job, self._load_pool.submit(self._run_load, job, specs, deadline, reader),
+                     specs)
 
-    def _run_load(self, job: LoadJob, specs: list[ChunkSpec], deadline: float) -> set[int]:
+    def _run_load(self, job: LoadJob, specs: list[ChunkSpec], deadline: float,
+                  reader: "_InPlaceReader") -> set[int]:
         """Scatter each chunk as it lands; return the block ids that must be recomputed."""
         landed: set[int] = set()
-        for result in job.results(max(0.0, deadline - time.monotonic())):
-            try:
-                if result.consumed:  # the reader scattered it already
-                    landed.add(result.index)
-                elif result.data is not None:
-                    self._scatter(result.data, specs[result.index])
-                    landed.add(result.index)
-            except _TRANSFER_ERRORS as exc:
-                logger.warning("kvmesh: chunk %d could not be scattered: %s", result.index, exc)
-            finally:
-                result.release()
+        try:
+            for result in job.results(max(0.0, deadline - time.monotonic())):
+                try:
+                    if result.consumed:  # the reader scattered it already
+                        landed.add(result.index)
+                    elif result.data is not None:
+                        self._scatter(result.data, specs[result.index])
+                        landed.add(result.index)
+                except _TRANSFER_ERRORS as exc:
+                    logger.warning("kvmesh: chunk %d could not be scattered: %s", result.index, exc)
+                finally:
+                    result.release()
+        finally:
+            # Before vLLM hears of any failed block (and recomputes into it),
+            # no late read may still write there.
+            reader.close()
         first_missing = next((i for i in range(len(specs)) if i not in landed), len(specs))
         return _blocks_from(specs, first_missing)
-
-    def _reader_for(self, specs: list[ChunkSpec]):
-        """Scatters a same-host holder's chunk straight from its shared pool
-        (see PeerApi.start_load): one copy instead of a copy into a local slot
-        and a scatter out of it. Runs on the peer's copy thread."""
-        def read(index: int, data: memoryview) -> bool:
-            try:
-                self._scatter(readonly_bytes(data), specs[index])
-                return True
-            except _TRANSFER_ERRORS as exc:
-                logger.warning("kvmesh: chunk %d could not be scattered: %s", index, exc)
-                return False
-        return read
 
     def _scatter(self, data: torch.Tensor, spec: ChunkSpec) -> None:
         """Write one landed chunk into its live blocks (a head or tail may be
@@ -270,6 +266,38 @@ class MeshWorker:
                 self._saves[req_id] = pending
             else:
                 del self._saves[req_id]
+
+
+class _InPlaceReader:
+    """One load's reader (see PeerApi.start_load): scatters a same-host
+    holder's chunk straight from its shared pool, one copy instead of a copy
+    into a local slot and a scatter out of it. Runs on the peer's copy thread.
+
+    A load can end (its deadline, a cancel) while the copy thread still has
+    its chunks queued. `close` waits out a scatter in progress and refuses
+    every later one, so nothing writes into blocks once they are reported.
+    """
+
+    def __init__(self, scatter, specs: list[ChunkSpec]) -> None:
+        self._scatter = scatter
+        self._specs = specs
+        self._lock = threading.Lock()
+        self._open = True
+
+    def __call__(self, index: int, data: memoryview) -> bool:
+        with self._lock:
+            if not self._open:
+                return False
+            try:
+                self._scatter(readonly_bytes(data), self._specs[index])
+                return True
+            except _TRANSFER_ERRORS as exc:
+                logger.warning("kvmesh: chunk %d could not be scattered: %s", index, exc)
+                return False
+
+    def close(self) -> None:
+        with self._lock:
+            self._open = False
 
 
 def _blocks_from(specs: list[ChunkSpec], first: int) -> set[int]:

@@ -150,6 +150,17 @@ def test_a_same_host_chunk_is_scattered_in_place_from_the_holders_bytes(worker, 
     assert peer.pinned == 0 and peer.read_in_place == 1
 
 
+def test_no_read_writes_into_blocks_once_their_load_is_reported(worker, kv, peer):
+    peer.chunks[key(1)] = torch.zeros(CHUNK_BYTES, dtype=torch.uint8)
+    peer.gate = threading.Event()  # never set: the load ends at its deadline
+    worker.start_load_kv(step(loads=[ChunkSpec(key(1), [9, 10])], req="b"))
+    _, _, failed = poll(worker, want_recv="b", timeout=3.0)
+    assert failed == {9, 10}  # vLLM will recompute into them
+    before = blocks(kv, [9, 10]).clone()
+    late = peer.last_reader(0, memoryview(bytes(CHUNK_BYTES)))  # the copy thread, too late
+    assert late is False and torch.equal(blocks(kv, [9, 10]), before)
+
+
 def test_a_chunk_the_reader_cannot_scatter_fails_with_all_after_it(worker, peer):
     peer.chunks[key(1)] = torch.zeros(CHUNK_BYTES - 4, dtype=torch.uint8)  # not a chunk's size
     peer.chunks[key(2)] = torch.zeros(CHUNK_BYTES, dtype=torch.uint8)

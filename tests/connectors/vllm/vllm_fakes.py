@@ -77,6 +77,7 @@ class FakePeer:
     reverse_order: bool = False
     in_place: bool = False  # hand chunks to a load's reader, as a same-host holder's would be
     read_in_place: int = 0
+    last_reader: object = None  # the reader of the last start_load
     namespace: object = None  # as given to open_peer, for tests that hash keys
     lookups: int = 0
     loads_started: int = 0
@@ -99,6 +100,7 @@ class FakePeer:
     def start_load(self, keys: Sequence[ChunkKey], reader=None) -> FakeLoadJob:
         with self._lock:
             self.loads_started += 1
+            self.last_reader = reader
         return FakeLoadJob(self, keys, reader)
 
     def prepare_save(self, key: ChunkKey) -> SaveTicket | None:
