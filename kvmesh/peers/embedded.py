@@ -16,10 +16,12 @@ import logging
 import os
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
 
 from kvmesh.config import KvmeshConfig
+from kvmesh.errors import ConfigError
 from kvmesh.hashring.keys import ChunkHasher, KeyNamespace
 from kvmesh.peers.facade import PeerHandle
 from kvmesh.transfer import frames as f
@@ -57,8 +59,30 @@ class EmbeddedPeer(PeerHandle):
         super().close()
 
 
+def rank_config(config: KvmeshConfig, tp_rank: int) -> KvmeshConfig:
+    """The config of TP rank `tp_rank`'s peer: fixed ports move up by the rank.
+
+    Each rank embeds a peer of its own (its KV shard is its own namespace), so
+    with a fixed KVMESH_PORT or KVMESH_CONTROL_PORT the ranks of one engine on
+    one host would all bind the same port. Port 0 (pick a free one) stays 0.
+    """
+    if tp_rank == 0:
+        return config
+
+    def moved(port: int, name: str) -> int:
+        if port and port + tp_rank > 65535:
+            raise ConfigError(f"{name}={port} + TP rank {tp_rank} is past 65535")
+        return port + tp_rank if port else 0
+
+    return replace(config,
+                   mesh=replace(config.mesh, port=moved(config.mesh.port, "KVMESH_PORT")),
+                   control=replace(config.control,
+                                   port=moved(config.control.port, "KVMESH_CONTROL_PORT")))
+
+
 def open_peer(config: KvmeshConfig, namespace: KeyNamespace, slot_bytes: int,
               engine_id: str) -> EmbeddedPeer:
+    config = rank_config(config, namespace.tp_rank)
     handle = EmbeddedPeer.start(config, ChunkHasher(namespace), slot_bytes)
     handle.engine_id = engine_id
     path = rendezvous_path(config, engine_id, namespace.tp_rank)
