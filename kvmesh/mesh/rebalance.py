@@ -29,6 +29,13 @@ def new_owners(keys: Iterable[bytes], old: HashRing, new: HashRing, r: int,
     return dict(out)
 
 
+def unowned(keys: Iterable[bytes], ring: HashRing, r: int, me: PeerId) -> list[bytes]:
+    """The directory entries `me` keeps for keys it is not among the `r` owners
+    of on `ring`: left over from an earlier ring. No lookup asks `me` about
+    them and no withdraw reaches it any more, so they can only go stale."""
+    return [key for key in keys if me not in ring.owners(key, r)]
+
+
 def moved_fraction(keys: list[bytes], old: HashRing, new: HashRing, r: int) -> float:
     """Share of (key, owner) entries under `new` that are new: what a change costs."""
     moved = sum(len(v) for v in new_owners(keys, old, new, r).values())

@@ -31,7 +31,7 @@ from kvmesh.hashring.ring import HashRing
 from kvmesh.mesh.directory import Directory
 from kvmesh.mesh.lookup_plan import plan_queries
 from kvmesh.mesh.placement import replicas
-from kvmesh.mesh.rebalance import new_owners
+from kvmesh.mesh.rebalance import new_owners, unowned
 from kvmesh.mesh.store import ChunkStore
 from kvmesh.mesh.swim import Swim
 from kvmesh.mesh.swim_states import MemberState
@@ -50,6 +50,10 @@ log = logging.getLogger(__name__)
 
 EVENT_PUMP_INTERVAL_S = 0.05
 REBALANCE_BATCH_KEYS = 4096  # keys placed per loop turn while rebalancing
+# A ring that stayed unchanged this many probe periods has spread through the
+# mesh: entries this peer no longer owns can go (lookups from peers still on
+# the old ring get a miss meanwhile, never a wrong holder).
+PRUNE_AFTER_PROBES = 10
 HOLDER_CACHE_KEYS = 1 << 16
 HOLDER_CACHE_TTL_S = 5.0
 
@@ -182,12 +186,15 @@ class Peer:
         self._ring_changed.set()
 
     async def _rebalance_loop(self) -> None:
-        """Re-advertise held keys to the owners each ring change made new for them.
+        """Re-advertise held keys to the owners each ring change made new for
+        them; once the ring has been quiet for a while, forget the directory
+        entries this peer no longer owns.
 
         Changes that arrive while a pass runs are folded into the next pass,
         which compares against the ring the previous one advertised under.
         Keys are placed in batches so lookups keep flowing meanwhile.
         """
+        quiet_s = PRUNE_AFTER_PROBES * self.config.mesh.probe_interval_s
         while True:
             await self._ring_changed.wait()
             self._ring_changed.clear()
@@ -200,6 +207,19 @@ class Peer:
                 for owner, owned in moved.items():
                     self._queue_to(owner, owned, withdraw=False)
                 await asyncio.sleep(0)
+            try:
+                await asyncio.wait_for(self._ring_changed.wait(), quiet_s)
+            except asyncio.TimeoutError:
+                await self._prune_directory()
+
+    async def _prune_directory(self) -> None:
+        """Forget entries for keys this peer does not own on the current ring."""
+        keys = self.directory.keys()
+        for start in range(0, len(keys), REBALANCE_BATCH_KEYS):
+            ring = self.membership.ring
+            batch = keys[start:start + REBALANCE_BATCH_KEYS]
+            self.directory.forget(unowned(batch, ring, self._replicas(ring), self.peer_id))
+            await asyncio.sleep(0)
 
     # ---- directory ------------------------------------------------------------
 

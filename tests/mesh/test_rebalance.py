@@ -5,7 +5,7 @@ import random
 import pytest
 
 from kvmesh.hashring.ring import HashRing
-from kvmesh.mesh.rebalance import moved_fraction, new_owners
+from kvmesh.mesh.rebalance import moved_fraction, new_owners, unowned
 
 KEYS = [random.Random(i).randbytes(16) for i in range(6000)]
 
@@ -52,3 +52,12 @@ def test_shrinking_into_a_full_directory_sends_every_entry_to_every_new_owner():
     for owner, keys in moved.items():
         assert sorted(keys) == sorted(k for k in KEYS[:500] if owner not in old.owners(k, 2))
     assert set(moved) == set(new.peers)  # every survivor lacked some entries
+
+
+def test_unowned_is_what_a_peer_keeps_but_no_longer_owns():
+    old, new = ring(4), ring(5)
+    me = "10.0.0.1:7400"
+    kept = [k for k in KEYS if me in old.owners(k, 2)]
+    gone = unowned(kept, new, 2, me)
+    assert gone and set(gone) == {k for k in kept if me not in new.owners(k, 2)}
+    assert unowned(kept, old, 2, me) == []

@@ -13,6 +13,7 @@ import pytest
 from kvmesh.config import ControlConfig, KvmeshConfig, MeshConfig, StoreConfig, TransferConfig
 from kvmesh.errors import ConfigError, HandshakeError
 from kvmesh.peers import gossip
+from kvmesh.peers import peer as peer_module
 from kvmesh.peers.facade import PeerHandle
 from kvmesh.peers.standalone import standalone_hasher
 from kvmesh.transfer import frames as f
@@ -327,6 +328,24 @@ def test_growing_past_the_full_directory_keeps_r_owners_and_lookups_work(mesh):
     assert all(newcomer.peer.directory.holders(k) == (peers[0].peer_id,)
                for k in keys if newcomer.peer_id in owners(newcomer, k))
     assert newcomer.lookup_prefix(keys) == 32
+
+
+def test_entries_a_peer_no_longer_owns_are_forgotten_once_the_ring_is_quiet(mesh):
+    peers = list(mesh(3, probe_interval_s=FAST, full_directory_upto=3))
+    keys = save(peers[0], 32)
+    time.sleep(0.3)
+    assert all(len(p.peer.directory) == 32 for p in peers)  # everyone owns everything
+    newcomer = mesh(1, probe_interval_s=FAST, full_directory_upto=3)[-1]
+    everyone = peers + [newcomer]
+    deadline = time.monotonic() + 10 * FAST * peer_module.PRUNE_AFTER_PROBES
+    while time.monotonic() < deadline and any(
+            len(p.peer.directory) > sum(p.peer_id in owners(p, k) for k in keys) for p in everyone):
+        time.sleep(0.1)
+    for p in everyone:  # r=2 of 4 now: each keeps exactly the entries it owns
+        kept = [k for k in keys if p.peer.directory.holders(k)]
+        assert kept == [k for k in keys if p.peer_id in owners(p, k)]
+    assert sum(len(p.peer.directory) for p in everyone) == 2 * 32
+    assert all(p.lookup_prefix(keys) == 32 for p in everyone)
 
 
 @pytest.mark.parametrize("transport", ["shm", "tcp"])
