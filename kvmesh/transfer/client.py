@@ -3,7 +3,8 @@
 Replies are matched to requests by id. A pull streams its chunks back in any
 order; each lands in a destination buffer chosen by the caller (a store
 slot) and is verified before it is reported: against its checksum when it
-came over a stream, against the holder's pin lease when it was copied out of
+came over a stream (by the decoder, piece by piece as it lands; see
+`kvmesh.transfer.codec`), against the holder's pin lease when it was copied out of
 the holder's shared pool (see `kvmesh.transfer.shm`). Every
 request is bounded by the caller's deadline; a timed-out or broken
 connection is closed whole, so no late payload can write into a buffer the
@@ -19,8 +20,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-import xxhash
-
 from kvmesh.errors import HandshakeError, KvmeshError, ProtocolError, TransferError
 from kvmesh.transfer import frames as f
 from kvmesh.transfer import handshake
@@ -32,6 +31,12 @@ from kvmesh.transfer.streams import Stream, StreamClosed
 DestFn = Callable[[int, int], "memoryview | None"]
 # done(index, ok, length, checksum) -> None; called exactly once per key of a pull.
 DoneFn = Callable[[int, bool, int, int], None]
+# Chunks that landed over a stream are reported (`done`) in batches: when the
+# read loop is about to wait for the socket, or once this many bytes are
+# waiting (a few ms of a stream). One report per chunk woke the engine thread
+# per chunk, and each wake-up took the GIL from the loop mid-stream: batches
+# of 16 MiB cut the puller's CPU per 256 MiB pulled from 0.13 s to 0.10 s.
+REPORT_BATCH_BYTES = 16 << 20
 # reader(index, src) -> True once it consumed the chunk in place (shared-memory pulls only).
 ReaderFn = Callable[[int, memoryview], bool]
 
@@ -61,6 +66,7 @@ class _PullState:
     lease_deadline: float = 0.0  # time.monotonic() by which shared copies must end
     copying: set[int] = field(default_factory=set)  # indices handed to the copy thread
     copies: set[asyncio.Future] = field(default_factory=set)  # their batches, in flight
+    landed: set[int] = field(default_factory=set)  # landed over a stream, not yet reported
     reader: ReaderFn | None = None  # consumes shared chunks in place of `dest`
 
     def resolve(self, index: int, ok: bool, length: int, checksum: int = 0) -> None:
@@ -92,6 +98,8 @@ class PeerClient:
         self._ids = itertools.count(1)
         self._replies: dict[int, asyncio.Future] = {}
         self._pulls: dict[int, _PullState] = {}
+        self._landed: list[tuple[_PullState, f.Chunk]] = []  # to report, see REPORT_BATCH_BYTES
+        self._landed_bytes = 0
         self._slots = asyncio.Semaphore(max_inflight)
         conn.set_sink(self._sink)
         self._reader = asyncio.get_running_loop().create_task(self._read_loop())
@@ -165,8 +173,14 @@ class PeerClient:
             except (asyncio.TimeoutError, KvmeshError, ConnectionError, OSError):
                 # Close first: once the reader is gone no payload can land late.
                 await self.aclose()
+            except asyncio.CancelledError:
+                # The same when the caller gives up: a payload may be landing in
+                # one of this pull's slots, which the finally below frees.
+                self.close()
+                raise
             finally:
                 self._pulls.pop(rid, None)
+                self._report_landed()  # landed and verified: not failures
                 await _drain(state.copies)  # they write into slots failing frees
                 for index in sorted(state.remaining):
                     state.resolve(index, False, 0)
@@ -213,7 +227,7 @@ class PeerClient:
 
     def _sink(self, chunk: f.Chunk) -> memoryview | None:
         state = self._pulls.get(chunk.request_id)
-        if state is None or chunk.index not in state.remaining:
+        if state is None or chunk.index not in state.remaining or chunk.index in state.landed:
             return None
         return state.dest(chunk.index, chunk.length)
 
@@ -251,10 +265,22 @@ class PeerClient:
 
     def _on_chunk(self, chunk: f.Chunk) -> None:
         state = self._pulls.get(chunk.request_id)
-        if state is None:
+        if state is None or chunk.index in state.landed:
             return
-        ok = chunk.payload is not None and xxhash.xxh3_64_intdigest(chunk.payload) == chunk.checksum
-        state.resolve(chunk.index, ok, chunk.length, chunk.checksum)
+        if not self._landed:
+            # Runs once this read loop waits (call_soon callbacks run only then).
+            asyncio.get_running_loop().call_soon(self._report_landed)
+        state.landed.add(chunk.index)
+        self._landed.append((state, chunk))
+        self._landed_bytes += chunk.length
+        if self._landed_bytes >= REPORT_BATCH_BYTES:
+            self._report_landed()
+
+    def _report_landed(self) -> None:
+        landed, self._landed, self._landed_bytes = self._landed, [], 0
+        for state, chunk in landed:
+            # No payload: dropped by the sink, or it failed its checksum in the decoder.
+            state.resolve(chunk.index, chunk.payload is not None, chunk.length, chunk.checksum)
 
     def _on_chunk_refs(self, refs: list[f.ChunkRef]) -> None:
         """Hand chunk refs (one frame's, all of one pull) to the copy thread and

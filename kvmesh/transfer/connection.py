@@ -32,9 +32,7 @@ class FramedConnection:
     async def read_frame(self) -> f.Frame:
         """The next whole frame; raises StreamClosed or RemoteProtocolError."""
         while True:
-            buf = self._decoder.get_buffer()
-            await self.stream.recv_into(buf)
-            frame = self._decoder.advance(len(buf))
+            frame = self._decoder.advance(await self.stream.recv_into(self._decoder.get_buffer()))
             if frame is not None:
                 return frame
 

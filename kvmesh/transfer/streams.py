@@ -1,8 +1,8 @@
 """Byte streams that carry frames: the seam between the codec and the OS.
 
-A `Stream` moves bytes and nothing else. `recv_into` fills exactly the buffer
-it is given (the decoder asks for whole stages), `send` writes a frame's parts
-without copying the payload. Timeouts belong to the callers.
+A `Stream` moves bytes and nothing else. `recv_into` writes what has arrived
+into the buffer it is given (the decoder's current stage), `send` writes a
+frame's parts without copying the payload. Timeouts belong to the callers.
 """
 
 from __future__ import annotations
@@ -10,6 +10,10 @@ from __future__ import annotations
 import asyncio
 import socket
 from typing import Protocol, Sequence
+
+# A reader waiting for a big buffer is woken once this many bytes are queued
+# (SO_RCVLOWAT), not on every few segments: each wake-up is a loop turn.
+RCVLOWAT_MAX = 256 << 10
 
 
 class StreamClosed(ConnectionError):
@@ -19,8 +23,9 @@ class StreamClosed(ConnectionError):
 class Stream(Protocol):
     kind: str  # "tcp" or "ucx"
 
-    async def recv_into(self, buf: memoryview) -> None:
-        """Fill `buf` completely or raise StreamClosed."""
+    async def recv_into(self, buf: memoryview) -> int:
+        """Write at least one byte into `buf` and return how many, or raise
+        StreamClosed. A message-framed stream (UCX) fills `buf` whole."""
 
     async def send(self, parts: Sequence[bytes | memoryview]) -> None:
         """Write one encoded frame; the parts may be reused once this returns."""
@@ -42,6 +47,7 @@ class TcpStream:
             sock.setsockopt(socket.SOL_SOCKET, opt, 4 << 20)
         self._sock = sock
         self._loop = asyncio.get_running_loop()
+        self._lowat = 1
 
     @classmethod
     async def connect(cls, host: str, port: int) -> "TcpStream":
@@ -57,12 +63,22 @@ class TcpStream:
             raise
         return cls(sock)
 
-    async def recv_into(self, buf: memoryview) -> None:
-        while len(buf):
+    async def recv_into(self, buf: memoryview) -> int:
+        try:
+            n = self._sock.recv_into(buf)
+        except (BlockingIOError, InterruptedError):
+            self._wake_at(min(len(buf), RCVLOWAT_MAX))
             n = await self._loop.sock_recv_into(self._sock, buf)
-            if n == 0:
-                raise StreamClosed("connection closed by peer")
-            buf = buf[n:]
+        if n == 0:
+            raise StreamClosed("connection closed by peer")
+        return n
+
+    def _wake_at(self, lowat: int) -> None:
+        """Set SO_RCVLOWAT; only before a wait, and never above the bytes the
+        reader asked for, so a short frame still wakes it (EOF always does)."""
+        if lowat != self._lowat:
+            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, lowat)
+            self._lowat = lowat
 
     async def send(self, parts: Sequence[bytes | memoryview]) -> None:
         for part in parts:

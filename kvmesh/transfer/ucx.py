@@ -56,11 +56,12 @@ class UcxStream:
         ucxx = _import_ucxx()
         return cls(await ucxx.create_endpoint(host, port))
 
-    async def recv_into(self, buf: memoryview) -> None:
+    async def recv_into(self, buf: memoryview) -> int:
         try:
             await self._ep.recv(buf)
         except self._ucxx.exceptions.UCXError as exc:
             raise StreamClosed(f"ucx: {exc}") from None
+        return len(buf)
 
     async def send(self, parts: Sequence[bytes | memoryview]) -> None:
         head = memoryview(parts[0])

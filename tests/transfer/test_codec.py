@@ -2,12 +2,19 @@ import struct
 
 import msgpack
 import pytest
+import xxhash
 from hypothesis import given, settings, strategies as st
 
 from kvmesh.errors import LocalProtocolError, RemoteProtocolError
 from kvmesh.transfer import codec, frames as f
 
 K = bytes(range(16))
+
+
+def chunk(rid: int, index: int, payload: bytes) -> f.Chunk:
+    """A CHUNK that carries its payload's true checksum."""
+    return f.Chunk(rid, index, K, xxhash.xxh3_64_intdigest(payload), len(payload), payload)
+
 
 SAMPLES = [
     f.Hello("127.0.0.1:1", 1, 1, b"n" * 16, "host", "/dev/shm/p", b"x" * 16, 0, 8080),
@@ -20,8 +27,9 @@ SAMPLES = [
     f.Advertise("a:1", (K,)),
     f.Withdraw("a:1", (K,)),
     f.Pull(4, (K,) * 3, True),
-    f.Chunk(4, 0, K, 0xDEADBEEF, 11, b"hello world"),
-    f.Chunk(4, 1, K, 0, 0, b""),
+    chunk(4, 0, b"hello world"),
+    chunk(4, 1, b""),
+    chunk(4, 3, bytes(range(256)) * 2000),  # several payload pieces
     f.Miss(4, 2, K),
     f.ChunkRef(4, 2, K, 1, 4096, 8192),
     f.Release(4),
@@ -72,8 +80,34 @@ def test_round_trip_any_split(splits):
 def test_payload_lands_in_the_sinks_buffer():
     target = bytearray(32)
     decoder = codec.FrameDecoder(sink=lambda c: memoryview(target)[4:])
-    (frame,) = decoder.receive_data(codec.encode_bytes(f.Chunk(1, 0, K, 0, 5, b"abcde")))
+    (frame,) = decoder.receive_data(codec.encode_bytes(chunk(1, 0, b"abcde")))
     assert bytes(target[4:9]) == b"abcde" and bytes(frame.payload) == b"abcde"
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.integers(0, 700_000), max_size=30))
+def test_payload_failing_its_checksum_is_delivered_without_payload(splits):
+    payload = bytes(range(256)) * 2500
+    bad = f.Chunk(1, 0, K, xxhash.xxh3_64_intdigest(payload) ^ 1, len(payload), payload)
+    data = codec.encode_bytes(bad) + codec.encode_bytes(chunk(1, 1, b"next"))
+    frames = decode_all(data, [min(cut, len(data)) for cut in splits])
+    assert frames[0].payload is None and bytes(frames[1].payload) == b"next"
+
+
+@pytest.mark.parametrize("message_framed", [False, True])
+def test_payload_is_handed_out_in_pieces_on_a_byte_stream(message_framed):
+    payload = bytes(3 * codec.PAYLOAD_PIECE_BYTES + 5)
+    decoder = codec.FrameDecoder(sink=lambda c: bytearray(c.length), message_framed=message_framed)
+    data, sizes, frame = memoryview(codec.encode_bytes(chunk(1, 0, payload))), [], None
+    while frame is None:
+        buf = decoder.get_buffer()
+        sizes.append(len(buf))
+        buf[:] = data[:len(buf)]
+        data = data[len(buf):]
+        frame = decoder.advance(len(buf))
+    piece = codec.PAYLOAD_PIECE_BYTES
+    assert sizes[2:] == ([len(payload)] if message_framed else [piece] * 3 + [5])
+    assert bytes(frame.payload) == payload
 
 
 def test_dropped_payload_is_skipped_and_the_stream_continues():
@@ -123,7 +157,7 @@ def test_too_many_keys_are_refused_before_allocation():
 
 
 def test_chunk_header_and_prefix_must_agree():
-    good = codec.encode_bytes(f.Chunk(1, 0, K, 0, 3, b"abc"))
+    good = codec.encode_bytes(chunk(1, 0, b"abc"))
     bad = good[:8] + struct.pack(">Q", 4) + good[16:] + b"d"
     with pytest.raises(RemoteProtocolError, match="says"):
         codec.FrameDecoder().receive_data(bad)
