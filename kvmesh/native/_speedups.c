@@ -33,7 +33,7 @@
 
 static kvm_chain_keys_fn chain_keys_impl = kvm_chain_keys_default;
 static kvm_copy_checksum_fn copy_checksum_impl = kvm_copy_checksum_default;
-static kvm_copy_stream_fn copy_stream_impl = kvm_copy_stream_default;
+kvm_copy_stream_fn kvm_copy_stream_best = kvm_copy_stream_default;
 static const char *isa = "default";
 
 static void pick_kernels(void)
@@ -43,12 +43,12 @@ static void pick_kernels(void)
     if (__builtin_cpu_supports("avx512f")) {
         chain_keys_impl = kvm_chain_keys_avx512;
         copy_checksum_impl = kvm_copy_checksum_avx512;
-        copy_stream_impl = kvm_copy_stream_avx512;
+        kvm_copy_stream_best = kvm_copy_stream_avx512;
         isa = "avx512";
     } else if (__builtin_cpu_supports("avx2")) {
         chain_keys_impl = kvm_chain_keys_avx2;
         copy_checksum_impl = kvm_copy_checksum_avx2;
-        copy_stream_impl = kvm_copy_stream_avx2;
+        kvm_copy_stream_best = kvm_copy_stream_avx2;
         isa = "avx2";
     }
 #endif
@@ -130,10 +130,10 @@ static PyObject *copy_stream(PyObject *self, PyObject *args)
         PyErr_SetString(PyExc_ValueError, "copy_stream: destination is smaller than the source");
     } else if (src.len >= COPY_RELEASE_GIL_BYTES) {
         Py_BEGIN_ALLOW_THREADS
-        copy_stream_impl(dst.buf, src.buf, (size_t)src.len);
+        kvm_copy_stream_best(dst.buf, src.buf, (size_t)src.len);
         Py_END_ALLOW_THREADS
     } else {
-        copy_stream_impl(dst.buf, src.buf, (size_t)src.len);
+        kvm_copy_stream_best(dst.buf, src.buf, (size_t)src.len);
     }
     PyBuffer_Release(&dst);
     PyBuffer_Release(&src);

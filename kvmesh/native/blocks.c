@@ -22,41 +22,24 @@
 #include "blocks.h"
 
 #include <string.h>
-#if defined(__SSE2__)
-#include <emmintrin.h>
-#endif
 
-/* Runs at least this long are copied with streaming stores. */
+#include "kernels.h"
+
+/* Runs at least this long are scattered with streaming stores. */
 #define STREAM_MIN_BYTES 4096
 
-/* memcpy with streaming (cache-bypassing) stores, for scatters: a chunk is
- * megabytes, so its destination lines would be read into cache first only to
- * be evicted again (~30% of the bandwidth; glibc's memcpy streams only copies
- * far larger than one run). A remote hit's scatter out of a holder's shared
- * pool measured 7.8 ms for 48 MiB with them, 11.7 ms without. SSE2 is in every x86-64 CPU, and at this size
- * the copy is memory bound, so wider vectors would not help. The caller
- * issues the fence. */
+/* A scatter's run of blocks, with streaming (cache-bypassing) stores when it
+ * is long enough: a chunk is megabytes, so its destination lines would be
+ * read into cache first only to be evicted again (~30% of the bandwidth;
+ * glibc's memcpy streams only copies far larger than one run). A remote hit's
+ * scatter out of a holder's shared pool measured 7.8 ms for 48 MiB with them,
+ * 11.7 ms without. */
 static void copy_run(uint8_t *dst, const uint8_t *src, size_t len)
 {
-#if defined(__SSE2__)
-    if (len >= STREAM_MIN_BYTES) {
-        size_t i = (size_t)(-(uintptr_t)dst) & 15; /* streaming stores need 16-byte alignment */
-        memcpy(dst, src, i);
-        for (; i + 64 <= len; i += 64) {
-            __m128i a = _mm_loadu_si128((const __m128i *)(src + i));
-            __m128i b = _mm_loadu_si128((const __m128i *)(src + i + 16));
-            __m128i c = _mm_loadu_si128((const __m128i *)(src + i + 32));
-            __m128i d = _mm_loadu_si128((const __m128i *)(src + i + 48));
-            _mm_stream_si128((__m128i *)(dst + i), a);
-            _mm_stream_si128((__m128i *)(dst + i + 16), b);
-            _mm_stream_si128((__m128i *)(dst + i + 32), c);
-            _mm_stream_si128((__m128i *)(dst + i + 48), d);
-        }
-        memcpy(dst + i, src + i, len - i);
-        return;
-    }
-#endif
-    memcpy(dst, src, len);
+    if (len >= STREAM_MIN_BYTES)
+        kvm_copy_stream_best(dst, src, len); /* fenced: its stores are visible on return */
+    else
+        memcpy(dst, src, len);
 }
 
 /* One call's borrowed buffers and converted arguments; released by `release`. */
@@ -92,9 +75,6 @@ void kvm_copy_blocks(const kvm_row *rows, size_t nrows, const int64_t *ids, size
                 copy_run(kv, at, run * row_bytes);
         }
     }
-#if defined(__SSE2__)
-    _mm_sfence(); /* streaming stores are weakly ordered: publish them before returning */
-#endif
 }
 
 static int fail(const char *message)

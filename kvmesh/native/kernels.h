@@ -28,6 +28,10 @@ typedef void (*kvm_copy_stream_fn)(uint8_t *dst, const uint8_t *src, size_t len)
     uint64_t kvm_copy_checksum_##isa(uint8_t *, const uint8_t *, size_t);                  \
     void kvm_copy_stream_##isa(uint8_t *, const uint8_t *, size_t);
 
+/* The kvm_copy_stream of the best instruction set this CPU has; set when the
+ * module is imported (_speedups.c), for the other C files of the module. */
+extern kvm_copy_stream_fn kvm_copy_stream_best;
+
 KVM_DECLARE(default)
 #if defined(__x86_64__) && defined(__GNUC__)
 #define KVM_X86_DISPATCH 1
