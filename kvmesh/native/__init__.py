@@ -51,21 +51,22 @@ def py_chain_keys(root: bytes, tokens, chunk_bytes: int, n: int) -> list[bytes]:
 
 def py_copy_checksum(dst, src) -> int:
     """dst[:len(src)] = src; returns xxh3_64 of the copied bytes."""
-    src = memoryview(src).cast("B")
-    dst = memoryview(dst).cast("B")
-    if len(src) > len(dst):
-        raise ValueError("copy_checksum: destination is smaller than the source")
-    dst[:len(src)] = src
-    return xxhash.xxh3_64_intdigest(dst[:len(src)])
+    return xxhash.xxh3_64_intdigest(_copy(dst, src, "copy_checksum"))
 
 
 def py_copy_stream(dst, src) -> None:
     """dst[:len(src)] = src (the C version bypasses the cache; same bytes)."""
+    _copy(dst, src, "copy_stream")
+
+
+def _copy(dst, src, name: str) -> memoryview:
+    """dst[:len(src)] = src, checked as the C copies check it; returns that part of dst."""
     src = memoryview(src).cast("B")
     dst = memoryview(dst).cast("B")
     if len(src) > len(dst):
-        raise ValueError("copy_stream: destination is smaller than the source")
+        raise ValueError(f"{name}: destination is smaller than the source")
     dst[:len(src)] = src
+    return dst[:len(src)]
 
 
 def py_pack_int32(seq) -> bytes:
