@@ -193,7 +193,7 @@ class MeshWorker:
     # -- loads ----------------------------------------------------------------
 
     def _start_load(self, specs: list[ChunkSpec], deadline: float) -> _Load:
-        reader = _InPlaceReader(self._scatter, specs)
+        reader = _InPlaceReader(self._scatter_or_miss, specs)
         try:
             job = self._peer.start_load([s.key for s in specs], reader)
         except KvmeshError as exc:
@@ -213,11 +213,9 @@ class MeshWorker:
                 try:
                     if result.consumed:  # the reader scattered it already
                         landed.add(result.index)
-                    elif result.data is not None:
-                        self._scatter(result.data, specs[result.index])
+                    elif result.data is not None and self._scatter_or_miss(result.data, specs,
+                                                                            result.index):
                         landed.add(result.index)
-                except _TRANSFER_ERRORS as exc:
-                    logger.warning("kvmesh: chunk %d could not be scattered: %s", result.index, exc)
                 finally:
                     result.release()
         finally:
@@ -226,6 +224,18 @@ class MeshWorker:
             reader.close()
         first_missing = next((i for i in range(len(specs)) if i not in landed), len(specs))
         return _blocks_from(specs, first_missing)
+
+    def _scatter_or_miss(self, data: torch.Tensor | memoryview, specs: list[ChunkSpec],
+                         index: int) -> bool:
+        """Scatter chunk `index` from a landed slot's tensor or a holder's
+        read-only bytes; False (logged) when it cannot be: a miss."""
+        try:
+            self._scatter(data if isinstance(data, torch.Tensor) else readonly_bytes(data),
+                          specs[index])
+            return True
+        except _TRANSFER_ERRORS as exc:
+            logger.warning("kvmesh: chunk %d could not be scattered: %s", index, exc)
+            return False
 
     def _scatter(self, data: torch.Tensor, spec: ChunkSpec) -> None:
         """Write one landed chunk into its live blocks (a head or tail may be
@@ -278,22 +288,15 @@ class _InPlaceReader:
     every later one, so nothing writes into blocks once they are reported.
     """
 
-    def __init__(self, scatter, specs: list[ChunkSpec]) -> None:
-        self._scatter = scatter
+    def __init__(self, scatter_or_miss, specs: list[ChunkSpec]) -> None:
+        self._scatter_or_miss = scatter_or_miss
         self._specs = specs
         self._lock = threading.Lock()
         self._open = True
 
     def __call__(self, index: int, data: memoryview) -> bool:
         with self._lock:
-            if not self._open:
-                return False
-            try:
-                self._scatter(readonly_bytes(data), self._specs[index])
-                return True
-            except _TRANSFER_ERRORS as exc:
-                logger.warning("kvmesh: chunk %d could not be scattered: %s", index, exc)
-                return False
+            return self._open and self._scatter_or_miss(data, self._specs, index)
 
     def close(self) -> None:
         with self._lock:
