@@ -101,6 +101,11 @@ class ChunkHasher:
     def root(self) -> bytes:
         return self._root
 
+    def tail_tokens(self, n_tokens: int, multiple: int) -> int:
+        """Tokens of an `n_tokens` prompt's tail chunk (see `keys`): those after
+        its last full chunk, cut down to a multiple of `multiple`; 0 for none."""
+        return n_tokens % self.chunk_tokens // multiple * multiple if multiple > 0 else 0
+
     def keys(self, tokens: Sequence[int] | np.ndarray, max_chunks: int | None = None,
              tail_multiple: int = 0) -> list[ChunkKey]:
         """Keys of every full chunk of `tokens` (at most `max_chunks`).
@@ -118,8 +123,7 @@ class ChunkHasher:
         if max_chunks is not None:
             n = min(n, max_chunks)
         keys = self._chain(self._root, buf, self.chunk_tokens * 4, n)
-        tail = (len(buf) - n * self.chunk_tokens) // tail_multiple * tail_multiple \
-            if tail_multiple > 0 and n == len(buf) // self.chunk_tokens else 0
+        tail = self.tail_tokens(len(buf), tail_multiple) if n == len(buf) // self.chunk_tokens else 0
         if tail:
             start = n * self.chunk_tokens
             prev = keys[-1] if keys else self._root

@@ -186,9 +186,9 @@ class MeshScheduler:
             return _RequestState(keys=[])
         salt = getattr(request, "cache_salt", None) or ""
         namespace = self._namespace.with_salt(salt) if salt else self._namespace
-        keys = ChunkHasher(namespace).keys(tokens, tail_multiple=self._block_size)
-        tail = len(tokens) % self._chunk_tokens // self._block_size * self._block_size
-        return _RequestState(keys=keys, tail_tokens=tail)
+        hasher = ChunkHasher(namespace)
+        return _RequestState(keys=hasher.keys(tokens, tail_multiple=self._block_size),
+                             tail_tokens=hasher.tail_tokens(len(tokens), self._block_size))
 
     def _chunk_end(self, state: _RequestState, chunk: int) -> int:
         """The token after chunk `chunk`: a whole chunk on, or the tail's end."""
