@@ -207,9 +207,15 @@ class Peer:
                 for owner, owned in moved.items():
                     self._queue_to(owner, owned, withdraw=False)
                 await asyncio.sleep(0)
+            # Not asyncio.wait_for: with it, stop() hung in about one test run
+            # in five, this task cancelling while wait_for's inner Event.wait
+            # task stayed pending. asyncio.wait never awaits the inner task.
+            changed = asyncio.ensure_future(self._ring_changed.wait())
             try:
-                await asyncio.wait_for(self._ring_changed.wait(), quiet_s)
-            except asyncio.TimeoutError:
+                done, _ = await asyncio.wait({changed}, timeout=quiet_s)
+            finally:
+                changed.cancel()
+            if not done:
                 await self._prune_directory()
 
     async def _prune_directory(self) -> None:
