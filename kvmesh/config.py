@@ -90,6 +90,7 @@ class StoreConfig:
     cpu_bytes: int = 1 << 30
     disk_dir: Path | None = None
     disk_bytes: int = 8 << 30
+    prefault: bool = True  # fault the CPU pool's pages in at startup (see mesh/prefault.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,6 +156,7 @@ def _from_env(env: Mapping[str, str]) -> KvmeshConfig:
         cpu_bytes=opt("KVMESH_CPU_BYTES", parse_size, base.store.cpu_bytes),
         disk_dir=Path(disk_dir) if disk_dir else None,
         disk_bytes=opt("KVMESH_DISK_BYTES", parse_size, base.store.disk_bytes),
+        prefault=opt("KVMESH_PREFAULT", parse_bool, base.store.prefault),
     )
     mesh = MeshConfig(
         host=get("KVMESH_HOST") or base.mesh.host,

@@ -5,7 +5,9 @@ register it (UCX) once. With `shared=True` the buffer is a file in /dev/shm
 (the temp dir if there is no /dev/shm), mapped read-write; another process on
 the same host opens `shm_path`, maps it read-only (`map_readonly`) and copies a
 chunk out at `offset(slot)`: the same-host transfer path. The file is created
-with mode 0600, so only the same user can map it.
+with mode 0600, so only the same user can map it. With `prefault=True` a
+background thread faults every page in right away (`prefault.Prefaulter`), so
+no save pays the kernel's first-touch cost.
 
 A killed process cannot unlink its file, so the owner holds a shared flock on
 it for its lifetime (the kernel drops it however the process dies), and every
@@ -36,6 +38,7 @@ from pathlib import Path
 import torch
 
 from kvmesh.errors import StoreError
+from kvmesh.mesh.prefault import Prefaulter
 
 SHM_DIR = Path("/dev/shm")
 FILE_PREFIX = "kvmesh-slab-"
@@ -43,7 +46,8 @@ STALE_AFTER_S = 10.0
 
 
 class SlabPool:
-    def __init__(self, slot_bytes: int, cap_bytes: int, shared: bool = True) -> None:
+    def __init__(self, slot_bytes: int, cap_bytes: int, shared: bool = True,
+                 prefault: bool = False) -> None:
         if slot_bytes <= 0:
             raise ValueError(f"slot_bytes must be positive, got {slot_bytes}")
         num_slots = cap_bytes // slot_bytes
@@ -68,6 +72,8 @@ class SlabPool:
         self._tensors: list[torch.Tensor | None] = [None] * num_slots  # built on first use
         self._free = list(range(num_slots - 1, -1, -1))  # pop() hands out slot 0 first
         self._in_use = bytearray(num_slots)
+        # Page faults taken now, in the background, not by the first save into each slot.
+        self.prefaulter = Prefaulter(self._mmap) if prefault else None
 
     @property
     def free_slots(self) -> int:
@@ -123,6 +129,8 @@ class SlabPool:
         If views or tensors handed out are still alive, the mapping stays until
         the last of them is dropped; the file is unlinked now either way.
         """
+        if self.prefaulter is not None:
+            self.prefaulter.stop()  # no madvise may run on the range once it is unmapped
         if self._view is not None:
             self._tensors = [None] * self.num_slots
             self._view.release()

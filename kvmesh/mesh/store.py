@@ -63,7 +63,7 @@ class ChunkStore:
     def __init__(self, config: StoreConfig, slot_bytes: int, shared: bool = True, *,
                  max_pending_events: int = MAX_PENDING_EVENTS) -> None:
         self.slot_bytes = slot_bytes
-        self._pool = SlabPool(slot_bytes, config.cpu_bytes, shared)
+        self._pool = SlabPool(slot_bytes, config.cpu_bytes, shared, config.prefault)
         try:
             self._disk = DiskTier(config.disk_dir, config.disk_bytes) if config.disk_dir else None
         except BaseException:

@@ -1,6 +1,7 @@
 import os
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -138,3 +139,61 @@ def test_files_left_by_dead_owners_are_deleted_by_the_next_pool(tmp_path, monkey
     assert os.path.dirname(fresh.shm_path) == str(tmp_path)
     live.close()
     fresh.close()
+
+
+def _resident_bytes(path: str) -> int:
+    """Rss of this process's mapping of `path`, from /proc/self/smaps."""
+    mapped = False
+    for line in open("/proc/self/smaps"):
+        fields = line.split()
+        if "-" in fields[0] and len(fields) >= 5:  # a mapping's header line
+            mapped = fields[-1] == path
+        elif mapped and fields[0] == "Rss:":
+            return int(fields[1]) * 1024
+    raise AssertionError(f"{path} is not mapped")
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/smaps"), reason="needs /proc/self/smaps")
+@pytest.mark.parametrize("prefault", [False, True])
+def test_prefault_makes_every_page_resident_without_touching_the_bytes(prefault):
+    p = SlabPool(slot_bytes=1 << 20, cap_bytes=8 << 20, prefault=prefault)
+    try:
+        p.view(p.alloc())[:5] = b"early"  # a save may land while the thread runs
+        if prefault:
+            assert p.prefaulter.done.wait(10)
+            if p.prefaulter.populated_bytes == 0:
+                pytest.skip("this kernel lacks MADV_POPULATE_WRITE")
+            assert p.prefaulter.populated_bytes == 8 << 20
+            assert _resident_bytes(p.shm_path) == 8 << 20
+        else:
+            assert p.prefaulter is None
+            assert _resident_bytes(p.shm_path) < 1 << 20  # only the page written above
+        assert bytes(p.view(0)[:5]) == b"early"
+        assert bytes(p.view(5)[:4096]) == bytes(4096)
+    finally:
+        p.close()
+
+
+def test_close_waits_out_a_running_prefault_step_and_stops_the_rest(monkeypatch):
+    from kvmesh.mesh import prefault
+    entered, release = threading.Event(), threading.Event()
+    real = prefault._madvise
+
+    def slow_first_step(address, length, advice):
+        if not entered.is_set():
+            entered.set()
+            release.wait(10)
+        return real(address, length, advice)
+
+    monkeypatch.setattr(prefault, "STEP_BYTES", 1 << 20)
+    monkeypatch.setattr(prefault, "_madvise", slow_first_step)
+    p = SlabPool(slot_bytes=1 << 20, cap_bytes=8 << 20, prefault=True)
+    assert entered.wait(10)
+    closer = threading.Thread(target=p.close)
+    closer.start()
+    closer.join(0.2)
+    assert closer.is_alive()  # the range is not unmapped under a running step
+    release.set()
+    closer.join(10)
+    assert not closer.is_alive() and p.prefaulter.done.wait(10)
+    assert p.prefaulter.populated_bytes in (0, 1 << 20)  # that step only (0: no kernel support)
