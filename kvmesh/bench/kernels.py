@@ -17,13 +17,18 @@ copy out of it: `vs memcpy` against the faster of torch's and numpy's (how
 close the kernels come to the memory system), `vs 1-thread` against numpy's
 alone, on the one core the kernels use (torch's copy uses every core when
 none is busy and stalls when one is, so which one is faster flips between
-runs). Every case has its own bytes besides the slab (each kernel its own
-KV, each baseline its own buffer), read and written once a round, so all
-start from the same cache state: nothing is flushed between runs, and the
+runs). Every case has its own bytes besides the slab: each gather its own
+KV, read and never written; each scatter its own KV, written and never read;
+each baseline direction its own buffer, used the same way. So every case
+starts from the same cache state: nothing is flushed between runs, and the
 rest of a round (many chunks' worth of reads and writes) has pushed a case's
-bytes out of the core's L2. The kernel timings include the Python-side
-checks of each call, which cost more than in a warm loop because each copy
-has just flushed the core's caches.
+bytes out of the core's L2. (Sharing one KV between a gather and a scatter,
+as this benchmark once did, made the gather read lines the scatter's
+streaming stores had just sent to DRAM, while the memcpy it was compared
+with read lines still in cache: 0.68 against 0.88 with its own KV, at
+1.5 MiB.) The kernel timings include the Python-side checks of each call,
+which cost more than in a warm loop because each copy has just flushed the
+core's caches.
 
 On a machine whose cores are busy, torch's threaded `copy_` stalls for
 milliseconds at its OpenMP barrier (`--threads 1` avoids it); the numpy row
@@ -86,7 +91,7 @@ def bench_chunk(spec, dtype: torch.dtype, layout: str, block_size: int,
     slab = torch.empty(nbytes, dtype=torch.uint8)
     cases = _memcpy_cases(slab, buffer.numel() * buffer.element_size())
     for kernel in kernels:
-        cases += _kernel_cases(kernel, buffer.clone(), layout, slab, consecutive, scattered)
+        cases += _kernel_cases(kernel, buffer, layout, slab, consecutive, scattered)
     medians = _interleaved_medians([fn for *_, fn in cases], reps)
     rows = [dict(op=op, ids=ids_name, path=path, kernel=kernel, chunk_mib=nbytes / 2**20,
                  median_us=seconds * 1e6, gb_s=nbytes / seconds / 1e9)
@@ -98,17 +103,20 @@ def bench_chunk(spec, dtype: torch.dtype, layout: str, block_size: int,
 def _memcpy_cases(slab: torch.Tensor, kv_bytes: int) -> list[tuple]:
     """memcpy of the slab's bytes into it and out of it, from and to a chunk
     in the middle of a buffer as large as the KV: with torch (every core) and
-    numpy (the calling thread), each on its own buffer, so that its bytes are
-    read and written once a round, as a kernel's KV blocks are."""
+    numpy (the calling thread), each direction on its own buffer, so that its
+    bytes are only read (into the slab) or only written (out of it) once a
+    round, as a gather's and a scatter's KV blocks are."""
+    def region() -> torch.Tensor:  # a chunk in the middle of its own KV-sized buffer
+        return torch.randint(0, 255, (kv_bytes,), dtype=torch.uint8)[kv_bytes // 2:][:slab.numel()]
+
     cases = []
     for name in ("torch copy_", "numpy"):
-        kv_sized = torch.randint(0, 255, (kv_bytes,), dtype=torch.uint8)
-        region = kv_sized[kv_bytes // 2:][:slab.numel()]
+        source, dest = region(), region()  # read only; written only
         if name == "numpy":
-            to_slab = partial(np.copyto, slab.numpy(), region.numpy())
-            from_slab = partial(np.copyto, region.numpy(), slab.numpy())
+            to_slab = partial(np.copyto, slab.numpy(), source.numpy())
+            from_slab = partial(np.copyto, dest.numpy(), slab.numpy())
         else:
-            to_slab, from_slab = partial(slab.copy_, region), partial(region.copy_, slab)
+            to_slab, from_slab = partial(slab.copy_, source), partial(dest.copy_, slab)
         cases += [("memcpy", "-", "to slab", name, to_slab),
                   ("memcpy", "-", "from slab", name, from_slab)]
     return cases
@@ -116,16 +124,22 @@ def _memcpy_cases(slab: torch.Tensor, kv_bytes: int) -> list[tuple]:
 
 def _kernel_cases(kernel: str, buffer: torch.Tensor, layout: str, slab: torch.Tensor,
                   consecutive: list[int], scattered: list[int]) -> list[tuple]:
-    """Gather and scatter with `kernel` on its own KV `buffer` (all layers in one
-    view) and on its own separate copies of the layers (the per-layer path)."""
-    fast = PagedKV(list(buffer.unbind(0)), layout, kernel=kernel)
-    loop = PagedKV([t.clone() for t in buffer.unbind(0)], layout, kernel=kernel)
+    """Gather and scatter with `kernel`, each on its own copy of the KV `buffer`
+    (all layers in one view, and separate layers: the per-layer path)."""
+    def one_view() -> PagedKV:
+        return PagedKV(list(buffer.clone().unbind(0)), layout, kernel=kernel)
+
+    def per_layer() -> PagedKV:
+        return PagedKV([t.clone() for t in buffer.unbind(0)], layout, kernel=kernel)
+
+    gather_fast, scatter_fast = one_view(), one_view()  # the id sets are disjoint
     cases = []
-    for path, kv, ids_name, ids in [("one view", fast, "consecutive", consecutive),
-                                    ("one view", fast, "scattered", scattered),
-                                    ("per layer", loop, "scattered", scattered)]:
-        cases += [("gather", ids_name, path, kernel, partial(kv.gather, ids, slab)),
-                  ("scatter", ids_name, path, kernel, partial(kv.scatter, slab, ids))]
+    for path, gather_kv, scatter_kv, ids_name, ids in [
+            ("one view", gather_fast, scatter_fast, "consecutive", consecutive),
+            ("one view", gather_fast, scatter_fast, "scattered", scattered),
+            ("per layer", per_layer(), per_layer(), "scattered", scattered)]:
+        cases += [("gather", ids_name, path, kernel, partial(gather_kv.gather, ids, slab)),
+                  ("scatter", ids_name, path, kernel, partial(scatter_kv.scatter, slab, ids))]
     return cases
 
 
