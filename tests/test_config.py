@@ -24,12 +24,12 @@ def test_every_variable_is_read():
         "KVMESH_REPLICATION": "3", "KVMESH_VNODES": "64", "KVMESH_SECRET": "s3",
         "KVMESH_TRANSPORT": "TCP", "KVMESH_TIMEOUT_S": "0.5", "KVMESH_MAX_INFLIGHT": "8",
         "KVMESH_CONTROL_HOST": "0.0.0.0", "KVMESH_CONTROL_PORT": "9000", "KVMESH_CONTROL": "off",
-        "KVMESH_RUN_DIR": "/tmp/run", "KVMESH_PREFAULT": "0",
+        "KVMESH_RUN_DIR": "/tmp/run", "KVMESH_PREFAULT": "1",
     })
     assert config.enabled and config.chunk_tokens == 128
     assert config.store.cpu_bytes == 2 << 30 and config.store.disk_bytes == 10**10
-    assert config.store.disk_dir == Path("/tmp/kv") and not config.store.prefault
-    assert KvmeshConfig.from_env({}).store.prefault
+    assert config.store.disk_dir == Path("/tmp/kv") and config.store.prefault
+    assert not KvmeshConfig.from_env({}).store.prefault
     assert config.mesh.seeds == (PeerAddress("a", 1), PeerAddress("b", 2))
     assert (config.mesh.host, config.mesh.port, config.mesh.discovery) == ("0.0.0.0", 7000, "dns")
     assert (config.mesh.replication, config.mesh.vnodes, config.mesh.secret) == (3, 64, b"s3")
