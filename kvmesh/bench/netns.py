@@ -176,19 +176,13 @@ def measure(hosts: Hosts, transports: list[str], total: int, chunk: int,
     """GB/s of each round: {transport: ...}, with "raw" and "verified" beside it.
 
     A round measures both streams and then one pull, back to back, so that a
-    noisy neighbour slows all three alike and the round's ratios hold. Not
-    beside UCX peers: they busy-poll a core each even when idle, and the
-    streams crawl (1.9 GB/s instead of 3.4); if only such transports were
-    asked for, the streams get rounds of their own once the peers are gone.
+    noisy neighbour slows all three alike and the round's ratios hold.
     """
     rounds: list[dict[str, float]] = []
     for transport in transports:
         with pulling(hosts, transport, total, chunk) as pull:
             for _ in range(reps):
-                streams = _streams(hosts, total, chunk) if transport != "ucx" else {}
-                rounds.append({**streams, transport: pull()})
-    if not any("raw" in r for r in rounds):
-        rounds += [_streams(hosts, total, chunk) for _ in range(reps)]
+                rounds.append({**_streams(hosts, total, chunk), transport: pull()})
     return rounds
 
 
@@ -235,9 +229,8 @@ def main(argv: list[str] | None = None) -> int:
     for transport in transports:
         add_row(table, f"kvmesh pull over {transport}", rounds, transport)
     table.note(f"{args.mib} MiB in {chunk >> 10} KiB chunks, {args.reps} rounds per transport, "
-               "each: both streams, then the pull (UCX: the pull alone, as its idle peers "
-               "busy-poll a core each); GB/s: median over the rounds, ratios: median of each "
-               "round's own; veth pairs and a Linux bridge, one machine")
+               "each: both streams, then the pull; GB/s: median over the rounds, ratios: "
+               "median of each round's own; veth pairs and a Linux bridge, one machine")
     table.note("raw TCP stream: received into one reused 4 MiB buffer, never read. "
                "+ xxh3_64: received as a pull lands it, into distinct chunk-sized buffers, "
                f"each hashed in reads of {PAYLOAD_PIECE_BYTES >> 10} KiB while still in cache: "

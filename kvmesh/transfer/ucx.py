@@ -9,11 +9,22 @@ where UCX was built with it).
 ucxx sets several UCX variables at import unless they are already set; we set
 the ones that matter for throughput first, and import it only when a UCX
 transport is actually requested (never at kvmesh import time).
+
+Idle cost. By default ucxx completes an awaited request by yielding to the
+event loop until it is done (`wait_yield`, an `asyncio.sleep(0)` loop). A
+peer's server always has a receive posted for the next frame, so an idle UCX
+peer spun its loop thread at a full core. With `UCXPY_ENABLE_PYTHON_FUTURE=1`
+ucxx's notifier thread completes requests as asyncio futures instead: an idle
+peer measured 3% of a core, and the pull's throughput did not change (0.94
+against 0.87 GB/s over loopback, same run). That thread is not a daemon and
+only ends when told to, so we tell it to before Python joins its threads at
+exit.
 """
 
 from __future__ import annotations
 
 import os
+import threading
 from typing import Awaitable, Callable, Sequence
 
 from kvmesh.transfer.codec import PREFIX_BYTES
@@ -25,7 +36,11 @@ _UCX_DEFAULTS = {
     "UCX_TCP_SNDBUF": "4M",
     "UCX_TCP_RXBUF": "4M",
     "UCX_WARN_UNUSED_ENV_VARS": "n",
+    "UCXPY_ENABLE_PYTHON_FUTURE": "1",  # no busy wait on requests (module docstring)
 }
+
+
+_exit_hooked = False
 
 
 def available() -> bool:
@@ -37,10 +52,16 @@ def available() -> bool:
 
 
 def _import_ucxx():
+    global _exit_hooked
     for name, value in _UCX_DEFAULTS.items():
         os.environ.setdefault(name, value)
     import ucxx  # noqa: PLC0415 - deliberately lazy, see module docstring
 
+    if not _exit_hooked:
+        # Run before the interpreter joins non-daemon threads (an atexit
+        # handler runs after, too late: exit would wait on the notifier forever).
+        threading._register_atexit(ucxx.stop_notifier_thread)
+        _exit_hooked = True
     return ucxx
 
 

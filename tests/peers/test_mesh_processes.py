@@ -107,3 +107,33 @@ def test_wrong_secret_cannot_join_lookup_or_pull(transport):
         assert got["ok"] == 0 and got["failed"] == 8
     finally:
         _stop(peers)
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@pytest.mark.skipif("ucx" not in transports(), reason="needs the ucx extra")
+@pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="needs /proc")
+def test_ucx_peers_sleep_when_idle_and_exit_when_asked():
+    """After a pull, with a receive posted on each side, idle peers use a few
+    percent of a core (ucxx's default busy wait took a whole one), and exit
+    cleanly: ucxx's notifier thread must not hold the interpreter open."""
+    peers = start_loopback_mesh(2, "ucx")
+    try:
+        wait_for_members(peers, 2)
+        assert peers[0].send("fill", seed=3, chunks=8) == {"stored": 8}
+        time.sleep(0.3)
+        assert peers[1].send("load", seed=3, chunks=8)["ok"] == 8
+        before = [_cpu_seconds(p.proc.pid) for p in peers]
+        start = time.monotonic()
+        time.sleep(2)
+        shares = [(_cpu_seconds(p.proc.pid) - b) / (time.monotonic() - start)
+                  for p, b in zip(peers, before)]
+        assert max(shares) < 0.5, shares
+        for peer in peers:
+            peer.write("exit")
+        assert [p.proc.wait(timeout=20) for p in peers] == [0, 0]
+    finally:
+        _stop(peers)
