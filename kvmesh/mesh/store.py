@@ -37,7 +37,7 @@ tensor or a view derived from it must not be used after that either.
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Callable, Iterable
 
 import xxhash
 
@@ -282,6 +282,13 @@ class ChunkStore:
                 return False
             return True
         return self._tiers.move_to_disk(key)
+
+    def set_event_listener(self, listener: Callable[[str], None] | None) -> None:
+        """Have `listener(kind)` called on each event as it is queued: under the
+        store lock, on whichever thread changed the store, so it must return at
+        once and must not call back into the store."""
+        with self._lock:
+            self._index.events.listener = listener
 
     def take_events(self) -> list[StoreEvent]:
         """Every change since the last call, coalesced per key (see store_events)."""

@@ -17,13 +17,17 @@ distinct keys changed since the last take, and by `cap` above that:
 Events come out in the order of each key's latest change; consecutive keys of
 one kind are batched into one StoreEvent.
 
-Not thread-safe: the store calls it under its lock.
+`listener(kind)`, when set, hears of every put as it happens, so a consumer
+can wait for the kinds it acts on instead of polling for them.
+
+Not thread-safe: the store calls it under its lock (the listener too).
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import Callable
 
 from kvmesh.types import ChunkKey
 
@@ -46,6 +50,7 @@ class EventQueue:
             raise ValueError(f"event queue cap must be at least 1, got {cap}")
         self.cap = cap
         self.dropped = 0
+        self.listener: Callable[[str], None] | None = None
         self._pending: OrderedDict[ChunkKey, str] = OrderedDict()
 
     def __len__(self) -> int:
@@ -59,6 +64,8 @@ class EventQueue:
         if len(self._pending) > self.cap:
             self._pending.popitem(last=False)
             self.dropped += 1
+        if self.listener is not None:
+            self.listener(kind)
 
     def take(self) -> list[StoreEvent]:
         """Every pending event, batched; the queue is empty afterwards."""

@@ -22,6 +22,7 @@ import socket
 import time
 from collections import OrderedDict, defaultdict
 from dataclasses import dataclass
+from functools import partial
 from typing import Iterable, Sequence
 
 from kvmesh.config import KvmeshConfig
@@ -33,6 +34,7 @@ from kvmesh.mesh.lookup_plan import plan_queries
 from kvmesh.mesh.placement import replicas
 from kvmesh.mesh.rebalance import new_owners, unowned
 from kvmesh.mesh.store import ChunkStore
+from kvmesh.mesh.store_events import EVICTED, REMOVED
 from kvmesh.mesh.swim import Swim
 from kvmesh.mesh.swim_states import MemberState
 from kvmesh.peers.connections import ConnectionPool, is_mesh_failure
@@ -48,6 +50,8 @@ from kvmesh.types import PeerAddress, PeerId
 
 log = logging.getLogger(__name__)
 
+# Withdrawals that come in a burst (an eviction run) go out together: after
+# each pass the pump lets this long go by before it takes events again.
 EVENT_PUMP_INTERVAL_S = 0.05
 REBALANCE_BATCH_KEYS = 4096  # keys placed per loop turn while rebalancing
 # A ring that stayed unchanged this many probe periods has spread through the
@@ -81,6 +85,8 @@ class Peer:
         # the loop thread at each ring change, read by engine threads.
         self.owns_whole_directory = config.mesh.full_directory_upto >= 1
         self._ring_changed = asyncio.Event()
+        self._withdrawals_due = asyncio.Event()  # set through _on_store_event
+        self._withdrawal_noted = False  # a wake-up is on its way to the pump
         self.pool: ConnectionPool | None = None
         self.loader: ChunkLoader | None = None
         self.control_url = ""
@@ -119,6 +125,7 @@ class Peer:
 
             self._ucx_listener = UcxListener(self._serve_stream)
             self.ucx_port = self._ucx_listener.port
+        self.store.set_event_listener(partial(self._on_store_event, loop))
         self._tasks = [loop.create_task(self._accept_loop()),
                        loop.create_task(self._rebalance_loop()),
                        loop.create_task(self._event_pump())]
@@ -150,6 +157,7 @@ class Peer:
             await self.pool.close()
         if self._sock is not None:
             self._sock.close()
+        self.store.set_event_listener(None)
         self.store.close()
 
     def _hello(self) -> f.Hello:
@@ -275,11 +283,32 @@ class Peer:
                 raise
             self.stats.note_failure(f"{kind.__name__.lower()} to {owner}: {exc}")
 
+    def _on_store_event(self, loop: asyncio.AbstractEventLoop, kind: str) -> None:
+        """The store's event listener (any thread, under the store lock): wake
+        the pump for a withdrawal, once until it has run."""
+        if kind in (EVICTED, REMOVED) and not self._withdrawal_noted:
+            self._withdrawal_noted = True
+            try:
+                loop.call_soon_threadsafe(self._withdrawals_due.set)
+            except RuntimeError:
+                pass  # the loop is closed: the peer has stopped
+
     async def _event_pump(self) -> None:
+        """Withdraw chunks the store dropped, and re-advertise everything after
+        a refuted death. Woken by the store when it drops a chunk (polling every
+        50 ms, as it once did, cost an idle engine ~20 wake-ups a second), and
+        once a probe period to check the incarnation."""
+        loop = asyncio.get_running_loop()
         incarnation = 0
         while True:
-            await asyncio.sleep(EVENT_PUMP_INTERVAL_S)
-            gone = [k for ev in self.store.take_events() if ev.kind in ("evicted", "removed")
+            timer = loop.call_later(self.config.mesh.probe_interval_s, self._withdrawals_due.set)
+            try:
+                await self._withdrawals_due.wait()
+            finally:
+                timer.cancel()
+            self._withdrawals_due.clear()
+            self._withdrawal_noted = False  # before taking: a later drop wakes us again
+            gone = [k for ev in self.store.take_events() if ev.kind in (EVICTED, REMOVED)
                     for k in ev.keys]
             if gone:
                 self.withdraw(gone)
@@ -288,6 +317,7 @@ class Peer:
                 # entries without our ring changing, so advertise everything again.
                 incarnation = self.membership.incarnation
                 self.advertise(self.store.keys())
+            await asyncio.sleep(EVENT_PUMP_INTERVAL_S)
 
     # ---- lookups and loads ------------------------------------------------------
 

@@ -164,6 +164,19 @@ def test_operator_pins_are_refcounts(store):
     assert kinds(store.take_events())[key(1)] == "removed"
 
 
+def test_an_event_listener_hears_each_event_as_it_is_queued(store):
+    heard = []
+    store.set_event_listener(heard.append)
+    for i in range(5):  # four slots: the fifth evicts key 0
+        put(store, i)
+    assert store.remove(key(4))
+    assert heard == ["stored"] * 4 + ["evicted", "stored", "removed"]
+    store.set_event_listener(None)
+    put(store, 6)
+    assert len(heard) == 7
+    assert kinds(store.take_events())[key(0)] == "evicted"  # still queued as before
+
+
 def test_leading_hits_stops_at_the_first_gap(store):
     for i in (0, 1, 3):
         put(store, i)

@@ -189,6 +189,26 @@ async def _silence(peer):
     peer.membership.stop()
 
 
+def test_an_evicted_chunk_is_withdrawn_at_once_not_at_the_next_probe(mesh):
+    # A 60 s probe period: the pump's periodic wake-up cannot be what withdraws it.
+    a, b = mesh(2, last_cpu_bytes=2 * SLOT, probe_interval_s=60.0)
+    first, second, third = b.peer.hasher.keys(np.arange(48))  # b holds two slots
+    for key in (first, second):
+        ticket = b.prepare_save(key)
+        ticket.data[:] = 1
+        b.commit_save(ticket)
+    wait_until(lambda: a.lookup_prefix([first, second]) == 2, 5, "the advertisement")
+    ticket = b.prepare_save(third)  # evicts `first`, the least recently used
+    assert b.peer.store.tier_of(first) is None
+    ticket.data[:] = 1
+    b.commit_save(ticket)
+    took = wait_until(lambda: all(not p.peer.directory.holders(first) for p in (a, b)),
+                      5, "the withdrawal")
+    assert took < 2
+    wait_until(lambda: all(p.peer.directory.holders(k) for p in (a, b) for k in (second, third)),
+               5, "the rest still advertised")
+
+
 def wait_until(pred, timeout_s: float, what: str) -> float:
     start = time.monotonic()
     while not pred():
