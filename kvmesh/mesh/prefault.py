@@ -19,10 +19,11 @@ It is off by default (KVMESH_PREFAULT). The save thread's CPU per request in
 the no-reuse benchmark fell from 5.8 ms to 1.3 ms with it, but the engine
 that faulted its pool in at startup ran its forward pass ~11% slower than its
 twin that did not, in both of two runs that swapped which engine did it: a
-cost far above the 4.5 ms it saves. Which of the engine's own pages moved
-(the pool grabs 768 MiB while the model and KV cache are being allocated)
-was not pinned down. Without it, each slot's first save pays the faults once;
-once the pool has filled, slots are reused and no save faults.
+cost far above the 4.5 ms it saves. Why was not pinned down: vLLM opens the
+peer (and its pool) after allocating its KV cache, the machine has one NUMA
+node and automatic NUMA balancing off, and the slowdown lasted the whole run.
+Without it, each slot's first save pays the faults once; once the pool has
+filled, slots are reused and no save faults.
 """
 
 from __future__ import annotations
