@@ -105,7 +105,8 @@ def reuse_table(a: Engine, b: Engine, c: Engine, args, shape) -> Table:
         tokens = reuse_prompt(n, length, shape.vocab_size)
         saved = a.call("status").get("chunks_saved", 0)
         miss = ttft(a, tokens)
-        wait_for_saves(a, saved, length // CHUNK_TOKENS)
+        # Every full chunk, and the tail chunk the prompt's last blocks make.
+        wait_for_saves(a, saved, length // CHUNK_TOKENS + bool(length % CHUNK_TOKENS // BLOCK_SIZE))
         local = ttft(a, tokens)
         remote = ttft(b, tokens)
         off = ttft(c, tokens)
