@@ -5,6 +5,8 @@ another pulls all of it (`--reps` times). Baselines measured in the same run,
 interleaved with the pulls so that load from other processes hits them alike:
 
 - memcpy: np.copyto of the same number of bytes, one call, same process;
+- memcpy on COPY_THREADS threads: the same bytes in as many parts, one
+  np.copyto per thread (the shared-memory pull copies on that many threads);
 - memcpy in chunks: the same, one np.copyto per chunk (glibc streams past
   the cache only in far larger calls; the shared-memory pull copies each
   chunk with streaming stores of its own, `kvmesh.native.copy_stream`);
@@ -31,6 +33,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -40,6 +43,7 @@ from kvmesh.bench.baselines import raw_socket_gbps
 from kvmesh.bench.procs import start_peers
 from kvmesh.bench.report import Table
 from kvmesh.transfer import ucx
+from kvmesh.transfer.shm import COPY_THREADS
 
 
 class CopyBaselines:
@@ -51,6 +55,8 @@ class CopyBaselines:
         self._dst = np.empty_like(self._src)
         np.copyto(self._dst, self._src)  # fault the pages in
         self.memcpy_s: list[float] = []
+        self.threads_s: list[float] = []
+        self._threads = ThreadPoolExecutor(COPY_THREADS)
         self.chunked_s: dict[int, list[float]] = {}
         self.verified_s: dict[int, list[float]] = {}
 
@@ -58,6 +64,12 @@ class CopyBaselines:
         start = time.perf_counter()
         np.copyto(self._dst, self._src)
         self.memcpy_s.append(time.perf_counter() - start)
+        part = -(-self.total // COPY_THREADS)
+        start = time.perf_counter()
+        list(self._threads.map(lambda off: np.copyto(self._dst[off:off + part],
+                                                     self._src[off:off + part]),
+                               range(0, self.total, part)))
+        self.threads_s.append(time.perf_counter() - start)
         start = time.perf_counter()
         for off in range(0, self.total, chunk):
             np.copyto(self._dst[off:off + chunk], self._src[off:off + chunk])
@@ -69,6 +81,9 @@ class CopyBaselines:
 
     def memcpy_gbps(self) -> float:
         return self.total / statistics.median(self.memcpy_s) / 1e9
+
+    def threads_gbps(self) -> float:
+        return self.total / statistics.median(self.threads_s) / 1e9
 
     def chunked_gbps(self, chunk: int) -> float:
         return self.total / statistics.median(self.chunked_s[chunk]) / 1e9
@@ -127,6 +142,9 @@ def main(argv: list[str] | None = None) -> int:
                                "vs verified copy", "vs raw socket"])
     table.add("baseline: memcpy (np.copyto, one call), same process", "-", memcpy, 1.0, "-", "-",
               memcpy / raw)
+    threads = base.threads_gbps()
+    table.add(f"baseline: memcpy on {COPY_THREADS} threads (np.copyto of a part each), same process",
+              "-", threads, threads / memcpy, "-", "-", threads / raw)
     chunks = sorted({c for _, c, _ in runs} | ({lmcache.chunk} if lmcache else set()))
     for chunk in chunks:
         m = base.chunked_gbps(chunk)
@@ -151,7 +169,8 @@ def main(argv: list[str] | None = None) -> int:
                f"{len(base.memcpy_s)} samples taken between the pulls; kvmesh.native: {native.ISA}")
     table.note("memcpy in one call of the whole size streams past the cache (glibc switches to "
                "non-temporal stores above a fraction of the L3 size), np.copyto of a chunk does "
-               "not; the shared-memory pull copies each chunk with streaming stores of its own")
+               "not; the shared-memory pull copies each chunk with streaming stores of its own, "
+               f"on {COPY_THREADS} threads")
     table.emit()
     shm = [(c / 2**20, r) for t, c, r in runs if t == "shm"]
     if len(shm) > 1:

@@ -21,8 +21,9 @@ from kvmesh.types import ChunkKey
 
 # reader(index, data) -> True once it has consumed chunk `index` (e.g. scattered
 # it into paged KV). `data` is another process's memory, read-only and valid
-# only during the call; the reader runs on the peer's copy thread, so it must
-# be safe to run beside the thread that consumes `LoadJob.results`.
+# only during the call; the reader runs on the peer's copy threads, several
+# chunks at once, so it must be safe to run beside itself and beside the
+# thread that consumes `LoadJob.results`.
 ChunkReader = Callable[[int, memoryview], bool]
 
 

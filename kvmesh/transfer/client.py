@@ -24,7 +24,7 @@ from kvmesh.errors import HandshakeError, KvmeshError, ProtocolError, TransferEr
 from kvmesh.transfer import frames as f
 from kvmesh.transfer import handshake
 from kvmesh.transfer.connection import FramedConnection
-from kvmesh.transfer.shm import ChunkReader, SharedPoolReader
+from kvmesh.transfer.shm import COPY_THREADS, ChunkReader, SharedPoolReader
 from kvmesh.transfer.streams import Stream, StreamClosed
 
 # dest(index, length) -> writable buffer for that chunk, or None to drop it.
@@ -64,7 +64,7 @@ class _PullState:
     finished: asyncio.Future
     shared_path: str = ""
     lease_deadline: float = 0.0  # time.monotonic() by which shared copies must end
-    copying: set[int] = field(default_factory=set)  # indices handed to the copy thread
+    copying: set[int] = field(default_factory=set)  # indices handed to the copy threads
     copies: set[asyncio.Future] = field(default_factory=set)  # their batches, in flight
     landed: set[int] = field(default_factory=set)  # landed over a stream, not yet reported
     reader: ReaderFn | None = None  # consumes shared chunks in place of `dest`
@@ -151,7 +151,7 @@ class PeerClient:
         """Fetch chunks; `done` is called once per key (False for a miss or failure).
 
         With `reader`, a pull through the holder's shared pool hands each
-        chunk's bytes to `reader(index, src)` on the copy thread, in place,
+        chunk's bytes to `reader(index, src)` on a copy thread, in place,
         instead of copying them into `dest`; `src` is valid only during the
         call. Other transports ignore it (their bytes must land somewhere).
 
@@ -283,9 +283,10 @@ class PeerClient:
             state.resolve(chunk.index, chunk.payload is not None, chunk.length, chunk.checksum)
 
     def _on_chunk_refs(self, refs: list[f.ChunkRef]) -> None:
-        """Hand chunk refs (one frame's, all of one pull) to the copy thread and
-        go on reading: one batch is copied while the loop lands the one before
-        (see SharedPoolReader). Destinations are taken here, on the loop."""
+        """Hand chunk refs (one frame's, all of one pull) to the copy threads,
+        split between them, and go on reading: one batch is copied while the
+        loop lands the one before (see SharedPoolReader). Destinations are
+        taken here, on the loop."""
         state = self._pulls.get(refs[0].request_id) if refs else None
         if state is None:
             return
@@ -305,10 +306,14 @@ class PeerClient:
         if not jobs:
             return
         copy, deadline = self._shm.copy, state.lease_deadline
-        fut = asyncio.get_running_loop().run_in_executor(
-            self._shm.copier, lambda: [copy(out, src, ref.checksum, deadline) for ref, out, src in jobs])
-        state.copies.add(fut)
-        fut.add_done_callback(lambda done: _copied(state, jobs, done))
+        loop = asyncio.get_running_loop()
+        parts = min(len(jobs), COPY_THREADS)  # every copy thread gets a share of the frame
+        for part in (jobs[i::parts] for i in range(parts)):
+            fut = loop.run_in_executor(
+                self._shm.copier,
+                lambda part=part: [copy(out, src, ref.checksum, deadline) for ref, out, src in part])
+            state.copies.add(fut)
+            fut.add_done_callback(lambda done, part=part: _copied(state, part, done))
 
     def _fail_all(self, exc: Exception) -> None:
         for fut in self._replies.values():

@@ -50,6 +50,8 @@ ChunkReader = Callable[[memoryview], bool]
 SHARED_LEASE_S = 30.0
 # Pullers stop copying this long before the lease could end.
 LEASE_MARGIN_S = 2.0
+# Threads that copy chunks out of holders' pools (see SharedPoolReader).
+COPY_THREADS = 2
 
 
 @lru_cache(maxsize=1)
@@ -70,16 +72,21 @@ class SharedPoolReader:
     that copies chunks out of them.
 
     Threading: `can_map`, `source`, `forget` and `close` run on the peer's
-    loop thread (they own the mappings); `copy` runs on `copier`, one thread,
-    so that a pull's bookkeeping on the loop (decoding refs, landing and
-    reporting chunks) overlaps the copies instead of waiting for them. The
-    copies release the GIL.
+    loop thread (they own the mappings); `copy` runs on `copier`, so that a
+    pull's bookkeeping on the loop (decoding refs, landing and reporting
+    chunks) overlaps the copies instead of waiting for them. The copies
+    release the GIL, and `copier` has COPY_THREADS threads: one core's copy
+    stops well short of what the memory system moves (torch's two-thread copy
+    ran at 1.3-1.6x numpy's one-thread copy here), and a same-host hit is
+    usually what a request is waiting for. A reader may therefore be called
+    from several threads at once, for different chunks.
     """
 
     def __init__(self, verify_checksum: bool = False) -> None:
         self.verify_checksum = verify_checksum
         self._maps: dict[str, mmap.mmap] = {}
-        self.copier = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kvmesh-shm-copy")
+        self.copier = ThreadPoolExecutor(max_workers=COPY_THREADS,
+                                         thread_name_prefix="kvmesh-shm-copy")
 
     def can_map(self, path: str) -> bool:
         try:

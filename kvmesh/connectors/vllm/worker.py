@@ -281,26 +281,37 @@ class MeshWorker:
 class _InPlaceReader:
     """One load's reader (see PeerApi.start_load): scatters a same-host
     holder's chunk straight from its shared pool, one copy instead of a copy
-    into a local slot and a scatter out of it. Runs on the peer's copy thread.
+    into a local slot and a scatter out of it. Runs on the peer's copy threads.
 
-    A load can end (its deadline, a cancel) while the copy thread still has
-    its chunks queued. `close` waits out a scatter in progress and refuses
+    A load can end (its deadline, a cancel) while the copy threads still
+    have its chunks queued. `close` waits out the scatters in progress (the
+    copy threads run them in parallel, for different chunks) and refuses
     every later one, so nothing writes into blocks once they are reported.
     """
 
     def __init__(self, scatter_or_miss, specs: list[ChunkSpec]) -> None:
         self._scatter_or_miss = scatter_or_miss
         self._specs = specs
-        self._lock = threading.Lock()
+        self._changed = threading.Condition()
         self._open = True
+        self._scattering = 0
 
     def __call__(self, index: int, data: memoryview) -> bool:
-        with self._lock:
-            return self._open and self._scatter_or_miss(data, self._specs, index)
+        with self._changed:
+            if not self._open:
+                return False
+            self._scattering += 1
+        try:
+            return self._scatter_or_miss(data, self._specs, index)
+        finally:
+            with self._changed:
+                self._scattering -= 1
+                self._changed.notify_all()
 
     def close(self) -> None:
-        with self._lock:
+        with self._changed:
             self._open = False
+            self._changed.wait_for(lambda: self._scattering == 0)
 
 
 def _blocks_from(specs: list[ChunkSpec], first: int) -> set[int]:

@@ -12,7 +12,7 @@ from vllm_fakes import FakePeer
 from kvmesh.config import KvmeshConfig, TransferConfig
 from kvmesh.connectors.vllm import peer_factory
 from kvmesh.connectors.vllm.metadata import SKIP_BLOCK, ChunkSpec, RequestPlan, StepPlan
-from kvmesh.connectors.vllm.worker import MeshWorker
+from kvmesh.connectors.vllm.worker import MeshWorker, _InPlaceReader
 from kvmesh.errors import ConfigError
 from kvmesh.hashring.keys import KeyNamespace
 
@@ -300,3 +300,29 @@ def test_a_step_with_nothing_to_compute_waits_briefly_for_a_load(worker, peer, m
     peer.gate.set()
     _, recvd, _ = poll(worker, want_recv="b")
     assert recvd == {"b"}
+
+
+def test_closing_a_reader_waits_for_every_scatter_in_flight_and_refuses_later_ones():
+    started, release, done = threading.Barrier(3), threading.Event(), []
+
+    def slow_scatter(data, specs, index):  # two copy threads, two chunks at once
+        started.wait(5)
+        release.wait(5)
+        done.append(index)
+        return True
+
+    reader = _InPlaceReader(slow_scatter, specs=[])
+    copiers = [threading.Thread(target=reader, args=(i, memoryview(b""))) for i in (0, 1)]
+    for t in copiers:
+        t.start()
+    started.wait(5)  # both scatters are running
+    closer = threading.Thread(target=reader.close)
+    closer.start()
+    closer.join(0.2)
+    assert closer.is_alive() and done == []  # close waits for them
+    release.set()
+    closer.join(5)
+    assert not closer.is_alive() and sorted(done) == [0, 1]
+    assert reader(2, memoryview(b"")) is False and done == [0, 1]  # too late: refused
+    for t in copiers:
+        t.join(5)
