@@ -81,7 +81,7 @@ def rss_child(cap: int, slot_bytes: int, factor: int) -> dict:
         np.copyto(np.frombuffer(ticket.view, dtype=np.uint8), pattern)
         store.commit_store(ticket, True, slot_bytes, 1)
         if i % 64 == 0:
-            store.take_events()  # a peer's event pump drains them every 50 ms
+            store.take_events()  # as a peer's event pump drains them
     stats = store.stats()
     grown = rss_bytes() - before
     store.close()
