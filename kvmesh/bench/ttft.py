@@ -20,6 +20,7 @@ import time
 from kvmesh.bench import lmcache_ttft, overhead, plots
 from kvmesh.bench.report import Table
 from kvmesh.demo.engines import Engine, engine_env, free_port, run_dir
+from kvmesh.hashring.keys import tail_tokens
 from kvmesh.models.local import build_model
 from kvmesh.models.shapes import flops_per_kv_byte, get_shape
 
@@ -106,7 +107,8 @@ def reuse_table(a: Engine, b: Engine, c: Engine, args, shape) -> Table:
         saved = a.call("status").get("chunks_saved", 0)
         miss = ttft(a, tokens)
         # Every full chunk, and the tail chunk the prompt's last blocks make.
-        wait_for_saves(a, saved, length // CHUNK_TOKENS + bool(length % CHUNK_TOKENS // BLOCK_SIZE))
+        wait_for_saves(a, saved, length // CHUNK_TOKENS
+                       + bool(tail_tokens(length, CHUNK_TOKENS, BLOCK_SIZE)))
         local = ttft(a, tokens)
         remote = ttft(b, tokens)
         off = ttft(c, tokens)

@@ -102,9 +102,9 @@ class ChunkHasher:
         return self._root
 
     def tail_tokens(self, n_tokens: int, multiple: int) -> int:
-        """Tokens of an `n_tokens` prompt's tail chunk (see `keys`): those after
-        its last full chunk, cut down to a multiple of `multiple`; 0 for none."""
-        return n_tokens % self.chunk_tokens // multiple * multiple if multiple > 0 else 0
+        """Tokens of an `n_tokens` prompt's tail chunk (see `keys` and the
+        module's `tail_tokens`)."""
+        return tail_tokens(n_tokens, self.chunk_tokens, multiple)
 
     def keys(self, tokens: Sequence[int] | np.ndarray, max_chunks: int | None = None,
              tail_multiple: int = 0) -> list[ChunkKey]:
@@ -129,6 +129,13 @@ class ChunkHasher:
             prev = keys[-1] if keys else self._root
             keys += self._chain(prev, buf[start:start + tail], tail * 4, 1)
         return keys
+
+
+def tail_tokens(n_tokens: int, chunk_tokens: int, multiple: int) -> int:
+    """Tokens of an `n_tokens` prompt's tail chunk: those after its last full
+    chunk of `chunk_tokens`, cut down to a multiple of `multiple` (an engine's
+    block size); 0 for none."""
+    return n_tokens % chunk_tokens // multiple * multiple if multiple > 0 else 0
 
 
 def as_int32_le(tokens: Sequence[int] | np.ndarray) -> np.ndarray:
