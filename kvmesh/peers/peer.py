@@ -51,7 +51,7 @@ from kvmesh.types import PeerAddress, PeerId
 log = logging.getLogger(__name__)
 
 # Withdrawals that come in a burst (an eviction run) go out together: after
-# each pass the pump lets this long go by before it takes events again.
+# withdrawing, the pump lets this long go by before it takes events again.
 EVENT_PUMP_INTERVAL_S = 0.05
 REBALANCE_BATCH_KEYS = 4096  # keys placed per loop turn while rebalancing
 # A ring that stayed unchanged this many probe periods has spread through the
@@ -317,7 +317,8 @@ class Peer:
                 # entries without our ring changing, so advertise everything again.
                 incarnation = self.membership.incarnation
                 self.advertise(self.store.keys())
-            await asyncio.sleep(EVENT_PUMP_INTERVAL_S)
+            if gone:
+                await asyncio.sleep(EVENT_PUMP_INTERVAL_S)  # let the rest of a burst gather
 
     # ---- lookups and loads ------------------------------------------------------
 

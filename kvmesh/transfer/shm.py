@@ -76,8 +76,8 @@ class SharedPoolReader:
     pull's bookkeeping on the loop (decoding refs, landing and reporting
     chunks) overlaps the copies instead of waiting for them. The copies
     release the GIL, and `copier` has COPY_THREADS threads: one core's copy
-    stops well short of what the memory system moves (torch's two-thread copy
-    ran at 1.3-1.6x numpy's one-thread copy here), and a same-host hit is
+    stops well short of what the memory system moves (two threads' np.copyto
+    ran at ~1.7x one thread's here: `bench transfer`), and a same-host hit is
     usually what a request is waiting for. A reader may therefore be called
     from several threads at once, for different chunks.
     """
