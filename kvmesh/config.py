@@ -90,7 +90,7 @@ class StoreConfig:
     cpu_bytes: int = 1 << 30
     disk_dir: Path | None = None
     disk_bytes: int = 8 << 30
-    prefault: bool = False  # fault the CPU pool's pages in at startup (see mesh/prefault.py)
+    prefault: bool = False  # fault the CPU pool's pages in at startup (see store/prefault.py)
 
 
 @dataclass(frozen=True, slots=True)

@@ -41,9 +41,9 @@ import time
 from dataclasses import dataclass, field
 
 from kvmesh.hashring.ring import HashRing
-from kvmesh.mesh.sim_network import SimClock, SimNetwork
-from kvmesh.mesh.swim import Swim
-from kvmesh.mesh.swim_timing import SwimConfig, detection_bound_s, dissemination_rounds
+from kvmesh.membership.sim_network import SimClock, SimNetwork
+from kvmesh.membership.swim import Swim
+from kvmesh.membership.timing import SwimConfig, detection_bound_s, dissemination_rounds
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -32,7 +32,7 @@ from kvmesh.bench.report import Table
 from kvmesh.config import ControlConfig, KvmeshConfig, MeshConfig, StoreConfig
 from kvmesh.hashring.keys import ChunkHasher, KeyNamespace
 from kvmesh.hashring.ring import HashRing
-from kvmesh.mesh.lookup_plan import plan_queries
+from kvmesh.directory.lookup_plan import plan_queries
 from kvmesh.peers.facade import PeerHandle
 from kvmesh.peers.standalone import prompt_tokens, standalone_hasher
 

@@ -29,7 +29,7 @@ import numpy as np
 from kvmesh.bench import lmcache_run
 from kvmesh.bench.report import Table
 from kvmesh.config import StoreConfig
-from kvmesh.mesh.store import ChunkStore
+from kvmesh.store.chunk_store import ChunkStore
 
 
 def bookkeeping_us(chunks: int, slot_bytes: int, reps: int) -> dict[str, float]:

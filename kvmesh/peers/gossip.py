@@ -7,7 +7,7 @@ pair is retried on another if its UDP twin is taken.
 
 A peer bound to a wildcard (`0.0.0.0`, `::`) is known to the others by
 `advertise_host` (a pod IP from the downward API), else by what this host's
-name resolves to. Gossip and beacons are sealed (`mesh.gossip_seal`): with
+name resolves to. Gossip and beacons are sealed (`membership.seal`): with
 the mesh secret they are authenticated, and either way meshes of different
 namespaces ignore each other.
 
@@ -25,13 +25,13 @@ from typing import Callable
 
 from kvmesh.config import MeshConfig
 from kvmesh.errors import ConfigError
-from kvmesh.mesh.discovery import MulticastBeacon, discover
-from kvmesh.mesh.gossip_seal import SealedTransport, beacon_sealer, gossip_sealer
-from kvmesh.mesh.swim import Swim
-from kvmesh.mesh.swim_edges import ChangeFn
-from kvmesh.mesh.swim_states import LIVE
-from kvmesh.mesh.swim_timing import SwimConfig
-from kvmesh.mesh.udp_transport import UdpTransport, format_addr
+from kvmesh.membership.discovery import MulticastBeacon, discover
+from kvmesh.membership.seal import SealedTransport, beacon_sealer, gossip_sealer
+from kvmesh.membership.swim import Swim
+from kvmesh.membership.edges import ChangeFn
+from kvmesh.membership.states import LIVE
+from kvmesh.membership.timing import SwimConfig
+from kvmesh.membership.udp import UdpTransport, format_addr
 from kvmesh.types import PeerAddress, PeerId
 
 log = logging.getLogger(__name__)

@@ -29,14 +29,14 @@ from kvmesh.config import KvmeshConfig
 from kvmesh.errors import KvmeshError
 from kvmesh.hashring.keys import ChunkHasher
 from kvmesh.hashring.ring import HashRing
-from kvmesh.mesh.directory import Directory
-from kvmesh.mesh.lookup_plan import plan_queries
-from kvmesh.mesh.placement import replicas
-from kvmesh.mesh.rebalance import new_owners, unowned
-from kvmesh.mesh.store import ChunkStore
-from kvmesh.mesh.store_events import EVICTED, REMOVED
-from kvmesh.mesh.swim import Swim
-from kvmesh.mesh.swim_states import MemberState
+from kvmesh.directory.shard import Directory
+from kvmesh.directory.lookup_plan import plan_queries
+from kvmesh.directory.placement import replicas
+from kvmesh.directory.rebalance import new_owners, unowned
+from kvmesh.store.chunk_store import ChunkStore
+from kvmesh.store.events import EVICTED, REMOVED
+from kvmesh.membership.swim import Swim
+from kvmesh.membership.states import MemberState
 from kvmesh.peers.connections import ConnectionPool, is_mesh_failure
 from kvmesh.peers.gossip import MeshGossip, open_listeners
 from kvmesh.peers.loader import ChunkLoader, ReaderFn, ResultFn
@@ -244,7 +244,7 @@ class Peer:
         self._queue(keys, withdraw=True)
 
     def _replicas(self, ring: HashRing) -> int:
-        """Directory owners per key on `ring` (see kvmesh.mesh.placement)."""
+        """Directory owners per key on `ring` (see kvmesh.directory.placement)."""
         mesh = self.config.mesh
         return replicas(len(ring), mesh.replication, mesh.full_directory_upto)
 

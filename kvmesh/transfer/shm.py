@@ -35,7 +35,7 @@ from typing import Callable
 
 import xxhash
 
-from kvmesh.mesh.slab_pool import map_readonly
+from kvmesh.store.slab_pool import map_readonly
 
 from kvmesh import native
 

@@ -17,9 +17,9 @@ import pytest
 from kvmesh.config import ControlConfig, KvmeshConfig, MeshConfig, StoreConfig
 from kvmesh.errors import TransferError
 from kvmesh.hashring.keys import ChunkHasher, KeyNamespace
-from kvmesh.mesh.directory import Directory
-from kvmesh.mesh.swim import Swim
-from kvmesh.mesh.store import ChunkStore
+from kvmesh.directory.shard import Directory
+from kvmesh.membership.swim import Swim
+from kvmesh.store.chunk_store import ChunkStore
 from kvmesh.peers.control_api import start_control_api
 from kvmesh.peers.control_schema import MAX_BODY_BYTES, MAX_KEYS, MAX_TOKENS
 from kvmesh.peers.stats import PeerStats

@@ -5,7 +5,7 @@ import time
 import pytest
 import xxhash
 
-from kvmesh.mesh.slab_pool import SlabPool
+from kvmesh.store.slab_pool import SlabPool
 from kvmesh.transfer.shm import LEASE_MARGIN_S, SHARED_LEASE_S, SharedPoolReader
 
 
