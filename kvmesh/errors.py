@@ -1,7 +1,10 @@
 """One error hierarchy for kvmesh.
 
-Connectors catch `KvmeshError` at the engine edge and turn it into a cache
-miss; nothing below them decides what a failure means to the engine.
+Every failure that a caller must turn into a cache miss is a `KvmeshError`:
+the transports turn the OS's connection errors and timeouts into
+`TransferError`s (`StreamClosed` among them) and the kernels raise
+`KernelError`, so a connector's edge catches `KvmeshError` and nothing else.
+Anything else that escapes is a bug and is left to surface.
 """
 
 
@@ -43,3 +46,11 @@ class HandshakeError(ProtocolError):
 
 class TransferError(KvmeshError):
     """A pull failed: dead peer, timeout, miss or corrupt payload."""
+
+
+class StreamClosed(TransferError):
+    """The other side of a connection went away (EOF, reset, or closed by us)."""
+
+
+class KernelError(KvmeshError, ValueError):
+    """A gather or scatter was refused: block ids, slab size or layout do not fit."""

@@ -84,4 +84,4 @@ def _peer_status(engine_id: str) -> dict:
     handle = embedded_peer(engine_id)
     if handle is None:
         return {}
-    return {**handle.peer.stats.as_dict(), "peer_id": handle.peer_id}
+    return {**handle.counters(), "peer_id": handle.peer_id}

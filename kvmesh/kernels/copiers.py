@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from kvmesh import native
+from kvmesh.errors import KernelError
 
 KERNELS = ("native", "numpy", "torch")
 
@@ -65,14 +66,14 @@ def make_copier(kernel: str, views: list[torch.Tensor], block_dim: int) -> Copie
     same bytes, slowly.
     """
     if kernel not in KERNELS:
-        raise ValueError(f"unknown copy kernel {kernel!r}; known: {list(KERNELS)}")
+        raise KernelError(f"unknown copy kernel {kernel!r}; known: {list(KERNELS)}")
     if kernel != "torch" and views[0].device.type != "cpu":
-        raise ValueError(f"the {kernel!r} kernel runs on CPU only, the KV is on "
+        raise KernelError(f"the {kernel!r} kernel runs on CPU only, the KV is on "
                          f"{views[0].device}")
     if kernel == "native":
         rows = _block_rows(views, block_dim)
         if rows is None:
-            raise ValueError("the 'native' kernel needs each block's bytes to be contiguous")
+            raise KernelError("the 'native' kernel needs each block's bytes to be contiguous")
         return RowCopier(*rows)
     if kernel == "numpy":
         return ViewCopier(views, block_dim, _gather_numpy, _scatter_numpy)

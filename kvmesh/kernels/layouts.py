@@ -28,6 +28,8 @@ from typing import Sequence
 
 import torch
 
+from kvmesh.errors import KernelError
+
 
 @dataclass(frozen=True, slots=True)
 class KVLayout:
@@ -74,7 +76,7 @@ def get_layout(layout: KVLayout | str) -> KVLayout:
     try:
         return LAYOUTS[layout]
     except KeyError:
-        raise ValueError(f"unknown KV layout {layout!r}; known: {sorted(LAYOUTS)}") from None
+        raise KernelError(f"unknown KV layout {layout!r}; known: {sorted(LAYOUTS)}") from None
 
 
 def layer_block_bytes(block_size: int, num_kv_heads: int, head_size: int,
@@ -95,7 +97,7 @@ def chunk_bytes(layout: KVLayout | str, num_layers: int, blocks_per_chunk: int, 
                   block_size=block_size, num_kv_heads=num_kv_heads, head_size=head_size)
     for name, value in counts.items():
         if value <= 0:
-            raise ValueError(f"{name} must be positive, got {value}")
+            raise KernelError(f"{name} must be positive, got {value}")
     per_block = layer_block_bytes(block_size, num_kv_heads, head_size, dtype)
     return num_layers * blocks_per_chunk * per_block
 
@@ -110,11 +112,11 @@ def detect_layout(layers: Sequence[torch.Tensor], *, block_size: int, num_kv_hea
     tensors match no supported layout, or more than one.
     """
     if not layers:
-        raise ValueError("no KV cache tensors to detect a layout from")
+        raise KernelError("no KV cache tensors to detect a layout from")
     first = layers[0]
     for t in layers[1:]:
         if t.shape != first.shape or t.dtype != first.dtype or t.device != first.device:
-            raise ValueError("KV cache tensors differ in shape, dtype or device across layers")
+            raise KernelError("KV cache tensors differ in shape, dtype or device across layers")
     n, h, d = block_size, num_kv_heads, head_size
     shape = tuple(first.shape)
     if len(shape) == 4 and shape[1:] == (h, n, 2 * d):
@@ -129,7 +131,7 @@ def detect_layout(layers: Sequence[torch.Tensor], *, block_size: int, num_kv_hea
     if len(matches) == 1:
         return matches[0]
     why = "ambiguous" if matches else "unsupported"
-    raise ValueError(f"{why} KV cache shape {shape} for block_size={n}, "
+    raise KernelError(f"{why} KV cache shape {shape} for block_size={n}, "
                      f"num_kv_heads={h}, head_size={d}")
 
 
@@ -141,4 +143,4 @@ def _gpu_4d_layout(t: torch.Tensor) -> KVLayout:
         return VLLM_HND
     if s_c == 1 and (n == 1 or s_n == h * s_h) and s_h == t.shape[3]:
         return VLLM_NHD
-    raise ValueError(f"unsupported strides {t.stride()} for a KV view of shape {tuple(t.shape)}")
+    raise KernelError(f"unsupported strides {t.stride()} for a KV view of shape {tuple(t.shape)}")

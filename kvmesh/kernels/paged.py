@@ -24,6 +24,7 @@ slab or reusing it.
 
 from __future__ import annotations
 
+import contextlib
 import operator
 import threading
 import warnings
@@ -31,10 +32,21 @@ from typing import Sequence
 
 import torch
 
+from kvmesh.errors import KernelError
 from kvmesh.kernels.copiers import Copier, auto_kernel, make_copier
 from kvmesh.kernels.layouts import KVLayout, get_layout
 
 BlockIds = Sequence[int] | torch.Tensor
+
+
+@contextlib.contextmanager
+def _device_errors_as_kernel_errors():
+    """Torch's RuntimeErrors from a copy (a device fault, out of memory) are a
+    failed chunk to the caller, like any other refusal: KernelError."""
+    try:
+        yield
+    except RuntimeError as exc:
+        raise KernelError(f"copy failed on the device: {exc}") from exc
 
 
 class PagedKV:
@@ -46,7 +58,7 @@ class PagedKV:
 
     `kernel` is "auto" (the fastest that fits) or one of
     `kvmesh.kernels.copiers.KERNELS` (for tests and benchmarks); the one in
-    use is `self.kernel`. ValueError if the layers or the kernel do not fit.
+    use is `self.kernel`. KernelError if the layers or the kernel do not fit.
     """
 
     def __init__(self, layers: Sequence[torch.Tensor], layout: KVLayout | str = "vllm-cpu", *,
@@ -80,7 +92,7 @@ class PagedKV:
         """Copy the blocks `block_ids` of every layer into the slab `out`.
 
         `out` is a contiguous uint8 tensor of exactly `chunk_bytes(len(block_ids))`
-        bytes; the caller owns it before and after. Raises ValueError on a bad
+        bytes; the caller owns it before and after. Raises KernelError (a ValueError) on a bad
         slab or block id; KV is never modified.
         """
         ids = self._checked_ids(block_ids, unique=False)
@@ -103,7 +115,7 @@ class PagedKV:
         part of a chunk (say, skip a head the engine already holds), pass the
         slab's block count as `chunk_blocks`: its blocks `offset ..
         offset + len(block_ids) - 1` go to `block_ids`. The slab is only read;
-        other blocks are untouched. Raises ValueError on a bad slab, range, or a
+        other blocks are untouched. Raises KernelError (a ValueError) on a bad slab, range, or a
         bad or repeated block id.
         """
         ids = self._checked_ids(block_ids, unique=True)
@@ -122,6 +134,11 @@ class PagedKV:
         self._scatter(self._by_layer[layer], part, ids, offset, total, sync)
 
     def _gather(self, copier: Copier, slab: torch.Tensor, ids: list[int], sync: bool) -> None:
+        with _device_errors_as_kernel_errors():
+            self._gather_unchecked(copier, slab, ids, sync)
+
+    def _gather_unchecked(self, copier: Copier, slab: torch.Tensor, ids: list[int],
+                          sync: bool) -> None:
         if self._on_kv_device(slab):
             copier.gather(ids, slab)
             return
@@ -132,6 +149,11 @@ class PagedKV:
 
     def _scatter(self, copier: Copier, slab: torch.Tensor, ids: list[int], offset: int,
                  total: int, sync: bool) -> None:
+        with _device_errors_as_kernel_errors():
+            self._scatter_unchecked(copier, slab, ids, offset, total, sync)
+
+    def _scatter_unchecked(self, copier: Copier, slab: torch.Tensor, ids: list[int], offset: int,
+                           total: int, sync: bool) -> None:
         if self._on_kv_device(slab):
             copier.scatter(slab, ids, offset, total)
             return
@@ -148,13 +170,13 @@ class PagedKV:
     def _checked_range(self, num_ids: int, offset: int, chunk_blocks: int | None) -> int:
         total = num_ids if chunk_blocks is None else chunk_blocks
         if offset < 0 or offset + num_ids > total:
-            raise ValueError(f"blocks {offset}..{offset + num_ids - 1} are not all in a "
+            raise KernelError(f"blocks {offset}..{offset + num_ids - 1} are not all in a "
                              f"chunk of {total} blocks")
         return total
 
     def _layer_part(self, slab: torch.Tensor, layer: int, num_ids: int) -> torch.Tensor:
         if not 0 <= layer < self.num_layers:
-            raise ValueError(f"layer {layer} out of range [0, {self.num_layers})")
+            raise KernelError(f"layer {layer} out of range [0, {self.num_layers})")
         size = num_ids * self.block_bytes
         return slab.view(-1)[layer * size:(layer + 1) * size]
 
@@ -163,26 +185,26 @@ class PagedKV:
         try:
             ids = list(map(operator.index, raw))
         except TypeError:
-            raise ValueError("block ids must be integers") from None
+            raise KernelError("block ids must be integers") from None
         if not ids:
-            raise ValueError("no block ids given")
+            raise KernelError("no block ids given")
         if min(ids) < 0 or max(ids) >= self.num_blocks:
-            raise ValueError(f"block ids must lie in [0, {self.num_blocks}), got "
+            raise KernelError(f"block ids must lie in [0, {self.num_blocks}), got "
                              f"{min(ids)}..{max(ids)}")
         if unique and len(set(ids)) != len(ids):
-            raise ValueError("repeated block ids in a scatter")
+            raise KernelError("repeated block ids in a scatter")
         return ids
 
     def _checked_slab(self, slab: torch.Tensor, num_ids: int) -> torch.Tensor:
         """`slab`, as given: copiers take any contiguous shape (no `view(-1)`
         on the hot path, see `_on_kv_device`)."""
         if slab.dtype is not torch.uint8:
-            raise ValueError(f"a slab must be uint8, got {slab.dtype}")
+            raise KernelError(f"a slab must be uint8, got {slab.dtype}")
         if not slab.is_contiguous():
-            raise ValueError("a slab must be contiguous")
+            raise KernelError("a slab must be contiguous")
         need = self.chunk_bytes(num_ids)
         if slab.numel() != need:
-            raise ValueError(f"slab holds {slab.numel()} bytes but {num_ids} blocks of "
+            raise KernelError(f"slab holds {slab.numel()} bytes but {num_ids} blocks of "
                              f"{self.num_layers} layers need {need}")
         return slab
 
@@ -208,14 +230,14 @@ def scatter_chunk(slab: torch.Tensor, layers: Sequence[torch.Tensor], block_ids:
 
 def _check_uniform(layers: Sequence[torch.Tensor], layout: KVLayout) -> None:
     if not layers:
-        raise ValueError("no KV cache layers given")
+        raise KernelError("no KV cache layers given")
     first = layers[0]
     if first.dim() != len(layout.physical_order):
-        raise ValueError(f"layout {layout.name!r} needs {len(layout.physical_order)}-D "
+        raise KernelError(f"layout {layout.name!r} needs {len(layout.physical_order)}-D "
                          f"layer tensors, got shape {tuple(first.shape)}")
     for t in layers[1:]:
         if t.shape != first.shape or t.dtype != first.dtype or t.device != first.device:
-            raise ValueError("KV cache layers differ in shape, dtype or device")
+            raise KernelError("KV cache layers differ in shape, dtype or device")
 
 
 def _byte_view(t: torch.Tensor) -> torch.Tensor:

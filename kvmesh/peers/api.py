@@ -13,18 +13,14 @@ that the slot may be reused and the view must not be touched.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Iterator, Protocol, Sequence
+from typing import Iterator, Protocol, Sequence
 
 import torch
 
+from kvmesh.transfer.reader import ChunkReader  # the contract is stated there
 from kvmesh.types import ChunkKey
 
-# reader(index, data) -> True once it has consumed chunk `index` (e.g. scattered
-# it into paged KV). `data` is another process's memory, read-only and valid
-# only during the call; the reader runs on the peer's copy threads, several
-# chunks at once, so it must be safe to run beside itself and beside the
-# thread that consumes `LoadJob.results`.
-ChunkReader = Callable[[int, memoryview], bool]
+__all__ = ["ChunkReader", "ChunkResult", "LoadJob", "PeerApi", "SaveTicket"]
 
 
 @dataclass(slots=True)

@@ -4,7 +4,8 @@ The transport for each pair is chosen here: with `auto`, peers on the same
 host copy from each other's shared pool and everyone else speaks TCP; `tcp`
 and `ucx` force a byte stream; `shm` is `auto` that insists on shared memory
 where the host matches. Dialing is bounded by the timeout and deduplicated,
-so concurrent callers share one attempt.
+so concurrent callers share one attempt. Every failure to reach or talk to
+a peer comes out as a `TransferError` (or another `KvmeshError`).
 """
 
 from __future__ import annotations
@@ -13,18 +14,21 @@ import asyncio
 from typing import Callable
 
 from kvmesh.config import KvmeshConfig
-from kvmesh.errors import KvmeshError, TransferError
+from kvmesh.errors import TransferError
+from kvmesh.peers.network import Network
 from kvmesh.transfer import frames as f
 from kvmesh.transfer.client import PeerClient
 from kvmesh.transfer.shm import SharedPoolReader
-from kvmesh.transfer.streams import TcpStream
+from kvmesh.transfer.streams import Stream
 from kvmesh.types import PeerAddress, PeerId
 
 
 class ConnectionPool:
     def __init__(self, config: KvmeshConfig, namespace: bytes, hello: Callable[[], f.Hello],
-                 on_remote: Callable[[str, int], None] = lambda peer, control_port: None) -> None:
+                 network: Network,
+                 on_remote: Callable[[PeerId, int], None] = lambda peer, control_port: None) -> None:
         self._on_remote = on_remote  # told each remote's control port on connect
+        self._network = network
         self._config = config
         self._namespace = namespace
         self._hello = hello
@@ -33,7 +37,7 @@ class ConnectionPool:
         self._shm = (SharedPoolReader(verify_checksum=config.transfer.shm_verify == "checksum")
                      if config.transfer.transport in ("auto", "shm") else None)
 
-    def transports(self) -> dict[str, str]:
+    def transports(self) -> dict[PeerId, str]:
         return {peer: c.transport for peer, c in self._clients.items() if not c.closed}
 
     async def get(self, peer: PeerId) -> PeerClient:
@@ -48,17 +52,16 @@ class ConnectionPool:
         return await asyncio.shield(pending)
 
     async def _dial(self, peer: PeerId) -> PeerClient:
-        address = PeerAddress.parse(peer)
         timeout = self._config.transfer.timeout_s
         hello = self._hello()
         try:
             if self._config.transfer.transport == "ucx":
-                stream = await self._dial_ucx(address, timeout)
+                stream = await self._dial_ucx(PeerAddress.parse(peer), timeout)
             else:
-                stream = await asyncio.wait_for(TcpStream.connect(address.host, address.port), timeout)
+                stream = await self._network.dial(peer, timeout)
             client = await PeerClient.open(stream, hello, self._namespace, self._config.mesh.secret,
                                            timeout, self._shm, self._config.transfer.max_inflight)
-        except (asyncio.TimeoutError, OSError) as exc:
+        except (asyncio.TimeoutError, OSError, ValueError) as exc:
             raise TransferError(f"cannot reach {peer}: {exc or type(exc).__name__}") from None
         self._on_remote(peer, client.remote.control_port)
         old = self._clients.get(peer)
@@ -67,11 +70,11 @@ class ConnectionPool:
             old.close()
         return client
 
-    async def _dial_ucx(self, address: PeerAddress, timeout: float):
+    async def _dial_ucx(self, address: PeerAddress, timeout: float) -> Stream:
         """UCX needs the remote's UCX port, which its TCP handshake tells us."""
         from kvmesh.transfer.ucx import UcxStream  # noqa: PLC0415 - optional extra
 
-        probe = await asyncio.wait_for(TcpStream.connect(address.host, address.port), timeout)
+        probe = await self._network.dial(address.peer_id, timeout)
         info = await PeerClient.open(probe, self._hello(), self._namespace, self._config.mesh.secret,
                                      timeout, None, 1)
         await info.aclose()
@@ -97,7 +100,3 @@ class ConnectionPool:
         if self._shm is not None:
             self._shm.close()
 
-
-def is_mesh_failure(exc: BaseException) -> bool:
-    """Errors that mean 'that peer cannot help now', as opposed to bugs."""
-    return isinstance(exc, (KvmeshError, ConnectionError, OSError, asyncio.TimeoutError))

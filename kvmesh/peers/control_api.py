@@ -8,9 +8,8 @@
     POST /move                   {"keys", "tier"} | {"keys", "peer": "host:port", "keep"?}
     GET  /metrics                Prometheus text format
 
-Runs on the peer's own event loop, so handlers call the peer directly, except
-for store calls that may do disk I/O (remove, clear, move), which run in a
-worker thread as the store asks; withdrawals go out on the loop after. Every
+Runs on the peer's own event loop and calls only the peer's verbs (those that
+may do disk I/O, remove, clear and move, run it in a worker thread). Every
 body is validated in full by `control_schema` before anything changes; a bad
 request gets a 4xx JSON {"error": ...} and leaves the peer as it was. With a
 mesh secret set, every route needs `Authorization: Bearer <secret>`. Errors
@@ -23,7 +22,7 @@ import asyncio
 import hmac
 import json
 import logging
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Sequence
 
 import aiohttp
 from aiohttp import web
@@ -33,9 +32,8 @@ from kvmesh.config import ControlConfig
 from kvmesh.errors import KvmeshError
 from kvmesh.hashring.keys import ChunkHasher
 from kvmesh.peers import control_schema as schema
-from kvmesh.peers.connections import is_mesh_failure
 from kvmesh.peers.control_schema import RequestError
-from kvmesh.peers.metrics import peer_registry, peer_status
+from kvmesh.peers.metrics import peer_registry, status_json
 from kvmesh.types import ChunkKey, key_hex
 
 log = logging.getLogger(__name__)
@@ -127,7 +125,7 @@ async def status(request: web.Request) -> web.Response:
     peer = request.app[PEER]
     if schema.parse_scope(request.query) == "mesh":
         return _json({"peers": await mesh_status(peer)})
-    return _json(peer_status(peer))
+    return _json(status_json(peer.status()))
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -147,7 +145,7 @@ async def lookup(request: web.Request) -> web.Response:
     matched = await peer.lookup_prefix(keys)
     holders = await peer.find_holders(keys)
     out = {"chunks": len(keys), "matched_chunks": matched,
-           "local_chunks": peer.store.leading_hits(keys),
+           "local_chunks": peer.held_prefix(keys),
            "holders": [sorted(h) for h in holders]}
     if chunk_tokens is not None:
         out["matched_tokens"] = matched * chunk_tokens
@@ -156,22 +154,18 @@ async def lookup(request: web.Request) -> web.Response:
 
 async def pin(request: web.Request) -> web.Response:
     keys = schema.parse_keys_only(await _body(request))
-    return _json({"results": _per_key(keys, request.app[PEER].store.pin)})
+    return _json({"results": _per_key(keys, request.app[PEER].pin(keys))})
 
 
 async def unpin(request: web.Request) -> web.Response:
     keys = schema.parse_keys_only(await _body(request))
-    return _json({"results": _per_key(keys, request.app[PEER].store.unpin)})
+    return _json({"results": _per_key(keys, request.app[PEER].unpin(keys))})
 
 
 async def clear(request: web.Request) -> web.Response:
     peer = request.app[PEER]
     req = schema.parse_clear(await _body(request))
-    if req.keys is not None:
-        removed = await asyncio.to_thread(_remove_each, peer.store, req.keys)
-    else:
-        removed = await asyncio.to_thread(peer.store.clear, req.tier)
-    _withdraw_gone(peer, removed)
+    removed = await (peer.remove(req.keys) if req.keys is not None else peer.clear(req.tier))
     return _json({"removed": len(removed)})
 
 
@@ -181,23 +175,19 @@ async def move(request: web.Request) -> web.Response:
     if req.tier is not None:
         if req.tier == "disk" and peer.config.store.disk_dir is None:
             raise RequestError("this peer has no disk tier (KVMESH_DISK_DIR is unset)")
-        moved = await asyncio.to_thread(_per_key, req.keys, lambda k: peer.store.move(k, req.tier))
-        return _json({"results": moved})
+        return _json({"results": _per_key(req.keys, await peer.move(req.keys, req.tier))})
     if req.peer == peer.peer_id:
         raise RequestError(f"peer {req.peer} is this peer")
-    if req.peer not in peer.membership.members:
+    if req.peer not in peer.members():
         raise RequestError(f"peer {req.peer} is not a member of the mesh")
-    held = [k for k in req.keys if peer.store.tier_of(k) is not None]
+    held = [k for k in req.keys if peer.held_prefix([k])]
     try:
         delivered = await peer.push(held, req.peer) if held else 0
-    except Exception as exc:  # noqa: BLE001
-        if not is_mesh_failure(exc):
-            raise
+    except KvmeshError as exc:
         return _error(502, f"push to {req.peer} failed: {type(exc).__name__}: {exc}")
     removed = []
     if not req.keep and held and delivered == len(held):  # partial: keep every local copy
-        removed = await asyncio.to_thread(_remove_each, peer.store, held)
-        _withdraw_gone(peer, removed)
+        removed = await peer.remove(held)
     return _json({"delivered": delivered, "not_held": len(req.keys) - len(held),
                   "removed": len(removed)})
 
@@ -211,16 +201,15 @@ async def mesh_status(peer) -> dict[str, Any]:
     (members never dialled are dialled first to learn their control port);
     this peer answers for itself without a request.
     """
-    others = [m for m in sorted(peer.membership.members) if m != peer.peer_id]
-    await peer.learn_control_urls(others)
+    others = [m for m in sorted(peer.members()) if m != peer.peer_id]
+    urls = await peer.control_urls(others)
     secret = peer.config.mesh.secret
     headers = {"Authorization": "Bearer " + secret.decode("utf-8", "backslashreplace")} if secret else {}
     timeout = aiohttp.ClientTimeout(total=peer.config.transfer.timeout_s)
     async with aiohttp.ClientSession(timeout=timeout, headers=headers) as session:
-        replies = await asyncio.gather(*(_member_status(session, peer.control_urls.get(m))
-                                         for m in others))
+        replies = await asyncio.gather(*(_member_status(session, urls.get(m)) for m in others))
     out = dict(zip(others, replies))
-    out[peer.peer_id] = peer_status(peer)
+    out[peer.peer_id] = status_json(peer.status())
     return dict(sorted(out.items()))
 
 
@@ -260,20 +249,8 @@ def _hasher(peer, cache_salt: str | None) -> ChunkHasher:
     return ChunkHasher(peer.hasher.namespace.with_salt(cache_salt))
 
 
-def _per_key(keys, action: Callable[[ChunkKey], bool]) -> dict[str, bool]:
-    return {key_hex(k): bool(action(k)) for k in keys}
-
-
-def _remove_each(store, keys) -> list[ChunkKey]:
-    """Keys removed from every tier (pinned and unknown ones are skipped)."""
-    return [k for k in keys if store.remove(k)]
-
-
-def _withdraw_gone(peer, removed: list[ChunkKey]) -> None:
-    """Tell the directory about keys no tier of this peer holds any more."""
-    gone = [k for k in removed if peer.store.tier_of(k) is None]
-    if gone:
-        peer.withdraw(gone)
+def _per_key(keys: Sequence[ChunkKey], results: Sequence[bool]) -> dict[str, bool]:
+    return {key_hex(k): bool(ok) for k, ok in zip(keys, results)}
 
 
 def _json(data: Any, status: int = 200) -> web.Response:

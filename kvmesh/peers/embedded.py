@@ -11,6 +11,7 @@ directly, found in this module's registry of embedded peers.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
 import logging
 import os
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import Sequence
 
 from kvmesh.config import KvmeshConfig
-from kvmesh.errors import ConfigError
+from kvmesh.errors import ConfigError, KvmeshError, TransferError
 from kvmesh.hashring.keys import ChunkHasher, KeyNamespace
 from kvmesh.peers.facade import PeerHandle
 from kvmesh.transfer import frames as f
@@ -124,7 +125,7 @@ class RemoteLookupClient:
         fut = asyncio.run_coroutine_threadsafe(self._lookup(tuple(keys)), self._loop)
         try:
             return fut.result(timeout=self._timeout * 2)
-        except Exception as exc:  # noqa: BLE001 - every failure is a miss here
+        except (KvmeshError, concurrent.futures.TimeoutError) as exc:  # a miss, never an error
             fut.cancel()
             log.info("lookup through the worker's peer failed: %s", exc)
             return 0
@@ -134,7 +135,7 @@ class RemoteLookupClient:
         if client is None:
             return 0
         reply = await client.request(lambda rid: f.Prefix(rid, keys), self._timeout * 1.5)
-        return reply.matched
+        return max(0, min(reply.matched, len(keys)))  # the answer is not trusted to fit
 
     async def _connect(self) -> PeerClient | None:
         if self._client is not None and not self._client.closed:
@@ -142,8 +143,15 @@ class RemoteLookupClient:
         if time.monotonic() < self._retry_at or not self._path.exists():
             return None
         self._retry_at = time.monotonic() + 1.0
-        address = PeerAddress.parse(json.loads(self._path.read_text())["peer_id"])
-        stream = await asyncio.wait_for(TcpStream.connect(address.host, address.port), self._timeout)
+        try:
+            address = PeerAddress.parse(json.loads(self._path.read_text())["peer_id"])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise TransferError(f"unreadable rendezvous file {self._path}: {exc}") from None
+        try:
+            stream = await asyncio.wait_for(TcpStream.connect(address.host, address.port),
+                                            self._timeout)
+        except asyncio.TimeoutError:
+            raise TransferError(f"cannot reach {address.peer_id}") from None
         # peer_id "" marks a client that must not be taken for a mesh member.
         hello = f.Hello("", f.MIN_PROTOCOL_VERSION, f.PROTOCOL_VERSION, self._namespace, host_id(),
                         "", handshake.new_nonce())

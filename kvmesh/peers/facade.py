@@ -20,10 +20,11 @@ from typing import Iterator, Sequence
 import torch
 
 from kvmesh.config import KvmeshConfig
-from kvmesh.errors import KvmeshError, StoreError
+from kvmesh.errors import KvmeshError, StoreError, TransferError
 from kvmesh.hashring.keys import ChunkHasher
-from kvmesh.peers.api import ChunkReader, ChunkResult, SaveTicket
+from kvmesh.peers.api import ChunkResult, SaveTicket
 from kvmesh.peers.peer import Peer
+from kvmesh.transfer.reader import ChunkReader
 from kvmesh.types import ChunkKey
 
 log = logging.getLogger(__name__)
@@ -56,39 +57,40 @@ class PeerHandle:
         return self.peer.peer_id
 
     def call(self, coro, timeout: float | None = None):
-        """Run a coroutine on the peer loop and wait (bounded) for its result."""
+        """Run a coroutine on the peer loop and wait (bounded) for its result;
+        TransferError when the bound passes first (the coroutine is cancelled)."""
+        timeout = self._timeout if timeout is None else timeout
         fut = asyncio.run_coroutine_threadsafe(coro, self._loop)
         try:
-            return fut.result(timeout=self._timeout if timeout is None else timeout)
+            return fut.result(timeout=timeout)
         except concurrent.futures.TimeoutError:
             fut.cancel()
-            raise
+            raise TransferError(f"the peer did not answer within {timeout}s") from None
 
     def lookup_prefix(self, keys: Sequence[ChunkKey]) -> int:
-        # All held here (the store is thread-safe), or a small mesh whose whole
-        # directory is here: answer on this thread. The hop onto the peer loop
-        # and back costs more than the whole lookup.
-        local = self.peer.store.leading_hits(keys)
-        if local == len(keys) or self.peer.owns_whole_directory:
-            matched = self.peer.matched_in_own_directory(keys, local)
+        # All held here, or a small mesh whose whole directory is here: answer
+        # on this thread. The hop onto the peer loop and back costs more than
+        # the whole lookup.
+        matched = self.peer.lookup_prefix_locally(keys)
+        if matched is not None:
             self._local_lookups.add(len(keys), matched, self._loop, self.peer.stats)
             return matched
         try:
             return self.call(self.peer.lookup_prefix(list(keys)), self._timeout * 2)
-        except (KvmeshError, concurrent.futures.TimeoutError, OSError) as exc:
+        except KvmeshError as exc:
             log.info("lookup failed, treating as a miss: %s", exc)
-            return self.peer.store.leading_hits(keys)
+            return self.peer.held_prefix(keys)
 
     def start_load(self, keys: Sequence[ChunkKey],
                    reader: ChunkReader | None = None) -> "PeerLoadJob":
-        job = PeerLoadJob(self.peer.store, list(keys))
+        job = PeerLoadJob(self.peer, list(keys))
         job._future = asyncio.run_coroutine_threadsafe(
             self.peer.load(job.keys, job.on_result, reader), self._loop)
         return job
 
     def prepare_save(self, key: ChunkKey) -> SaveTicket | None:
         try:
-            ticket = self.peer.store.prepare_store(key)
+            ticket = self.peer.prepare_save(key)
         except StoreError as exc:
             log.info("cannot save a chunk: %s", exc)
             return None
@@ -97,13 +99,15 @@ class PeerHandle:
         return SaveTicket(key, ticket.tensor, ticket)
 
     def commit_save(self, ticket: SaveTicket, ok: bool = True, length: int | None = None) -> None:
-        committed = self.peer.store.commit_store(ticket.token, ok, length)
-        if committed and ok:
-            self._loop.call_soon_threadsafe(self._after_save, ticket.key)
+        self.peer.commit_save(ticket.token, ok, length)
 
-    def _after_save(self, key: ChunkKey) -> None:
-        self.peer.stats.chunks_saved += 1
-        self.peer.advertise([key])
+    def clear(self) -> int:
+        """Drop every unpinned chunk this peer holds (and withdraw them); how many."""
+        return len(self.call(self.peer.clear(), self._timeout * 5))
+
+    def counters(self) -> dict:
+        """The peer's counters (PeerStats.as_dict()), read on the loop."""
+        return self.call(_read(lambda: self.peer.stats.as_dict()))
 
     def close(self) -> None:
         if not self._loop.is_running():
@@ -147,12 +151,16 @@ class _LocalLookupCounts:
         stats.lookup_hit_chunks += hits
 
 
+async def _read(fn):
+    return fn()
+
+
 class PeerLoadJob:
     """Results of one `start_load`, delivered across threads through a queue."""
 
-    def __init__(self, store, keys: list[ChunkKey]) -> None:
+    def __init__(self, peer: Peer, keys: list[ChunkKey]) -> None:
         self.keys = keys
-        self._store = store
+        self._peer = peer
         self._queue: queue.SimpleQueue[ChunkResult] = queue.SimpleQueue()
         self._delivered = 0
         self._reported: set[int] = set()
@@ -167,11 +175,11 @@ class PeerLoadJob:
             result = ChunkResult(index, key, None, source, consumed=True)
         elif ok:
             try:
-                ticket = self._store.prepare_load(key)
+                ticket = self._peer.open_loaded(key)
                 data = torch.frombuffer(ticket.view, dtype=torch.uint8) if ticket.length else \
                     torch.empty(0, dtype=torch.uint8)
                 result = ChunkResult(index, key, data, source,
-                                     lambda t=ticket: self._store.complete_load(t))
+                                     lambda t=ticket: self._peer.close_loaded(t))
             except StoreError:
                 pass  # evicted between landing and pinning: a miss
         with self._lock:

@@ -15,16 +15,18 @@ import logging
 from collections import defaultdict
 from typing import Awaitable, Callable, Sequence
 
-from kvmesh.errors import StoreError
-from kvmesh.peers.connections import ConnectionPool, is_mesh_failure
+from kvmesh.errors import KvmeshError, StoreError
+from kvmesh.peers.connections import ConnectionPool
 from kvmesh.peers.stats import PeerStats
+from kvmesh.store import ChunkStore
+from kvmesh.transfer.reader import ChunkReader
+from kvmesh.types import ChunkKey, PeerId
 
 log = logging.getLogger(__name__)
 
 # on_result(index, ok, source, consumed): consumed = taken by the reader, not stored.
 ResultFn = Callable[[int, bool, str, bool], None]
-ReaderFn = Callable[[int, memoryview], bool]  # (index in keys, the holder's bytes)
-HoldersFn = Callable[[Sequence[bytes]], Awaitable[list[tuple[str, ...]]]]
+HoldersFn = Callable[[Sequence[ChunkKey]], Awaitable[list[tuple[PeerId, ...]]]]
 MAX_ATTEMPTS = 3
 # Bytes/s below which a pull's whole budget runs out. Low on purpose: a loaded
 # host or a slow link must not turn a healthy pull into misses. A dead holder is
@@ -34,8 +36,9 @@ MIN_PULL_BANDWIDTH = 10 << 20
 
 
 class ChunkLoader:
-    def __init__(self, self_id: str, store, pool: ConnectionPool, find_holders: HoldersFn,
-                 advertise: Callable[[list[bytes]], None], timeout_s: float, stats: PeerStats) -> None:
+    def __init__(self, self_id: PeerId, store: ChunkStore, pool: ConnectionPool,
+                 find_holders: HoldersFn, advertise: Callable[[list[ChunkKey]], None],
+                 timeout_s: float, stats: PeerStats) -> None:
         self._self_id = self_id
         self._store = store
         self._pool = pool
@@ -44,9 +47,9 @@ class ChunkLoader:
         self._timeout_s = timeout_s
         self._stats = stats
 
-    async def load(self, keys: Sequence[bytes], on_result: ResultFn,
-                   holders: Sequence[tuple[str, ...]] | None = None,
-                   reader: ReaderFn | None = None) -> None:
+    async def load(self, keys: Sequence[ChunkKey], on_result: ResultFn,
+                   holders: Sequence[tuple[PeerId, ...]] | None = None,
+                   reader: ChunkReader | None = None) -> None:
         """Bring `keys` into the store, or to `reader` (see the module doc);
         `holders` (one tuple per key) skips the lookup."""
         todo = []
@@ -61,12 +64,12 @@ class ChunkLoader:
         try:
             found = ([holders[i] for i in todo] if holders is not None
                      else await self._find_holders([keys[i] for i in todo]))
-        except Exception as exc:  # noqa: BLE001 - any lookup failure is a miss
+        except KvmeshError as exc:  # any lookup failure is a miss
             log.debug("holder lookup failed: %s", exc)
             found = [()] * len(todo)
         candidates = {i: [h for h in hs if h != self._self_id] for i, hs in zip(todo, found)}
         for _ in range(MAX_ATTEMPTS):
-            groups: dict[str, list[int]] = defaultdict(list)
+            groups: dict[PeerId, list[int]] = defaultdict(list)
             for index in todo:
                 if candidates[index]:
                     groups[candidates[index].pop(0)].append(index)
@@ -83,13 +86,13 @@ class ChunkLoader:
         for index in todo:
             on_result(index, False, "", False)
 
-    async def _pull_from(self, holder: str, indices: list[int], keys: Sequence[bytes],
-                         on_result: ResultFn, reader: ReaderFn | None) -> list[int]:
+    async def _pull_from(self, holder: PeerId, indices: list[int], keys: Sequence[ChunkKey],
+                         on_result: ResultFn, reader: ChunkReader | None) -> list[int]:
         """Pull from one holder; returns the indices it did not deliver."""
         failed: list[int] = []
         tickets: dict[int, object] = {}
         store = self._store
-        fetched: list[bytes] = []
+        fetched: list[ChunkKey] = []
 
         def dest(j: int, length: int):
             if length > store.slot_bytes:
@@ -124,9 +127,7 @@ class ChunkLoader:
 
         try:
             client = await self._pool.get(holder)
-        except Exception as exc:  # noqa: BLE001
-            if not is_mesh_failure(exc):
-                raise
+        except KvmeshError as exc:
             self._stats.note_failure(f"connect to {holder}: {exc}")
             return list(indices)
         self._stats.pulls_inflight += 1

@@ -1,8 +1,9 @@
 """What a peer reports about itself: the status snapshot and Prometheus metrics.
 
-Both are read from the peer at request time (its `PeerStats` counters, its
-store's stats, membership, directory and connections); nothing is copied or
-cached, so there is no state to keep in step. Call on the peer's loop.
+Both are read from a `PeerStatus` snapshot taken at request time
+(`Peer.status()`: its counters, its store's stats, membership, directory and
+connections); nothing is cached, so there is no state to keep in step. Call
+on the peer's loop.
 
 Metrics live in a per-peer `CollectorRegistry` made by `peer_registry`; the
 global prometheus_client registry is never touched, so several peers in one
@@ -16,6 +17,8 @@ from typing import Any, Iterator
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from kvmesh.peers.status import PeerStatus
 
 TIERS = ("cpu", "disk")
 MEMBER_STATES = ("alive", "suspect", "dead", "left")
@@ -54,32 +57,31 @@ def hit_rate(counters: dict[str, Any]) -> float | None:
     return counters.get("lookup_hit_chunks", 0) / asked if asked else None
 
 
-def member_states(membership) -> dict[str, dict[str, Any]]:
+def member_states(status: PeerStatus) -> dict[str, dict[str, Any]]:
     """{peer: {"state", "incarnation", "addr"}} for every member SWIM still holds.
 
     Dead and left members stay listed until SWIM forgets them, so an operator
     sees who went away; "members" holds only the alive and suspect.
     """
     return {row.peer: {"state": row.state, "incarnation": row.incarnation, "addr": row.addr}
-            for row in membership.snapshot()}
+            for row in status.member_rows}
 
 
-def peer_status(peer) -> dict[str, Any]:
-    """This peer's status as JSON-ready data (GET /status)."""
-    store = dataclasses.asdict(peer.store.stats())
-    counters = peer.stats.as_dict()
+def status_json(status: PeerStatus) -> dict[str, Any]:
+    """A peer's status as JSON-ready data (GET /status)."""
+    store = dataclasses.asdict(status.store)
     return {
-        "peer_id": peer.peer_id,
-        "members": sorted(peer.membership.members),
-        "member_states": member_states(peer.membership),
-        "gossip": dataclasses.asdict(peer.membership.stats),
-        "ring_shares": dict(sorted(peer.membership.ring.shares().items())),
+        "peer_id": status.peer_id,
+        "members": list(status.members),
+        "member_states": member_states(status),
+        "gossip": status.gossip,
+        "ring_shares": status.ring_shares,
         "store": store,
         "tiers": tier_usage(store),
-        "counters": counters,
-        "hit_rate": hit_rate(counters),
-        "transports": dict(sorted(peer.pool.transports().items())) if peer.pool else {},
-        "directory_keys": len(peer.directory),
+        "counters": status.counters,
+        "hit_rate": hit_rate(status.counters),
+        "transports": status.transports,
+        "directory_keys": status.directory_keys,
     }
 
 
@@ -97,25 +99,26 @@ class PeerCollector:
         self._peer = peer
 
     def collect(self) -> Iterator[Metric]:
-        counters = self._peer.stats.as_dict()
+        status = self._peer.status()
+        counters = status.counters
         for field, name, doc in COUNTERS:
             yield CounterMetricFamily(name, doc, value=counters.get(field, 0))
         yield GaugeMetricFamily("kvmesh_pulls_inflight", "Pulls in flight from this peer.",
                                 value=counters.get("pulls_inflight", 0))
         yield GaugeMetricFamily("kvmesh_members", "Members of the mesh, this peer included.",
-                                value=len(self._peer.membership.members))
+                                value=len(status.members))
         by_state = GaugeMetricFamily("kvmesh_member_states",
                                      "Members SWIM holds, by state (dead/left until forgotten).",
                                      labels=["state"])
         counts: dict[str, int] = {}
-        for row in self._peer.membership.snapshot():
+        for row in status.member_rows:
             counts[row.state] = counts.get(row.state, 0) + 1
         for state in MEMBER_STATES:
             by_state.add_metric([state], counts.get(state, 0))
         yield by_state
         yield GaugeMetricFamily("kvmesh_directory_keys", "Keys in this peer's directory shard.",
-                                value=len(self._peer.directory))
-        yield from _tier_gauges(tier_usage(dataclasses.asdict(self._peer.store.stats())))
+                                value=status.directory_keys)
+        yield from _tier_gauges(tier_usage(dataclasses.asdict(status.store)))
 
 
 def _tier_gauges(usage: dict[str, dict[str, int]]) -> Iterator[Metric]:

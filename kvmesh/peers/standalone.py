@@ -31,7 +31,6 @@ from kvmesh.kernels.paged import PagedKV, readonly_bytes
 from kvmesh.models.shapes import get_shape
 from kvmesh.peers.facade import PeerHandle
 from kvmesh.peers.metrics import member_states
-from kvmesh.transfer import frames as f
 
 
 def standalone_hasher(config: KvmeshConfig, slot_bytes: int, model: str = "standalone") -> ChunkHasher:
@@ -166,25 +165,20 @@ class StandaloneNode:
         return kv, per_chunk
 
     def clear(self, _cmd: dict) -> dict:
-        removed = self.handle.peer.store.clear()
-        self.handle.call(_withdraw(self.handle.peer, removed))
-        return {"removed": len(removed)}
+        return {"removed": self.handle.clear()}
 
     def status(self, _cmd: dict) -> dict:
         peer = self.handle.peer
-        return {"peer_id": peer.peer_id, "members": sorted(peer.membership.members),
-                "member_states": self.handle.call(_member_states(peer)),
-                "control_url": peer.control_url, "stats": peer.stats.as_dict(),
-                "shm_path": peer.shm_path, "slot_bytes": peer.slot_bytes,
-                "transports": self.handle.call(_transports(peer))}
+        status = self.handle.call(_status(peer))
+        return {"peer_id": peer.peer_id, "members": list(status.members),
+                "member_states": member_states(status),
+                "control_url": peer.control_url, "stats": status.counters,
+                "shm_path": peer.store.shm_path, "slot_bytes": peer.slot_bytes,
+                "transports": status.transports}
 
 
-async def _member_states(peer) -> dict:
-    return member_states(peer.membership)
-
-
-async def _transports(peer) -> dict:
-    return peer.pool.transports()
+async def _status(peer):
+    return peer.status()
 
 
 async def _ping_all(peer, targets: list[str]) -> None:
@@ -195,12 +189,7 @@ async def _ping_all(peer, targets: list[str]) -> None:
 
 
 async def _ping(peer, target: str) -> None:
-    client = await peer.pool.get(target)
-    await client.request(lambda rid: f.Ping(rid), peer.config.transfer.timeout_s)
-
-
-async def _withdraw(peer, keys) -> None:
-    peer.withdraw(keys)
+    await peer.ping(target)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,7 +8,9 @@ came over a stream (by the decoder, piece by piece as it lands; see
 the holder's shared pool (see `kvmesh.transfer.shm`). Every
 request is bounded by the caller's deadline; a timed-out or broken
 connection is closed whole, so no late payload can write into a buffer the
-caller has already given back.
+caller has already given back. Each chunk of a pull moves through the
+states of `pull_states` (waiting, landing, landed, copying, done); every
+failure comes out as a `KvmeshError`.
 """
 
 from __future__ import annotations
@@ -20,12 +22,15 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from kvmesh.errors import HandshakeError, KvmeshError, ProtocolError, TransferError
+from kvmesh.errors import HandshakeError, KvmeshError, RemoteProtocolError, TransferError
 from kvmesh.transfer import frames as f
 from kvmesh.transfer import handshake
 from kvmesh.transfer.connection import FramedConnection
-from kvmesh.transfer.shm import COPY_THREADS, ChunkReader, SharedPoolReader
-from kvmesh.transfer.streams import Stream, StreamClosed
+from kvmesh.transfer.pull_states import ChunkState, PullTable
+from kvmesh.transfer.reader import ChunkReader
+from kvmesh.transfer.shm import COPY_THREADS, SharedPoolReader
+from kvmesh.transfer.streams import Stream
+from kvmesh.types import ChunkKey, PeerId
 
 # dest(index, length) -> writable buffer for that chunk, or None to drop it.
 DestFn = Callable[[int, int], "memoryview | None"]
@@ -37,8 +42,8 @@ DoneFn = Callable[[int, bool, int, int], None]
 # per chunk, and each wake-up took the GIL from the loop mid-stream: batches
 # of 16 MiB cut the puller's CPU per 256 MiB pulled from 0.13 s to 0.10 s.
 REPORT_BATCH_BYTES = 16 << 20
-# reader(index, src) -> True once it consumed the chunk in place (shared-memory pulls only).
-ReaderFn = Callable[[int, memoryview], bool]
+_WAITING, _LANDING, _LANDED, _COPYING, _DONE = (
+    ChunkState.WAITING, ChunkState.LANDING, ChunkState.LANDED, ChunkState.COPYING, ChunkState.DONE)
 
 
 if sys.version_info >= (3, 11):
@@ -57,29 +62,34 @@ else:  # Python 3.10
 
 @dataclass
 class _PullState:
-    keys: tuple[bytes, ...]
+    keys: tuple[ChunkKey, ...]
     dest: DestFn
     done: DoneFn
-    remaining: set[int]
+    table: PullTable
     finished: asyncio.Future
     shared_path: str = ""
     lease_deadline: float = 0.0  # time.monotonic() by which shared copies must end
-    copying: set[int] = field(default_factory=set)  # indices handed to the copy threads
-    copies: set[asyncio.Future] = field(default_factory=set)  # their batches, in flight
-    landed: set[int] = field(default_factory=set)  # landed over a stream, not yet reported
-    reader: ReaderFn | None = None  # consumes shared chunks in place of `dest`
+    copies: set[asyncio.Future] = field(default_factory=set)  # copy batches in flight
+    reader: ChunkReader | None = None  # consumes shared chunks in place of `dest`
+
+    def at(self, index: int) -> ChunkState | None:
+        """The chunk's state, or None for an index no key of this pull has
+        (the holder's frames are not trusted to stay in range)."""
+        return self.table[index] if 0 <= index < len(self.table) else None
 
     def resolve(self, index: int, ok: bool, length: int, checksum: int = 0) -> None:
-        if index in self.remaining:
-            self.remaining.discard(index)
-            self.done(index, ok, length, checksum)
-            if not self.remaining and not self.finished.done():
-                self.finished.set_result(None)
+        """Report the chunk (once: a chunk already done is left as it is)."""
+        if self.at(index) in (None, _DONE):
+            return
+        self.table.move(index, _DONE)
+        self.done(index, ok, length, checksum)
+        if not self.table.open and not self.finished.done():
+            self.finished.set_result(None)
 
 
 @dataclass
 class RemoteInfo:
-    peer_id: str
+    peer_id: PeerId
     version: int
     host_id: str
     shm_path: str
@@ -124,19 +134,28 @@ class PeerClient:
         return self._conn.closed
 
     async def request(self, make: Callable[[int], f.Frame], timeout_s: float) -> f.Frame:
-        """Send a request built around a fresh id and wait for its reply."""
+        """Send a request built around a fresh id and wait for its reply, which
+        is of the request's reply type (`frames.REPLY_TO`) or raises: an ERROR
+        as TransferError, any other frame as RemoteProtocolError."""
         async with self._slots:
             rid = next(self._ids)
             fut = asyncio.get_running_loop().create_future()
             self._replies[rid] = fut
+            request = make(rid)
             try:
-                await within(self._send_and_wait(make(rid), fut), timeout_s)
-                return fut.result()
+                await within(self._send_and_wait(request, fut), timeout_s)
+                reply = fut.result()
             except asyncio.TimeoutError:
                 self.close()
                 raise TransferError(f"{self.remote.peer_id}: no reply within {timeout_s}s") from None
             finally:
                 self._replies.pop(rid, None)
+            want = f.REPLY_TO[type(request)]
+            if not isinstance(reply, want):
+                self.close()
+                raise RemoteProtocolError(f"{self.remote.peer_id} answered a {type(request).__name__} "
+                                          f"with {type(reply).__name__}")
+            return reply
 
     async def notify(self, frame: f.Frame, timeout_s: float) -> None:
         """Send a one-way frame (advertise, withdraw)."""
@@ -146,8 +165,8 @@ class PeerClient:
             self.close()
             raise TransferError(f"{self.remote.peer_id}: send timed out") from None
 
-    async def pull(self, keys: tuple[bytes, ...], dest: DestFn, done: DoneFn, timeout_s: float,
-                   stall_s: float | None = None, reader: ReaderFn | None = None) -> None:
+    async def pull(self, keys: tuple[ChunkKey, ...], dest: DestFn, done: DoneFn, timeout_s: float,
+                   stall_s: float | None = None, reader: ChunkReader | None = None) -> None:
         """Fetch chunks; `done` is called once per key (False for a miss or failure).
 
         With `reader`, a pull through the holder's shared pool hands each
@@ -161,7 +180,7 @@ class PeerClient:
         """
         async with self._slots:
             rid = next(self._ids)
-            state = _PullState(keys, dest, done, set(range(len(keys))),
+            state = _PullState(keys, dest, done, PullTable(len(keys)),
                                asyncio.get_running_loop().create_future(),
                                self.remote.shm_path if self._shm else "",
                                SharedPoolReader.lease_deadline(time.monotonic()),
@@ -170,7 +189,7 @@ class PeerClient:
             try:
                 await within(self._conn.send(f.Pull(rid, keys, bool(self._shm))), timeout_s)
                 await self._await_progress(state, timeout_s, stall_s or timeout_s)
-            except (asyncio.TimeoutError, KvmeshError, ConnectionError, OSError):
+            except (asyncio.TimeoutError, KvmeshError):
                 # Close first: once the reader is gone no payload can land late.
                 await self.aclose()
             except asyncio.CancelledError:
@@ -182,7 +201,7 @@ class PeerClient:
                 self._pulls.pop(rid, None)
                 self._report_landed()  # landed and verified: not failures
                 await _drain(state.copies)  # they write into slots failing frees
-                for index in sorted(state.remaining):
+                for index in state.table.not_done():
                     state.resolve(index, False, 0)
                 if self._shm and not self.closed:
                     await self._release(rid, timeout_s)
@@ -207,11 +226,11 @@ class PeerClient:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         while not state.finished.done():
-            left, window = len(state.remaining), min(stall_s, deadline - loop.time())
+            left, window = state.table.open, min(stall_s, deadline - loop.time())
             if window <= 0:
                 raise asyncio.TimeoutError
             await asyncio.wait({state.finished}, timeout=window)
-            if not state.finished.done() and len(state.remaining) == left:
+            if not state.finished.done() and state.table.open == left:
                 raise asyncio.TimeoutError  # nothing landed for a whole window
         state.finished.result()  # re-raise a connection failure
 
@@ -222,14 +241,17 @@ class PeerClient:
     async def _release(self, rid: int, timeout_s: float) -> None:
         try:
             await self.notify(f.Release(rid), timeout_s)
-        except (KvmeshError, ConnectionError, OSError):
+        except KvmeshError:
             pass
 
     def _sink(self, chunk: f.Chunk) -> memoryview | None:
         state = self._pulls.get(chunk.request_id)
-        if state is None or chunk.index not in state.remaining or chunk.index in state.landed:
+        if state is None or state.at(chunk.index) is not _WAITING:
             return None
-        return state.dest(chunk.index, chunk.length)
+        buf = state.dest(chunk.index, chunk.length)
+        if buf is not None:
+            state.table.move(chunk.index, _LANDING)
+        return buf
 
     async def _read_loop(self) -> None:
         try:
@@ -239,7 +261,7 @@ class PeerClient:
                     self._on_chunk_refs(frame.refs())
                 else:
                     self._dispatch(frame)
-        except (StreamClosed, ProtocolError, ConnectionError, OSError) as exc:
+        except KvmeshError as exc:  # closed, reset, or a protocol error
             self._conn.close()
             self._fail_all(TransferError(f"{self.remote.peer_id}: {exc}"))
         except asyncio.CancelledError:
@@ -265,12 +287,12 @@ class PeerClient:
 
     def _on_chunk(self, chunk: f.Chunk) -> None:
         state = self._pulls.get(chunk.request_id)
-        if state is None or chunk.index in state.landed:
-            return
+        if state is None or state.at(chunk.index) not in (_WAITING, _LANDING):
+            return  # not ours, or a second CHUNK for one index
         if not self._landed:
             # Runs once this read loop waits (call_soon callbacks run only then).
             asyncio.get_running_loop().call_soon(self._report_landed)
-        state.landed.add(chunk.index)
+        state.table.move(chunk.index, _LANDED)
         self._landed.append((state, chunk))
         self._landed_bytes += chunk.length
         if self._landed_bytes >= REPORT_BATCH_BYTES:
@@ -292,28 +314,32 @@ class PeerClient:
             return
         jobs = []
         for ref in refs:
-            if ref.index not in state.remaining or ref.index in state.copying:
+            if state.at(ref.index) is not _WAITING:
                 continue
-            out = (_read_as(state.reader, ref.index) if state.reader is not None
-                   else state.dest(ref.index, ref.length))
+            # With a reader the chunk is read in place; else it is copied into `dest`.
+            out = None if state.reader is not None else state.dest(ref.index, ref.length)
             src = (self._shm.source(state.shared_path, ref.offset, ref.length)
-                   if out is not None else None)
+                   if state.reader is not None or out is not None else None)
             if src is None:
                 state.resolve(ref.index, False, ref.length, ref.checksum)
                 continue
-            state.copying.add(ref.index)
+            state.table.move(ref.index, _COPYING)
             jobs.append((ref, out, src))
         if not jobs:
             return
-        copy, deadline = self._shm.copy, state.lease_deadline
         loop = asyncio.get_running_loop()
         parts = min(len(jobs), COPY_THREADS)  # every copy thread gets a share of the frame
         for part in (jobs[i::parts] for i in range(parts)):
-            fut = loop.run_in_executor(
-                self._shm.copier,
-                lambda part=part: [copy(out, src, ref.checksum, deadline) for ref, out, src in part])
+            fut = loop.run_in_executor(self._shm.copier, self._copy_part, state, part)
             state.copies.add(fut)
             fut.add_done_callback(lambda done, part=part: _copied(state, part, done))
+
+    def _copy_part(self, state: _PullState, part: list) -> list[bool]:
+        """On a copy thread: copy or read each chunk of `part`; whether each is good."""
+        shm, deadline, reader = self._shm, state.lease_deadline, state.reader
+        if reader is not None:
+            return [shm.read(reader, ref.index, src, ref.checksum, deadline) for ref, _, src in part]
+        return [shm.copy(out, src, ref.checksum, deadline) for ref, out, src in part]
 
     def _fail_all(self, exc: Exception) -> None:
         for fut in self._replies.values():
@@ -339,16 +365,11 @@ async def _handshake(conn: FramedConnection, hello: f.Hello, namespace: bytes,
                       reply.control_port)
 
 
-def _read_as(reader: ReaderFn, index: int) -> ChunkReader:
-    return lambda src: reader(index, src)
-
-
 def _copied(state: _PullState, jobs: list, done: asyncio.Future) -> None:
     """A batch of shared-memory copies ended (on the loop): report each chunk."""
     state.copies.discard(done)
     oks = done.result() if not done.cancelled() and done.exception() is None else []
     for i, (ref, _, _) in enumerate(jobs):
-        state.copying.discard(ref.index)
         state.resolve(ref.index, i < len(oks) and oks[i], ref.length, ref.checksum)
 
 

@@ -225,3 +225,6 @@ FRAME_CLASSES: dict[FrameType, type] = {
     FrameType.CHUNK_REFS: ChunkRefs,
 }
 FRAME_TYPES: dict[type, FrameType] = {cls: t for t, cls in FRAME_CLASSES.items()}
+# The one frame type that answers each request (ERROR answers any of them).
+REPLY_TO: dict[type, type] = {Lookup: Holders, Ping: Pong, Prefix: PrefixReply, Fetch: Fetched,
+                              Members: Members}

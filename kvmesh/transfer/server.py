@@ -24,7 +24,7 @@ from kvmesh.transfer import frames as f
 from kvmesh.transfer import handshake
 from kvmesh.transfer.connection import FramedConnection
 from kvmesh.transfer.shm import SHARED_LEASE_S
-from kvmesh.transfer.streams import Stream, StreamClosed
+from kvmesh.transfer.streams import Stream
 
 log = logging.getLogger(__name__)
 
@@ -36,13 +36,8 @@ REFS_PER_FRAME = 16
 class ServingNode(Protocol):
     """What the server needs from its peer. Called on the peer's loop thread."""
 
-    peer_id: str
-    namespace: bytes
-    host_id: str
-    shm_path: str
-    ucx_port: int
-    control_port: int
-
+    def identity(self) -> Any:
+        """peer_id, namespace, host_id, shm_path, ucx_port, control_port of this peer."""
     def on_connected(self, hello: f.Hello) -> None: ...
     def holders(self, keys: tuple[bytes, ...]) -> list[tuple[str, ...]]: ...
     def on_advertise(self, holder: str, keys: tuple[bytes, ...]) -> None: ...
@@ -68,7 +63,7 @@ async def serve_connection(stream: Stream, node: ServingNode, secret: bytes | No
     except ProtocolError as exc:
         log.warning("closing a connection after a protocol error: %s", exc)
         await _try_send(conn, f.Error(0, f"protocol error: {exc}"))
-    except (StreamClosed, ConnectionError, OSError, asyncio.TimeoutError):
+    except (KvmeshError, asyncio.TimeoutError):  # closed, reset, or the handshake timed out
         pass
     finally:
         await session.stop()
@@ -78,7 +73,7 @@ async def serve_connection(stream: Stream, node: ServingNode, secret: bytes | No
 async def _try_send(conn: FramedConnection, frame: f.Frame) -> None:
     try:
         await asyncio.wait_for(conn.send(frame), 0.5)
-    except (asyncio.TimeoutError, ConnectionError, OSError):
+    except (asyncio.TimeoutError, KvmeshError):
         pass
 
 
@@ -88,11 +83,12 @@ async def _handshake(conn: FramedConnection, node: ServingNode, secret: bytes | 
     if not isinstance(hello, f.Hello):
         raise HandshakeError(f"expected HELLO, got {type(hello).__name__}")
     version = handshake.choose_version(hello)
-    handshake.check_namespace(node.namespace, hello.namespace)
+    me = node.identity()
+    handshake.check_namespace(me.namespace, hello.namespace)
     nonce = handshake.new_nonce()
-    await conn.send(f.Welcome(node.peer_id, version, node.namespace, node.host_id, node.shm_path,
+    await conn.send(f.Welcome(me.peer_id, version, me.namespace, me.host_id, me.shm_path,
                               nonce, handshake.proof(secret, b"server", hello.nonce, nonce),
-                              node.ucx_port, node.control_port))
+                              me.ucx_port, me.control_port))
     auth = await conn.read_frame()
     if not isinstance(auth, f.Auth):
         raise HandshakeError(f"expected AUTH, got {type(auth).__name__}")
@@ -160,7 +156,7 @@ class _Session:
             else:
                 reply = f.Members(frame.request_id, self.node.members_exchange(frame.peers), True)
             await self.conn.send(reply)
-        except (KvmeshError, ConnectionError, OSError) as exc:
+        except KvmeshError as exc:
             log.debug("request %s failed: %s", type(frame).__name__, exc)
             self.conn.close()
 

@@ -31,19 +31,14 @@ import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
-from typing import Callable
 
 import xxhash
 
-from kvmesh.store.slab_pool import map_readonly
-
 from kvmesh import native
+from kvmesh.store.slab_pool import map_readonly
+from kvmesh.transfer.reader import ChunkReader
 
 log = logging.getLogger(__name__)
-
-# reader(src) -> True once it has consumed the chunk's bytes, which are the
-# holder's own and valid only during the call (see PeerClient.pull).
-ChunkReader = Callable[[memoryview], bool]
 
 # Part of the protocol: how long a holder keeps a shared pull's chunks pinned
 # when the puller sends no RELEASE. Far above any pull's timeout.
@@ -107,22 +102,25 @@ class SharedPoolReader:
             return None
         return memoryview(mapping)[offset:offset + length]
 
-    def copy(self, out: memoryview | ChunkReader, src: memoryview, checksum: int,
+    def read(self, reader: ChunkReader, index: int, src: memoryview, checksum: int,
              lease_deadline: float) -> bool:
-        """Copy `src` into `out`, or hand it to `out(src)` when `out` is a
-        reader; True only if the result is known good: the copy or read ended
+        """Hand `src` to `reader(index, src)` in place; True only if the read is
+        known good: it ended within the lease (and, when verifying, the bytes
+        matched the checksum)."""
+        # The reader reads first and the hash comes after, as in copy_checksum:
+        # bytes that changed under the read fail the hash.
+        try:
+            ok = reader(index, src) is True
+        except Exception:  # noqa: BLE001 - a reader's bug fails its chunk, not the batch
+            log.exception("shared-memory chunk reader failed")
+            ok = False
+        if ok and self.verify_checksum:
+            ok = xxhash.xxh3_64_intdigest(src) == checksum
+        return ok and time.monotonic() < lease_deadline
+
+    def copy(self, out: memoryview, src: memoryview, checksum: int, lease_deadline: float) -> bool:
+        """Copy `src` into `out`; True only if the copy is known good: it ended
         within the lease (and the bytes matched the checksum when verifying)."""
-        if callable(out):
-            # The reader reads first and the hash comes after, as in
-            # copy_checksum: bytes that changed under the read fail the hash.
-            try:
-                ok = out(src) is True
-            except Exception:  # noqa: BLE001 - a reader's bug fails its chunk, not the batch
-                log.exception("shared-memory chunk reader failed")
-                ok = False
-            if ok and self.verify_checksum:
-                ok = xxhash.xxh3_64_intdigest(src) == checksum
-            return ok and time.monotonic() < lease_deadline
         length = len(src)
         if length > len(out):
             return False

@@ -3,6 +3,10 @@
 A `Stream` moves bytes and nothing else. `recv_into` writes what has arrived
 into the buffer it is given (the decoder's current stage), `send` writes a
 frame's parts without copying the payload. Timeouts belong to the callers.
+
+Failures come out as kvmesh errors, never as the OS's: a closed, reset or
+broken connection raises `StreamClosed`, a dial that cannot connect raises
+`TransferError`, so callers above the streams catch `KvmeshError` only.
 """
 
 from __future__ import annotations
@@ -11,13 +15,13 @@ import asyncio
 import socket
 from typing import Protocol, Sequence
 
+from kvmesh.errors import StreamClosed, TransferError
+
+__all__ = ["RCVLOWAT_MAX", "Stream", "StreamClosed", "TcpStream"]
+
 # A reader waiting for a big buffer is woken once this many bytes are queued
 # (SO_RCVLOWAT), not on every few segments: each wake-up is a loop turn.
 RCVLOWAT_MAX = 256 << 10
-
-
-class StreamClosed(ConnectionError):
-    """The other side went away."""
 
 
 class Stream(Protocol):
@@ -52,12 +56,18 @@ class TcpStream:
     @classmethod
     async def connect(cls, host: str, port: int) -> "TcpStream":
         loop = asyncio.get_running_loop()
-        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        family, type_, proto, _, addr = infos[0]
-        sock = socket.socket(family, type_, proto)
+        try:
+            infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+            family, type_, proto, _, addr = infos[0]
+            sock = socket.socket(family, type_, proto)
+        except OSError as exc:
+            raise TransferError(f"cannot reach {host}:{port}: {exc}") from None
         sock.setblocking(False)
         try:
             await loop.sock_connect(sock, addr)
+        except OSError as exc:
+            sock.close()
+            raise TransferError(f"cannot reach {host}:{port}: {exc}") from None
         except BaseException:
             sock.close()
             raise
@@ -65,10 +75,13 @@ class TcpStream:
 
     async def recv_into(self, buf: memoryview) -> int:
         try:
-            n = self._sock.recv_into(buf)
-        except (BlockingIOError, InterruptedError):
-            self._wake_at(min(len(buf), RCVLOWAT_MAX))
-            n = await self._loop.sock_recv_into(self._sock, buf)
+            try:
+                n = self._sock.recv_into(buf)
+            except (BlockingIOError, InterruptedError):
+                self._wake_at(min(len(buf), RCVLOWAT_MAX))
+                n = await self._loop.sock_recv_into(self._sock, buf)
+        except OSError as exc:  # reset, or the socket was closed under us
+            raise StreamClosed(f"connection lost: {exc}") from None
         if n == 0:
             raise StreamClosed("connection closed by peer")
         return n
@@ -81,8 +94,11 @@ class TcpStream:
             self._lowat = lowat
 
     async def send(self, parts: Sequence[bytes | memoryview]) -> None:
-        for part in parts:
-            await self._loop.sock_sendall(self._sock, part)
+        try:
+            for part in parts:
+                await self._loop.sock_sendall(self._sock, part)
+        except OSError as exc:  # EPIPE, ECONNRESET, or closed under us
+            raise StreamClosed(f"connection lost: {exc}") from None
 
     def close(self) -> None:
         try:

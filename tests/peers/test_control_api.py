@@ -15,7 +15,7 @@ import prometheus_client
 import pytest
 
 from kvmesh.config import ControlConfig, KvmeshConfig, MeshConfig, StoreConfig
-from kvmesh.errors import TransferError
+from kvmesh.errors import HandshakeError, StreamClosed, TransferError
 from kvmesh.hashring.keys import ChunkHasher, KeyNamespace
 from kvmesh.directory.shard import Directory
 from kvmesh.membership.swim import Swim
@@ -23,17 +23,13 @@ from kvmesh.store.chunk_store import ChunkStore
 from kvmesh.peers.control_api import start_control_api
 from kvmesh.peers.control_schema import MAX_BODY_BYTES, MAX_KEYS, MAX_TOKENS
 from kvmesh.peers.stats import PeerStats
+from kvmesh.peers.status import PeerStatus
 from kvmesh.types import PeerId, key_hex
 
 SLOT_BYTES = 64
 CHUNK_TOKENS = 4
 SECRET = b"s3cret"
 OTHER = "127.0.0.1:7002"  # a member with no control API running
-
-
-class FakePool:
-    def transports(self) -> dict[str, str]:
-        return {OTHER: "tcp"}
 
 
 class NoNetwork:
@@ -59,7 +55,7 @@ def fake_membership(peer_id: str, others: list[str]) -> Swim:
 
 
 class FakePeer:
-    """The attributes and methods the control API uses, and nothing else."""
+    """The verbs the control API uses, over a real ChunkStore, and nothing else."""
 
     def __init__(self, peer_id: str, config: KvmeshConfig) -> None:
         self.peer_id = PeerId(peer_id)
@@ -68,9 +64,8 @@ class FakePeer:
         self.store = ChunkStore(config.store, SLOT_BYTES, shared=False)
         self.stats = PeerStats()
         self.membership = fake_membership(self.peer_id, [OTHER])
-        self.pool = FakePool()
         self.directory = Directory()
-        self.control_urls: dict[str, str] = {}
+        self.known_control_urls: dict[str, str] = {}  # the tests set these themselves
         self.withdrawn: list[bytes] = []
         self.pushed: list[tuple[list[bytes], str]] = []
         self.push_result: int | Exception | None = None  # None: deliver all
@@ -82,20 +77,46 @@ class FakePeer:
         self.stats.lookup_hit_chunks += matched
         return matched
 
-    async def learn_control_urls(self, peers) -> None:
-        pass  # the tests set control_urls themselves
-
     async def find_holders(self, keys) -> list[tuple[str, ...]]:
         return [(self.peer_id,) if self.store.tier_of(k) else () for k in keys]
 
-    def withdraw(self, keys) -> None:
-        self.withdrawn.extend(keys)
+    def held_prefix(self, keys) -> int:
+        return self.store.leading_hits(keys)
+
+    def pin(self, keys) -> list[bool]:
+        return [self.store.pin(k) for k in keys]
+
+    def unpin(self, keys) -> list[bool]:
+        return [self.store.unpin(k) for k in keys]
+
+    async def move(self, keys, tier) -> list[bool]:
+        return [self.store.move(k, tier) for k in keys]
+
+    async def remove(self, keys) -> list[bytes]:
+        return self._withdraw_gone([k for k in keys if self.store.remove(k)])
+
+    async def clear(self, tier=None) -> list[bytes]:
+        return self._withdraw_gone(self.store.clear(tier))
+
+    def _withdraw_gone(self, removed) -> list[bytes]:
+        self.withdrawn.extend(k for k in removed if self.store.tier_of(k) is None)
+        return removed
 
     async def push(self, keys, target: str) -> int:
         self.pushed.append((list(keys), target))
         if isinstance(self.push_result, Exception):
             raise self.push_result
         return len(keys) if self.push_result is None else self.push_result
+
+    def members(self):
+        return self.membership.members
+
+    async def control_urls(self, peers) -> dict[str, str]:
+        return {p: self.known_control_urls[p] for p in peers if p in self.known_control_urls}
+
+    def status(self) -> PeerStatus:
+        return PeerStatus.of(self.peer_id, self.store.stats(), self.stats, self.membership,
+                             {OTHER: "tcp"}, len(self.directory))
 
     def put(self, keys) -> None:
         for key in keys:
@@ -203,7 +224,7 @@ async def test_status_mesh_fans_out(api, tmp_path):
         dead.bind(("127.0.0.1", 0))  # bound, not listening: connection refused
         dead_url = f"http://127.0.0.1:{dead.getsockname()[1]}"
         api.peer.membership.preload([("127.0.0.1:7003",) * 2, ("127.0.0.1:7004",) * 2])
-        api.peer.control_urls.update({OTHER: other_api.url, "127.0.0.1:7003": dead_url})
+        api.peer.known_control_urls.update({OTHER: other_api.url, "127.0.0.1:7003": dead_url})
         status, body = await api.call("GET", "/status?scope=mesh")
         dead.close()
     finally:
@@ -321,8 +342,9 @@ async def test_move_to_peer_keeps_local_copies(api, keep, push_result):
     assert sorted(api.peer.store.keys()) == sorted(keys) and api.peer.withdrawn == []
 
 
-@pytest.mark.parametrize("failure", [TransferError("peer went away"), TimeoutError("peer went away"),
-                                     ConnectionResetError("peer went away")])
+# Peer.push raises only kvmesh errors (the transports turn the OS's into them).
+@pytest.mark.parametrize("failure", [TransferError("peer went away"), StreamClosed("peer went away"),
+                                     HandshakeError("peer went away")])
 async def test_move_transfer_failure_is_502(api, failure):
     keys = api.peer.hasher.keys(tokens_for(1))
     api.peer.put(keys)
@@ -410,7 +432,7 @@ async def test_secret_accepted(secure, method, path, body):
 async def test_mesh_fan_out_sends_secret(secure, tmp_path):
     other = FakePeer(OTHER, make_config(tmp_path / "b", secret=SECRET, disk=False))
     runner, other_api = await open_api(other)
-    secure.peer.control_urls[OTHER] = other_api.url
+    secure.peer.known_control_urls[OTHER] = other_api.url
     try:
         _, body = await secure.call("GET", "/status?scope=mesh")
     finally:

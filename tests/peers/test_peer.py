@@ -12,8 +12,9 @@ import pytest
 
 from kvmesh.config import ControlConfig, KvmeshConfig, MeshConfig, StoreConfig, TransferConfig
 from kvmesh.errors import ConfigError, HandshakeError
-from kvmesh.peers import gossip
-from kvmesh.peers import peer as peer_module
+from kvmesh.peers import network
+from kvmesh.peers import directory_sync
+from kvmesh.peers.directory_sync import directory_replicas
 from kvmesh.peers.facade import PeerHandle
 from kvmesh.peers.standalone import standalone_hasher
 from kvmesh.transfer import frames as f
@@ -132,16 +133,10 @@ def test_directory_replicated_on_two_owners_and_withdrawn_on_removal(mesh):
         holding = [p for p in peers if p.peer.directory.holders(key)]
         assert sorted(p.peer_id for p in holding) == sorted(owners)
     assert peers[3].lookup_prefix(keys) == 16
-    removed = peers[0].peer.store.clear()
-    assert len(removed) == 16
-    peers[0].call(_withdraw(peers[0].peer, removed))
+    assert peers[0].clear() == 16  # and withdraws them
     time.sleep(0.3)
     assert all(not p.peer.directory.holders(k) for p in peers for k in keys)
     assert peers[3].lookup_prefix(keys) == 0
-
-
-async def _withdraw(peer, keys):
-    peer.withdraw(keys)
 
 
 def test_stale_directory_entry_is_a_miss_not_an_error(mesh):
@@ -218,7 +213,8 @@ def wait_until(pred, timeout_s: float, what: str) -> float:
 
 
 def owners(handle: PeerHandle, key: bytes) -> list[str]:
-    return handle.peer.membership.ring.owners(key, handle.peer._replicas(handle.peer.membership.ring))
+    ring = handle.peer.membership.ring
+    return ring.owners(key, directory_replicas(handle.peer.config.mesh, ring))
 
 
 def test_losing_one_peer_loses_no_directory_entry(mesh):
@@ -257,13 +253,14 @@ def test_a_join_re_advertises_only_the_entries_it_moves(mesh):
     keys = save(holder, 64)
     time.sleep(0.3)
     sent: list[tuple[str, int]] = []
-    queue_to = holder.peer._queue_to
+    sync = holder.peer._sync
+    queue_to = sync._queue_to
 
     def counting(owner, owned, withdraw):
         sent.append((owner, len(owned)))
         queue_to(owner, owned, withdraw)
 
-    holder.peer._queue_to = counting
+    sync._queue_to = counting
     newcomer = mesh(1, probe_interval_s=FAST)[-1]
     wait_until(lambda: sum(n for _, n in sent) > 0, 5, "the re-advertise")
     time.sleep(0.3)
@@ -308,12 +305,12 @@ def test_wildcard_listener_is_known_by_its_advertised_host(mesh):
 
 
 async def test_wildcard_without_advertise_host_refuses_a_loopback_guess(monkeypatch):
-    monkeypatch.setattr(gossip.socket, "gethostname", lambda: "localhost")
+    monkeypatch.setattr(network.socket, "gethostname", lambda: "localhost")
     with pytest.raises(ConfigError, match="KVMESH_ADVERTISE_HOST"):
-        await gossip.advertised_host(MeshConfig(host="0.0.0.0"), 1.0)
-    assert await gossip.advertised_host(MeshConfig(host="0.0.0.0", advertise_host="10.1.1.1"),
+        await network.advertised_host(MeshConfig(host="0.0.0.0"), 1.0)
+    assert await network.advertised_host(MeshConfig(host="0.0.0.0", advertise_host="10.1.1.1"),
                                         1.0) == "10.1.1.1"
-    assert await gossip.advertised_host(MeshConfig(host="10.2.2.2"), 1.0) == "10.2.2.2"
+    assert await network.advertised_host(MeshConfig(host="10.2.2.2"), 1.0) == "10.2.2.2"
 
 
 def test_a_small_mesh_keeps_the_whole_directory_on_every_peer(mesh):
@@ -322,17 +319,17 @@ def test_a_small_mesh_keeps_the_whole_directory_on_every_peer(mesh):
     time.sleep(0.3)
     assert all(p.peer.directory.holders(k) == (peers[0].peer_id,) for p in peers for k in keys)
     asked: list[str] = []
-    ask_owner = peers[3].peer._ask_owner
+    lookup = peers[3].peer._lookup
+    ask_owner = lookup._ask_owner
 
     async def counting(owner, owned):
         asked.append(owner)
         return await ask_owner(owner, owned)
 
-    peers[3].peer._ask_owner = counting
+    lookup._ask_owner = counting
     assert peers[3].lookup_prefix(keys) == 16
     assert asked == []  # answered from its own directory
-    removed = peers[0].peer.store.clear()
-    peers[0].call(_withdraw(peers[0].peer, removed))
+    assert peers[0].clear() == 16
     time.sleep(0.3)
     assert all(not p.peer.directory.holders(k) for p in peers for k in keys)
 
@@ -344,7 +341,7 @@ def test_growing_past_the_full_directory_keeps_r_owners_and_lookups_work(mesh):
     assert all(p.peer.directory.holders(k) for p in peers for k in keys)
     newcomer = mesh(1, probe_interval_s=FAST, full_directory_upto=3)[-1]
     time.sleep(0.5)  # the 4-peer ring is a DHT again: r=2, the newcomer gets what it owns
-    assert newcomer.peer._replicas(newcomer.peer.membership.ring) == 2
+    assert directory_replicas(newcomer.peer.config.mesh, newcomer.peer.membership.ring) == 2
     assert all(newcomer.peer.directory.holders(k) == (peers[0].peer_id,)
                for k in keys if newcomer.peer_id in owners(newcomer, k))
     assert newcomer.lookup_prefix(keys) == 32
@@ -357,7 +354,7 @@ def test_entries_a_peer_no_longer_owns_are_forgotten_once_the_ring_is_quiet(mesh
     assert all(len(p.peer.directory) == 32 for p in peers)  # everyone owns everything
     newcomer = mesh(1, probe_interval_s=FAST, full_directory_upto=3)[-1]
     everyone = peers + [newcomer]
-    deadline = time.monotonic() + 10 * FAST * peer_module.PRUNE_AFTER_PROBES
+    deadline = time.monotonic() + 10 * FAST * directory_sync.PRUNE_AFTER_PROBES
     while time.monotonic() < deadline and any(
             len(p.peer.directory) > sum(p.peer_id in owners(p, k) for k in keys) for p in everyone):
         time.sleep(0.1)

@@ -74,17 +74,18 @@ def test_out_of_range_refs_are_misses(pool, offset_delta, length, out_bytes):
 def test_a_reader_gets_the_holders_bytes_in_place(pool):
     reader, seen = SharedPoolReader(), []
     src = reader.source(pool.shm_path, pool.offset(2), 1 << 16)
-    assert reader.copy(lambda data: seen.append(bytes(data)) is None, src, 0,
+    assert reader.read(lambda index, data: seen.append((index, bytes(data))) is None, 7, src, 0,
                        time.monotonic() + 5) is True
-    assert seen == [bytes(pool.view(2))]
+    assert seen == [(7, bytes(pool.view(2)))]
     reader.close()
 
 
-@pytest.mark.parametrize("read", [lambda data: False, lambda data: 1 / 0, lambda data: None])
+@pytest.mark.parametrize("read", [lambda index, data: False, lambda index, data: 1 / 0,
+                                  lambda index, data: None])
 def test_a_reader_that_fails_or_raises_is_a_miss(pool, read):
     reader = SharedPoolReader()
     src = reader.source(pool.shm_path, pool.offset(2), 1 << 16)
-    assert reader.copy(read, src, 0, time.monotonic() + 5) is False
+    assert reader.read(read, 0, src, 0, time.monotonic() + 5) is False
     reader.close()
 
 
@@ -93,10 +94,10 @@ def test_a_read_after_the_lease_or_against_a_wrong_checksum_is_a_miss(pool):
     good = xxhash.xxh3_64_intdigest(src_bytes)
     lease = SharedPoolReader()
     src = lease.source(pool.shm_path, pool.offset(2), 1 << 16)
-    assert lease.copy(lambda data: True, src, 0, time.monotonic() - 0.001) is False
+    assert lease.read(lambda index, data: True, 0, src, 0, time.monotonic() - 0.001) is False
     lease.close()
     verify = SharedPoolReader(verify_checksum=True)
     src = verify.source(pool.shm_path, pool.offset(2), 1 << 16)
-    assert verify.copy(lambda data: True, src, good, time.monotonic() + 5) is True
-    assert verify.copy(lambda data: True, src, good ^ 1, time.monotonic() + 5) is False
+    assert verify.read(lambda index, data: True, 0, src, good, time.monotonic() + 5) is True
+    assert verify.read(lambda index, data: True, 0, src, good ^ 1, time.monotonic() + 5) is False
     verify.close()

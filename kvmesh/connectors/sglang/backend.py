@@ -44,8 +44,6 @@ from kvmesh.types import ChunkKey
 
 logger = logging.getLogger(__name__)
 
-# Failures of the mesh (not bugs here) that the edge turns into misses.
-MESH_FAILURES = (KvmeshError, TimeoutError, OSError)
 # Extra-config key: the model identity to key pages on, instead of SGLang's model name.
 MODEL_OPTION = "kvmesh_model"
 
@@ -99,7 +97,7 @@ class KvmeshHiCacheStorage(HiCacheStorage):
             return 0
         try:
             found = min(len(keys), peer.lookup_prefix(self._chunk_keys(keys)))
-        except MESH_FAILURES as exc:
+        except KvmeshError as exc:
             logger.info("kvmesh: lookup failed, reporting a miss: %s", exc)
             found = 0
         self.metrics.note_exists(found)
@@ -214,7 +212,7 @@ class KvmeshHiCacheStorage(HiCacheStorage):
         if ticket is None:  # already held here, or no free slot: is it in the mesh?
             try:
                 return peer.lookup_prefix([key]) == 1
-            except MESH_FAILURES:
+            except KvmeshError:
                 return False
         try:
             fill(ticket.data)

@@ -84,8 +84,7 @@ class EmbeddedMeshPeer:
         self.handle.commit_save(ticket, ok)
 
     def clear(self) -> int:
-        # The peer's event pump withdraws the removed keys from the directory.
-        return len(self.handle.peer.store.clear())
+        return self.handle.clear()
 
     def close(self) -> None:
         self.handle.close()

@@ -56,8 +56,6 @@ LOAD_THREADS = 4  # mostly waiting on the network
 # An idle step (no token to compute) waits up to this long for a load to end;
 # a request that arrives meanwhile starts at most this much later.
 IDLE_LOAD_WAIT_S = 0.01
-# Errors a transfer may raise that mean "this chunk is a miss", not "bug".
-_TRANSFER_ERRORS = (KvmeshError, ValueError, RuntimeError)
 
 
 @dataclass(slots=True)
@@ -233,7 +231,7 @@ class MeshWorker:
             self._scatter(data if isinstance(data, torch.Tensor) else readonly_bytes(data),
                           specs[index])
             return True
-        except _TRANSFER_ERRORS as exc:
+        except KvmeshError as exc:
             logger.warning("kvmesh: chunk %d could not be scattered: %s", index, exc)
             return False
 
@@ -245,7 +243,7 @@ class MeshWorker:
         # offset/chunk_blocks cut the slab per the layout (K then V blocks in
         # token-major layouts), which a plain [layers, blocks, -1] view would
         # not. The slab must be exactly `blocks` blocks: a chunk of another
-        # size under this key is not this chunk (scatter raises ValueError).
+        # size under this key is not this chunk (scatter raises KernelError).
         self._paged.scatter(data, spec.block_ids[lo:hi], offset=lo, chunk_blocks=blocks)
 
     # -- saves ----------------------------------------------------------------
@@ -264,7 +262,7 @@ class MeshWorker:
             try:
                 self._paged.gather(spec.block_ids, ticket.data[:length])
                 ok = True
-            except _TRANSFER_ERRORS as exc:
+            except KvmeshError as exc:
                 logger.warning("kvmesh: chunk could not be gathered: %s", exc)
             finally:
                 self._peer.commit_save(ticket, ok, length)

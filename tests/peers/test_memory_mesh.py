@@ -1,0 +1,122 @@
+"""Many real peers in one process over the in-memory network: the data path
+(advertise, lookup, pull, verify) with no socket at all."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from kvmesh.config import ControlConfig, KvmeshConfig, MeshConfig, StoreConfig, TransferConfig
+from kvmesh.peers.memory_network import MemoryNetwork, MemoryStream
+from kvmesh.peers.peer import Peer
+from kvmesh.peers.standalone import chunk_bytes_for, standalone_hasher
+from kvmesh.types import PeerAddress
+
+SLOT = 16 << 10
+
+
+def config(i: int, seed: str | None, transport: str, full_directory_upto: int) -> KvmeshConfig:
+    return KvmeshConfig(
+        chunk_tokens=16, store=StoreConfig(cpu_bytes=64 * SLOT),
+        mesh=MeshConfig(host=f"10.77.0.{i + 1}", port=7400,
+                        seeds=(PeerAddress.parse(seed),) if seed else (),
+                        probe_interval_s=0.1, full_directory_upto=full_directory_upto),
+        transfer=TransferConfig(transport=transport, timeout_s=1.0),
+        control=ControlConfig(enabled=False))
+
+
+async def start_mesh(net: MemoryNetwork, n: int, transport: str = "tcp",
+                     full_directory_upto: int = 0) -> list[Peer]:
+    peers: list[Peer] = []
+    for i in range(n):
+        cfg = config(i, peers[0].peer_id if peers else None, transport, full_directory_upto)
+        peer = Peer(cfg, standalone_hasher(cfg, SLOT), SLOT, network=net.node())
+        await peer.start()
+        peers.append(peer)
+    await wait_for(lambda: all(len(p.members()) == n for p in peers), "everyone joined")
+    return peers
+
+
+async def wait_for(cond, what: str, timeout_s: float = 10.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not cond():
+        assert asyncio.get_running_loop().time() < deadline, f"{what}: not within {timeout_s}s"
+        await asyncio.sleep(0.02)
+
+
+def save(peer: Peer, chunks: int, seed: int = 0) -> list[bytes]:
+    tokens = np.random.default_rng(seed).integers(0, 1 << 20, chunks * 16, dtype=np.int32)
+    keys = peer.hasher.keys(tokens)
+    for key in keys:
+        ticket = peer.prepare_save(key)
+        ticket.view[:] = chunk_bytes_for(key, SLOT).tobytes()
+        assert peer.commit_save(ticket)
+    return keys
+
+
+async def load(peer: Peer, keys: list[bytes]) -> list[bool]:
+    """Pull `keys`; True where the chunk landed with exactly the holder's bytes."""
+    ok = [False] * len(keys)
+
+    def landed(index: int, good: bool, source: str, consumed: bool) -> None:
+        if good:
+            ticket = peer.open_loaded(keys[index])
+            ok[index] = bytes(ticket.view) == chunk_bytes_for(keys[index], SLOT).tobytes()
+            peer.close_loaded(ticket)
+
+    await peer.load(keys, landed)
+    return ok
+
+
+@pytest.fixture
+async def net():
+    network = MemoryNetwork()
+    started: list[Peer] = []
+    network.started = started
+    yield network
+    await asyncio.gather(*(p.stop() for p in started), return_exceptions=True)
+
+
+@pytest.mark.parametrize("transport", ["tcp", "auto"])  # auto: same host, shared pools
+async def test_eight_peers_share_chunks_in_one_process(net, transport):
+    peers = await start_mesh(net, 8, transport)
+    net.started += peers
+    keys = save(peers[0], 12)
+    await asyncio.sleep(0.2)  # the advertise batches reach the owners
+    for peer in peers[1:]:
+        assert await peer.lookup_prefix(keys) == 12
+    assert await load(peers[5], keys) == [True] * 12
+    # The puller now holds a copy and advertised it: a second source.
+    await asyncio.sleep(0.2)
+    holders = await peers[3].find_holders(keys, fresh=True)
+    assert all(set(h) == {peers[0].peer_id, peers[5].peer_id} for h in holders)
+
+
+async def test_a_killed_holder_becomes_a_miss_then_is_forgotten(net):
+    peers = await start_mesh(net, 4, full_directory_upto=4)
+    net.started += peers
+    keys = save(peers[1], 4)
+    await asyncio.sleep(0.2)
+    assert await peers[2].lookup_prefix(keys) == 4
+    net.kill(peers[1].peer_id)
+    assert await load(peers[2], keys) == [False] * 4  # a miss, not a hang or an error
+    survivors = [peers[0], peers[2], peers[3]]
+    await wait_for(lambda: all(peers[1].peer_id not in p.members() for p in survivors), "the death")
+    assert await peers[3].lookup_prefix(keys) == 0
+
+
+async def test_memory_streams_keep_order_and_close_like_tcp():
+    a, b = MemoryStream.pair()
+    await a.send([b"hello ", memoryview(b"world")])
+    buf = bytearray(64)
+    got = b""
+    while len(got) < 11:
+        n = await b.recv_into(memoryview(buf))
+        got += bytes(buf[:n])
+    assert got == b"hello world"
+    a.close()
+    with pytest.raises(Exception) as err:
+        await b.recv_into(memoryview(buf))
+    assert type(err.value).__name__ == "StreamClosed"
