@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import sys
 
@@ -19,14 +20,31 @@ BENCHMARKS = {
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark NAME with ARGS, or `all` at their defaults; `--help`
+    and bad usage exit through argparse before any benchmark starts."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] not in (*BENCHMARKS, "all"):
-        print("usage: kvmesh bench {" + ",".join([*BENCHMARKS, "all"]) + "} [ARGS]")
-        return 2
-    names = list(BENCHMARKS) if argv[0] == "all" else [argv[0]]
-    for name in names:
-        module = importlib.import_module(BENCHMARKS[name])
-        rc = module.main(argv[1:] if argv[0] != "all" else [])
+    # Only NAME is parsed here: ARGS reach the benchmark's own parser verbatim.
+    name = _parser().parse_args(argv[:1]).name
+    if name != "all":
+        return _run(name, argv[1:])
+    argparse.ArgumentParser(prog="kvmesh bench all", description="run "
+                            f"{', '.join(BENCHMARKS)} in turn, each at its defaults; "
+                            "stop at the first that fails").parse_args(argv[1:])
+    for each in BENCHMARKS:
+        rc = _run(each, [])
         if rc:
             return rc
     return 0
+
+
+def _run(name: str, argv: list[str]) -> int:
+    return int(importlib.import_module(BENCHMARKS[name]).main(argv) or 0)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="kvmesh bench", usage="%(prog)s [-h] NAME [ARGS]",
+                                description=__doc__,
+                                epilog="`kvmesh bench NAME --help` lists NAME's options.")
+    p.add_argument("name", choices=[*BENCHMARKS, "all"], metavar="NAME",
+                   help="{" + ",".join([*BENCHMARKS, "all"]) + "}")
+    return p
