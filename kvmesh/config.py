@@ -133,7 +133,8 @@ class KvmeshConfig:
     mesh: MeshConfig = field(default_factory=MeshConfig)
     transfer: TransferConfig = field(default_factory=TransferConfig)
     control: ControlConfig = field(default_factory=ControlConfig)
-    run_dir: Path = field(default_factory=lambda: Path(tempfile.gettempdir()) / "kvmesh")
+    # Private to this user (0700; checked at start): rendezvous files and pool doors.
+    run_dir: Path = field(default_factory=lambda: Path(tempfile.gettempdir()) / f"kvmesh-{os.getuid()}")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "KvmeshConfig":

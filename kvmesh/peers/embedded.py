@@ -28,6 +28,7 @@ from kvmesh.peers.facade import PeerHandle
 from kvmesh.transfer import frames as f
 from kvmesh.transfer import handshake
 from kvmesh.transfer.client import PeerClient
+from kvmesh.transfer.pool_door import private_dir
 from kvmesh.transfer.shm import host_id
 from kvmesh.transfer.streams import TcpStream
 from kvmesh.types import ChunkKey, PeerAddress
@@ -87,7 +88,7 @@ def open_peer(config: KvmeshConfig, namespace: KeyNamespace, slot_bytes: int,
     handle = EmbeddedPeer.start(config, ChunkHasher(namespace), slot_bytes)
     handle.engine_id = engine_id
     path = rendezvous_path(config, engine_id, namespace.tp_rank)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(path.parent)  # only this user may plant or read rendezvous files
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
     tmp.write_text(json.dumps({"peer_id": handle.peer_id, "pid": os.getpid(),
                                "control_url": handle.peer.control_url}))
@@ -144,6 +145,7 @@ class RemoteLookupClient:
             return None
         self._retry_at = time.monotonic() + 1.0
         try:
+            private_dir(self._path.parent)  # never trust a file another user could plant
             address = PeerAddress.parse(json.loads(self._path.read_text())["peer_id"])
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise TransferError(f"unreadable rendezvous file {self._path}: {exc}") from None
@@ -153,10 +155,11 @@ class RemoteLookupClient:
         except asyncio.TimeoutError:
             raise TransferError(f"cannot reach {address.peer_id}") from None
         # peer_id "" marks a client that must not be taken for a mesh member.
-        hello = f.Hello("", f.MIN_PROTOCOL_VERSION, f.PROTOCOL_VERSION, self._namespace, host_id(),
-                        "", handshake.new_nonce())
-        self._client = await PeerClient.open(stream, hello, self._namespace, self._config.mesh.secret,
-                                             self._timeout, None, 64)
+        hello = f.Hello("", f.MIN_PROTOCOL_VERSION, f.PROTOCOL_VERSION, self._namespace, "", "",
+                        handshake.new_nonce())
+        self._client = await PeerClient.open(stream, hello, f.Info(host_id(), 0, 0, b""),
+                                             self._namespace, self._config.mesh.secret,
+                                             self._timeout, 64)
         return self._client
 
     def close(self) -> None:

@@ -39,13 +39,14 @@ from kvmesh.peers.gossip import MeshGossip
 from kvmesh.peers.holder_lookup import Holders, HolderLookup
 from kvmesh.peers.loader import ChunkLoader, ResultFn
 from kvmesh.peers.network import Endpoint, Network, TcpNetwork
-from kvmesh.peers.serving import ServingAdapter, ServingIdentity
+from kvmesh.peers.serving import PeerCalls, ServingAdapter, ServingIdentity
 from kvmesh.peers.stats import PeerStats
 from kvmesh.peers.status import PeerStatus
 from kvmesh.store import ChunkStore
 from kvmesh.store.records import LoadTicket, StoreTicket
 from kvmesh.transfer import frames as f
 from kvmesh.transfer import handshake
+from kvmesh.transfer.pool_door import PoolDoor, door_path, private_dir
 from kvmesh.transfer.reader import ChunkReader
 from kvmesh.transfer.server import serve_connection
 from kvmesh.transfer.shm import host_id
@@ -84,6 +85,7 @@ class Peer:
         self._lookup: HolderLookup | None = None
         self._loader: ChunkLoader | None = None
         self._serving: ServingAdapter | None = None
+        self._door: PoolDoor | None = None
         self._ucx_listener = None
         self._control = None
         self._accepting: asyncio.Task | None = None
@@ -106,18 +108,23 @@ class Peer:
         self._gossip = MeshGossip(self._endpoint, mesh, self.namespace, self._on_membership_change,
                                   timeout)
         self.membership = self._gossip.membership
-        self.pool = ConnectionPool(self.config, self.namespace, self._hello, self._network,
-                                   self._note_control_port)
+        self.pool = ConnectionPool(self.config, self.namespace, self._hello, self._info,
+                                   self._network, self._host_id, self._note_control_port)
+        run_dir = private_dir(self.config.run_dir)
+        if self.store.shares_pool:
+            self._door = PoolDoor(door_path(run_dir, self.peer_id), self.store.share_pool_fd, timeout)
+            await self._door.open()
         parts = (self.peer_id, mesh, timeout, self.store, self.directory, self.membership,
                  self.pool, self.stats)
         self._sync = DirectorySync(*parts)
         self._lookup = HolderLookup(*parts)
         self._loader = ChunkLoader(self.peer_id, self.store, self.pool, self._lookup.find_holders,
                                    self._sync.advertise, timeout, self.stats)
-        self._serving = ServingAdapter(self._identity, self.store, self.directory,
-                                       self.membership.state_of, self._on_connected,
-                                       self._lookup.matched, self.fetch,
-                                       lambda: self.membership.members, self.stats)
+        self._serving = ServingAdapter(
+            PeerCalls(self._identity, self.membership.state_of, lambda: self.membership.members,
+                      self._lookup.matched, self.fetch, self._verify, self.pool.opened,
+                      self._on_member),
+            self.store, self.directory, self._door, self.stats)
         if self.config.transfer.transport == "ucx":
             from kvmesh.transfer.ucx import UcxListener  # noqa: PLC0415 - optional extra
 
@@ -154,6 +161,8 @@ class Peer:
             self._ucx_listener.close()
         if self.pool is not None:
             await self.pool.close()
+        if self._door is not None:
+            await self._door.close()
         if self._endpoint is not None:
             self._endpoint.close()
         self.store.close()
@@ -285,13 +294,17 @@ class Peer:
     # ---- internals ---------------------------------------------------------------------
 
     def _identity(self) -> ServingIdentity:
-        return ServingIdentity(self.peer_id, self.namespace, self._host_id,
-                               self.store.shm_path or "", self._ucx_port, self._control_port)
+        return ServingIdentity(self.peer_id, self.namespace, self._host_id, self._ucx_port,
+                               self._control_port)
 
     def _hello(self) -> f.Hello:
         return f.Hello(self.peer_id, f.MIN_PROTOCOL_VERSION, f.PROTOCOL_VERSION, self.namespace,
-                       self._host_id, self.store.shm_path or "", handshake.new_nonce(),
-                       self._ucx_port, self._control_port)
+                       "", "", handshake.new_nonce())
+
+    def _info(self) -> f.Info:
+        """What we tell a server once both proofs are done (our pool we share
+        only as a server, through our own door)."""
+        return f.Info(self._host_id, self._ucx_port, self._control_port, b"")
 
     async def _accept_loop(self) -> None:
         while True:
@@ -314,12 +327,19 @@ class Peer:
         self._lookup.ring_changed()
         self._sync.ring_changed()
 
-    def _on_connected(self, hello: f.Hello) -> None:
-        if not hello.peer_id:
-            return  # a lookup client of our own engine, not a mesh member
-        self._gossip.learn(hello.peer_id)
-        self._note_control_port(hello.peer_id, hello.control_port)
+    async def _verify(self, claimed: PeerId, nonce: bytes) -> bool:
+        """Ask `claimed`, over our own connection to it, whether it opened the
+        connection whose HELLO carried `nonce` (see transfer.server)."""
+        client = await self.pool.get(claimed)
+        reply = await client.request(lambda rid: f.Vouch(rid, nonce), self.config.transfer.timeout_s)
+        return reply.mine
+
+    def _on_member(self, peer: PeerId, info: f.Info) -> None:
+        """A member proved its peer id on an inbound connection."""
+        self._gossip.learn(peer)
+        self._note_control_port(peer, info.control_port)
 
     def _note_control_port(self, peer: PeerId, port: int) -> None:
         if port:
-            self._control_urls[peer] = f"http://{PeerAddress.parse(peer).host}:{port}"
+            host = PeerAddress.parse(peer).host
+            self._control_urls[peer] = f"http://{f'[{host}]' if ':' in host else host}:{port}"

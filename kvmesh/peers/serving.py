@@ -2,22 +2,27 @@
 
 `ServingAdapter` answers the requests of other peers (and of this engine's
 own lookup clients) from the parts of one peer: directory queries from its
-shard, pulls from its store, advertise and withdraw into its shard, and
-prefix lookups and fetches through the peer's own verbs. Loop thread.
+shard, pulls from its store (pins drawn from one `PinBudget`), advertise and
+withdraw into its shard, pool-door tokens, identity checks (VOUCH both
+ways), and prefix lookups and fetches through the peer's own verbs.
+Loop thread.
 """
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from typing import Awaitable, Callable, Sequence
 
 from kvmesh.directory.shard import Directory
 from kvmesh.errors import KvmeshError
-from kvmesh.membership.states import MemberState
+from kvmesh.membership.states import LIVE, MemberState
 from kvmesh.peers.stats import PeerStats
 from kvmesh.store import ChunkStore
 from kvmesh.store.records import LoadTicket
 from kvmesh.transfer import frames as f
+from kvmesh.transfer.pin_budget import PinBudget
+from kvmesh.transfer.pool_door import PoolDoor
 from kvmesh.types import ChunkKey, PeerId
 
 
@@ -39,36 +44,55 @@ class ServingIdentity:
     peer_id: PeerId
     namespace: bytes
     host_id: str
-    shm_path: str
     ucx_port: int
     control_port: int
+
+
+@dataclass(frozen=True, slots=True)
+class PeerCalls:
+    """The peer's own verbs and views the adapter answers with."""
+
+    identity: Callable[[], ServingIdentity]
+    state_of: Callable[[PeerId], MemberState | None]
+    members: Callable[[], Sequence[PeerId]]
+    matched: Callable[[Sequence[ChunkKey]], Awaitable[int]]
+    fetch: Callable[[Sequence[ChunkKey], PeerId], Awaitable[int]]
+    verify: Callable[[PeerId, bytes], Awaitable[bool]]
+    vouch: Callable[[PeerId, bytes], bool]
+    on_member: Callable[[PeerId, f.Info], None]
 
 
 class ServingAdapter:
     """A `ServingNode` over one peer's parts; see the module docstring."""
 
-    def __init__(self, identity: Callable[[], ServingIdentity], store: ChunkStore,
-                 directory: Directory, state_of: Callable[[PeerId], MemberState | None],
-                 on_connected: Callable[[f.Hello], None],
-                 matched: Callable[[Sequence[ChunkKey]], Awaitable[int]],
-                 fetch: Callable[[Sequence[ChunkKey], PeerId], Awaitable[int]],
-                 members: Callable[[], Sequence[PeerId]], stats: PeerStats) -> None:
-        self._identity = identity
+    def __init__(self, calls: PeerCalls, store: ChunkStore, directory: Directory,
+                 door: PoolDoor | None, stats: PeerStats) -> None:
+        self._calls = calls
         self._store = store
         self._directory = directory
-        self._state_of = state_of
-        self._on_connected = on_connected
-        self._matched = matched
-        self._fetch = fetch
-        self._members = members
+        self._door = door
         self._stats = stats
+        self.pins = PinBudget.for_slots(store.cpu_slots)
 
     def identity(self) -> ServingIdentity:
         """What the handshake tells a connecting peer (read once per connection)."""
-        return self._identity()
+        return self._calls.identity()
 
-    def on_connected(self, hello: f.Hello) -> None:
-        self._on_connected(hello)
+    def pool_token(self, on_proven: Callable[[], None]) -> bytes:
+        return self._door.issue(on_proven) if self._door is not None else b""
+
+    def revoke_pool_token(self, token: bytes) -> None:
+        if self._door is not None:
+            self._door.revoke(token)
+
+    async def verify(self, claimed: PeerId, nonce: bytes) -> bool:
+        return await self._calls.verify(claimed, nonce)
+
+    def vouch(self, asker: PeerId, nonce: bytes) -> bool:
+        return self._calls.vouch(asker, nonce)
+
+    def on_member(self, peer: PeerId, info: f.Info) -> None:
+        self._calls.on_member(peer, info)
 
     def holders(self, keys: tuple[ChunkKey, ...]) -> list[tuple[PeerId, ...]]:
         return [self._directory.holders(k) for k in keys]
@@ -77,7 +101,7 @@ class ServingAdapter:
         # Only a holder that announced its leave is refused. One we never heard
         # of, or hold dead, is talking to us right now: its gossip (a join, or
         # the refutation after a partition heals) may simply trail its advertise.
-        if self._state_of(holder) is not MemberState.LEFT:
+        if self._calls.state_of(holder) is not MemberState.LEFT:
             self._directory.add(holder, keys)
 
     def on_withdraw(self, holder: PeerId, keys: tuple[ChunkKey, ...]) -> None:
@@ -85,18 +109,26 @@ class ServingAdapter:
 
     def members_exchange(self, peers: tuple[PeerId, ...]) -> tuple[PeerId, ...]:
         """Old-style member lists are answered, not learned from: SWIM gossip is the source."""
-        return tuple(self._members())
+        return tuple(self._calls.members())
 
     async def prefix(self, keys: tuple[ChunkKey, ...]) -> int:
-        return await self._matched(keys)
+        return await self._calls.matched(keys)
 
     async def fetch(self, keys: tuple[ChunkKey, ...], holder: PeerId) -> int:
-        return await self._fetch(keys, holder)
+        """Pull `keys` from `holder`, which must be a live member of the mesh
+        (never a peer only the request names)."""
+        if self._calls.state_of(holder) not in LIVE:
+            return 0
+        return await self._calls.fetch(keys, holder)
 
-    def open_chunk(self, key: ChunkKey) -> ServedChunk | None:
-        """Pin a chunk for sending, or None when it is not held (a MISS)."""
+    async def open_chunk(self, key: ChunkKey) -> ServedChunk | None:
+        """Pin a chunk for sending, or None when it is not held (a MISS). A
+        chunk on disk only is read back on a worker thread, off the loop."""
         try:
-            ticket = self._store.prepare_load(key)
+            if self._store.has_disk_tier:
+                ticket = await asyncio.to_thread(self._store.prepare_load, key)
+            else:
+                ticket = self._store.prepare_load(key)
         except KvmeshError:
             return None
         self._stats.bytes_served += ticket.length

@@ -77,12 +77,32 @@ class ChunkStore:
             self._index.adopt_disk_chunks(slot_bytes)
 
     @property
-    def shm_path(self) -> str | None:
-        """The CPU pool's file, for same-host peers (see SlabPool)."""
-        return self._pool.shm_path
+    def cpu_slots(self) -> int:
+        return self._pool.num_slots
+
+    @property
+    def has_disk_tier(self) -> bool:
+        """With a disk tier, loads and stores may do disk I/O: keep them off event loops."""
+        return self._disk is not None
+
+    @property
+    def shares_pool(self) -> bool:
+        """Whether same-host peers may map the CPU pool (see SlabPool)."""
+        return self._pool.shared
+
+    @property
+    def pool_proc_path(self) -> str | None:
+        """The shared pool as this process sees it (/proc/<pid>/fd/<n>): for
+        tests and debugging on this host only; never sent to anyone."""
+        return self._pool.proc_path
+
+    def share_pool_fd(self) -> tuple[int, int]:
+        """(a new read-only descriptor of the CPU pool, its size), for a
+        same-host peer; the caller closes the descriptor once it is sent."""
+        return self._pool.share_fd(), self._pool.size
 
     def offset(self, slot: int) -> int:
-        """Byte offset of `slot` in the file at `shm_path`."""
+        """Byte offset of `slot` in the shared CPU pool."""
         return self._pool.offset(slot)
 
     # -- store -----------------------------------------------------------

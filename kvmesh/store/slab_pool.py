@@ -1,28 +1,28 @@
 """A fixed pool of equal CPU slots carved out of one buffer.
 
 The buffer is allocated once and the pool never grows, so a transport can
-register it (UCX) once. With `shared=True` the buffer is a file in /dev/shm
-(the temp dir if there is no /dev/shm), mapped read-write; another process on
-the same host opens `shm_path`, maps it read-only (`map_readonly`) and copies a
-chunk out at `offset(slot)`: the same-host transfer path. The file is created
-with mode 0600, so only the same user can map it. With `prefault=True` a
-background thread faults every page in right away (`prefault.Prefaulter`), so
-no save pays the kernel's first-touch cost.
-
-A killed process cannot unlink its file, so the owner holds a shared flock on
-it for its lifetime (the kernel drops it however the process dies), and every
-new shared pool first deletes `kvmesh-slab-*` files that nobody holds locked
-and that are older than STALE_AFTER_S (the age guards the instant between
-creating a file and locking it).
+register it (UCX) once. With `shared=True` the buffer is an anonymous
+in-memory file (`memfd_create`), mapped read-write here and sealed so its size
+can never change (F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL): a reader's
+mapping of it can never fault past the end. Other processes on this host get
+it only as a read-only file descriptor from `share_fd()`, handed over a Unix
+socket by `kvmesh.transfer.pool_door`; they map it with `map_shared_fd` and
+copy chunks out at `offset(slot)`: the same-host transfer path. There is no
+name in any filesystem, so nothing can open the pool by path, and nothing is
+left behind when the process dies, however it dies (the kernel frees the
+memory once the last descriptor and mapping are gone). Files that releases
+before this one left in /dev/shm are still swept at startup
+(`delete_stale_files`).
 
 Threading: `alloc` and `free` are not thread-safe; the owner serializes them
-(ChunkStore calls them under its lock). `view`, `tensor` and `offset` read only
-state fixed at construction and may be called from any thread.
+(ChunkStore calls them under its lock). `view`, `tensor`, `offset` and
+`share_fd` read only state fixed at construction and may be called from any
+thread.
 
 Buffers: the pool owns the memory. Views and tensors handed out alias a slot;
 they must not be used once the slot is freed (it is handed out again), and they
-keep the mapping alive past `close()` (the file is unlinked regardless), so a
-stale tensor reads stale bytes rather than faulting.
+keep the mapping alive past `close()`, so a stale tensor reads stale bytes
+rather than faulting.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from __future__ import annotations
 import fcntl
 import mmap
 import os
+import stat
 import tempfile
 import time
 import weakref
@@ -41,8 +42,10 @@ from kvmesh.errors import StoreError
 from kvmesh.store.prefault import Prefaulter
 
 SHM_DIR = Path("/dev/shm")
-FILE_PREFIX = "kvmesh-slab-"
+FILE_PREFIX = "kvmesh-slab-"  # pool files of releases before memfd pools
 STALE_AFTER_S = 10.0
+# A shared pool's size is fixed for good: no mapping of it can ever fault.
+SIZE_SEALS = getattr(fcntl, "F_SEAL_SHRINK", 2) | getattr(fcntl, "F_SEAL_GROW", 4)
 
 
 class SlabPool:
@@ -58,13 +61,13 @@ class SlabPool:
         self.slot_bytes = slot_bytes
         self.num_slots = num_slots
         size = num_slots * slot_bytes
-        self.shm_path: str | None = None
-        lock_fd = None
+        self.size = size
+        self.fd: int | None = None  # the memfd of a shared pool
         if shared:
-            self.shm_path, lock_fd, self._mmap = _create_shared(size)
+            self.fd, self._mmap = _create_shared(size)
         else:
             self._mmap = mmap.mmap(-1, size)
-        self._finalizer = weakref.finalize(self, _release_file, self.shm_path, lock_fd)
+        self._finalizer = weakref.finalize(self, _close_fd, self.fd)
         # Tensors are built over memoryviews, never over the mmap itself: torch
         # keeps a reference to the object but drops its buffer export, so a
         # tensor over the bare mmap would dangle once the mmap is closed.
@@ -76,6 +79,23 @@ class SlabPool:
         self.prefaulter = Prefaulter(self._mmap) if prefault else None
 
     @property
+    def shared(self) -> bool:
+        return self.fd is not None
+
+    @property
+    def proc_path(self) -> str | None:
+        """/proc/<pid>/fd/<n> of a shared pool (for tests and debugging)."""
+        return None if self.fd is None else f"/proc/{os.getpid()}/fd/{self.fd}"
+
+    def share_fd(self) -> int:
+        """A new read-only descriptor of the shared pool, for another process on
+        this host; the caller owns it and closes it once sent. StoreError if
+        the pool is not shared or is closed."""
+        if self.fd is None or self._view is None:
+            raise StoreError("this pool is not shared")
+        return os.open(f"/proc/self/fd/{self.fd}", os.O_RDONLY | os.O_CLOEXEC)
+
+    @property
     def free_slots(self) -> int:
         return len(self._free)
 
@@ -84,7 +104,7 @@ class SlabPool:
         return self.num_slots - len(self._free)
 
     def offset(self, slot: int) -> int:
-        """Byte offset of `slot` in the buffer (and in the file at `shm_path`)."""
+        """Byte offset of `slot` in the buffer (and in the shared pool's file)."""
         self._check_slot(slot)
         return slot * self.slot_bytes
 
@@ -124,10 +144,11 @@ class SlabPool:
         self._free.append(slot)
 
     def close(self) -> None:
-        """Unmap the buffer and unlink its file. Safe to call twice.
+        """Unmap the buffer and close its file. Safe to call twice.
 
         If views or tensors handed out are still alive, the mapping stays until
-        the last of them is dropped; the file is unlinked now either way.
+        the last of them is dropped (and so does the memory of a shared pool
+        that another process still maps).
         """
         if self.prefaulter is not None:
             self.prefaulter.stop()  # no madvise may run on the range once it is unmapped
@@ -146,30 +167,42 @@ class SlabPool:
             raise ValueError(f"slot {slot} out of range [0, {self.num_slots})")
 
 
-def map_readonly(shm_path: str) -> mmap.mmap:
-    """Map another process's pool file read-only, to copy chunks out of it.
+def map_shared_fd(fd: int) -> mmap.mmap:
+    """Map a pool another process shared (`SlabPool.share_fd`), read-only.
 
-    The caller owns the returned mapping and closes it. Bytes of a slot are
-    only meaningful while its holder keeps the chunk pinned.
+    The descriptor came from another process, so it is checked first: it must
+    be a regular file whose size is sealed (so the mapping can never fault
+    past a shrunk end). Raises OSError or ValueError otherwise. The caller
+    still owns `fd` (it may close it once this returns) and owns the mapping.
+    Bytes of a slot are only meaningful while its holder keeps the chunk pinned.
     """
-    with open(shm_path, "rb") as f:
-        return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-
-
-def _create_shared(size: int) -> tuple[str, int, mmap.mmap]:
-    """Create, lock, size and map a pool file; the returned fd holds the lock."""
-    directory = SHM_DIR if SHM_DIR.is_dir() else Path(tempfile.gettempdir())
-    delete_stale_files(directory)
-    fd, path = tempfile.mkstemp(prefix=f"{FILE_PREFIX}{os.getpid()}-", dir=directory)
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode) or info.st_size <= 0:
+        raise ValueError("a shared pool must be a non-empty regular file")
     try:
-        fcntl.flock(fd, fcntl.LOCK_SH)  # "alive" for as long as this fd is open
-        _reserve(fd, size, path)
+        seals = fcntl.fcntl(fd, fcntl.F_GET_SEALS)
+    except (OSError, AttributeError):  # EINVAL: a file that cannot be sealed at all
+        seals = 0
+    if seals & SIZE_SEALS != SIZE_SEALS:
+        raise ValueError("a shared pool's size must be sealed")
+    return mmap.mmap(fd, info.st_size, access=mmap.ACCESS_READ)
+
+
+def _create_shared(size: int) -> tuple[int, mmap.mmap]:
+    """An anonymous in-memory file of `size` bytes, its pages reserved and its
+    size sealed, mapped read-write; returns (fd, mapping)."""
+    delete_stale_files(SHM_DIR if SHM_DIR.is_dir() else Path(tempfile.gettempdir()))
+    if not hasattr(os, "memfd_create"):
+        raise StoreError("shared CPU pools need memfd_create (Linux)")
+    fd = os.memfd_create("kvmesh-pool", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    try:
+        _reserve(fd, size)
         mapping = mmap.mmap(fd, size)  # MAP_SHARED, read-write
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, SIZE_SEALS | fcntl.F_SEAL_SEAL)
     except BaseException:
         os.close(fd)
-        os.unlink(path)
         raise
-    return path, fd, mapping
+    return fd, mapping
 
 
 def delete_stale_files(directory: Path) -> list[str]:
@@ -182,7 +215,7 @@ def delete_stale_files(directory: Path) -> list[str]:
     now = time.time()
     for path in directory.glob(f"{FILE_PREFIX}*"):
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
         except OSError:
             continue
         try:
@@ -193,30 +226,29 @@ def delete_stale_files(directory: Path) -> list[str]:
             continue  # BlockingIOError: its owner is alive
         finally:
             os.close(fd)
-        _release_file(str(path), None)
+        _unlink(str(path))
         deleted.append(str(path))
     return deleted
 
 
-def _reserve(fd: int, size: int, path: str) -> None:
-    """Commit the file's pages now: a full tmpfs fails here, not with SIGBUS later."""
-    if not hasattr(os, "posix_fallocate"):
-        os.ftruncate(fd, size)
-        return
+def _reserve(fd: int, size: int) -> None:
+    """Commit the file's pages now: running out of memory fails here, not
+    with SIGBUS later."""
     try:
         os.posix_fallocate(fd, 0, size)
     except OSError as exc:
         raise StoreError(
-            f"cannot reserve {size} bytes for the CPU pool at {path}: {exc.strerror}; "
-            "/dev/shm may be too small (containers often default to 64 MiB: "
-            "raise --shm-size) or lower KVMESH_CPU_BYTES") from exc
+            f"cannot reserve {size} bytes for the CPU pool: {exc.strerror}; "
+            "lower KVMESH_CPU_BYTES or raise the memory limit") from exc
 
 
-def _release_file(path: str | None, lock_fd: int | None) -> None:
-    if path is not None:
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
-    if lock_fd is not None:
-        os.close(lock_fd)
+def _close_fd(fd: int | None) -> None:
+    if fd is not None:
+        os.close(fd)
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass

@@ -28,7 +28,7 @@ from kvmesh.transfer import handshake
 from kvmesh.transfer.connection import FramedConnection
 from kvmesh.transfer.pull_states import ChunkState, PullTable
 from kvmesh.transfer.reader import ChunkReader
-from kvmesh.transfer.shm import COPY_THREADS, SharedPoolReader
+from kvmesh.transfer.shm import COPY_THREADS, PoolMapping, SharedCopier
 from kvmesh.transfer.streams import Stream
 from kvmesh.types import ChunkKey, PeerId
 
@@ -67,9 +67,9 @@ class _PullState:
     done: DoneFn
     table: PullTable
     finished: asyncio.Future
-    shared_path: str = ""
     lease_deadline: float = 0.0  # time.monotonic() by which shared copies must end
     copies: set[asyncio.Future] = field(default_factory=set)  # copy batches in flight
+    leases: set[int] = field(default_factory=set)  # the holder's lease ids, to RELEASE
     reader: ChunkReader | None = None  # consumes shared chunks in place of `dest`
 
     def at(self, index: int) -> ChunkState | None:
@@ -89,22 +89,25 @@ class _PullState:
 
 @dataclass
 class RemoteInfo:
+    """What the server told us: its WELCOME, then (after AUTH) its INFO."""
+
     peer_id: PeerId
     version: int
     host_id: str
-    shm_path: str
     ucx_port: int
     control_port: int
+    pool_token: bytes  # b"": it shares no pool with us
 
 
 class PeerClient:
     """Use `PeerClient.open(...)`; then `request`, `notify`, `pull`, `close`."""
 
-    def __init__(self, conn: FramedConnection, remote: RemoteInfo, shm: SharedPoolReader | None,
-                 max_inflight: int) -> None:
+    def __init__(self, conn: FramedConnection, remote: RemoteInfo, max_inflight: int) -> None:
         self.remote = remote
         self._conn = conn
-        self._shm = shm  # set when pulls use the holder's shared pool
+        self._shm: SharedCopier | None = None  # set when pulls use the holder's shared pool
+        self._pool_map: PoolMapping | None = None
+        self._on_close: list[Callable[[], None]] = []
         self._ids = itertools.count(1)
         self._replies: dict[int, asyncio.Future] = {}
         self._pulls: dict[int, _PullState] = {}
@@ -113,21 +116,37 @@ class PeerClient:
         self._slots = asyncio.Semaphore(max_inflight)
         conn.set_sink(self._sink)
         self._reader = asyncio.get_running_loop().create_task(self._read_loop())
-        self.transport = "shm" if shm else conn.stream.kind
+        self.transport = conn.stream.kind
 
     @classmethod
-    async def open(cls, stream: Stream, hello: f.Hello, namespace: bytes, secret: bytes | None,
-                   timeout_s: float, shm: SharedPoolReader | None, max_inflight: int) -> "PeerClient":
-        """Handshake on a fresh stream; closes it and raises HandshakeError on refusal."""
+    async def open(cls, stream: Stream, hello: f.Hello, info: f.Info, namespace: bytes,
+                   secret: bytes | None, timeout_s: float, max_inflight: int,
+                   dialed: PeerId | None = None) -> "PeerClient":
+        """Handshake on a fresh stream (HELLO, WELCOME, AUTH, then INFO both
+        ways); closes it and raises HandshakeError on refusal, or when the
+        server answers as another peer than `dialed`."""
         conn = FramedConnection(stream)
         try:
-            remote = await asyncio.wait_for(_handshake(conn, hello, namespace, secret), timeout_s)
+            remote = await asyncio.wait_for(_handshake(conn, hello, info, namespace, secret),
+                                            timeout_s)
+            if dialed is not None and remote.peer_id != dialed:
+                raise HandshakeError(f"dialled {dialed}, answered as {remote.peer_id!r}")
+        except asyncio.TimeoutError:
+            conn.close()
+            raise HandshakeError(f"no handshake within {timeout_s}s") from None
         except BaseException:
             conn.close()
             raise
-        use_shm = shm if (shm is not None and remote.host_id == hello.host_id
-                          and remote.shm_path and shm.can_map(remote.shm_path)) else None
-        return cls(conn, remote, use_shm, max_inflight)
+        return cls(conn, remote, max_inflight)
+
+    def on_close(self, callback: Callable[[], None]) -> None:
+        """Have `callback()` run once, when this connection closes."""
+        self._on_close.append(callback)
+
+    def use_pool(self, mapping: PoolMapping, copier: SharedCopier) -> None:
+        """Pull through the holder's pool from now on (its door granted it)."""
+        self._pool_map, self._shm = mapping, copier
+        self.transport = "shm"
 
     @property
     def closed(self) -> bool:
@@ -182,12 +201,10 @@ class PeerClient:
             rid = next(self._ids)
             state = _PullState(keys, dest, done, PullTable(len(keys)),
                                asyncio.get_running_loop().create_future(),
-                               self.remote.shm_path if self._shm else "",
-                               SharedPoolReader.lease_deadline(time.monotonic()),
-                               reader=reader)
+                               SharedCopier.lease_deadline(time.monotonic()), reader=reader)
             self._pulls[rid] = state
             try:
-                await within(self._conn.send(f.Pull(rid, keys, bool(self._shm))), timeout_s)
+                await within(self._conn.send(f.Pull(rid, keys, self._pool_map is not None)), timeout_s)
                 await self._await_progress(state, timeout_s, stall_s or timeout_s)
             except (asyncio.TimeoutError, KvmeshError):
                 # Close first: once the reader is gone no payload can land late.
@@ -203,13 +220,22 @@ class PeerClient:
                 await _drain(state.copies)  # they write into slots failing frees
                 for index in state.table.not_done():
                     state.resolve(index, False, 0)
-                if self._shm and not self.closed:
-                    await self._release(rid, timeout_s)
+                if state.leases and not self.closed:
+                    await self._release(state.leases, timeout_s)
 
     def close(self) -> None:
-        self._conn.close()
         self._reader.cancel()
-        self._fail_all(TransferError(f"{self.remote.peer_id}: connection closed"))
+        self._closed(TransferError(f"{self.remote.peer_id}: connection closed"))
+
+    def _closed(self, why: Exception) -> None:
+        """Everything a closed connection ends: requests, pulls, the pool mapping."""
+        self._conn.close()
+        self._fail_all(why)
+        if self._pool_map is not None:
+            self._pool_map.close()
+        callbacks, self._on_close = self._on_close, []
+        for callback in callbacks:
+            callback()
 
     async def aclose(self) -> None:
         self.close()
@@ -238,9 +264,10 @@ class PeerClient:
         await self._conn.send(frame)
         await fut
 
-    async def _release(self, rid: int, timeout_s: float) -> None:
+    async def _release(self, leases: set[int], timeout_s: float) -> None:
         try:
-            await self.notify(f.Release(rid), timeout_s)
+            for lease in sorted(leases):
+                await self.notify(f.Release(lease), timeout_s)
         except KvmeshError:
             pass
 
@@ -258,24 +285,25 @@ class PeerClient:
             while True:
                 frame = await self._conn.read_frame()
                 if isinstance(frame, f.ChunkRefs):
-                    self._on_chunk_refs(frame.refs())
+                    self._on_chunk_refs(frame)
                 else:
                     self._dispatch(frame)
         except KvmeshError as exc:  # closed, reset, or a protocol error
-            self._conn.close()
-            self._fail_all(TransferError(f"{self.remote.peer_id}: {exc}"))
+            self._closed(TransferError(f"{self.remote.peer_id}: {exc}"))
         except asyncio.CancelledError:
             raise
 
     def _dispatch(self, frame: f.Frame) -> None:
         if isinstance(frame, f.Chunk):
             self._on_chunk(frame)
-        elif isinstance(frame, f.ChunkRef):
-            self._on_chunk_refs([frame])
         elif isinstance(frame, f.Miss):
             state = self._pulls.get(frame.request_id)
-            if state:
+            if state and state.at(frame.index) is _WAITING:  # not one already on its way
                 state.resolve(frame.index, False, 0)
+        elif isinstance(frame, f.Error) and frame.request_id in self._pulls:
+            state = self._pulls[frame.request_id]  # the holder refused the whole pull
+            if not state.finished.done():
+                state.finished.set_exception(TransferError(f"{self.remote.peer_id}: {frame.message}"))
         else:
             rid = getattr(frame, "request_id", None)
             fut = self._replies.get(rid)
@@ -304,21 +332,24 @@ class PeerClient:
             # No payload: dropped by the sink, or it failed its checksum in the decoder.
             state.resolve(chunk.index, chunk.payload is not None, chunk.length, chunk.checksum)
 
-    def _on_chunk_refs(self, refs: list[f.ChunkRef]) -> None:
-        """Hand chunk refs (one frame's, all of one pull) to the copy threads,
+    def _on_chunk_refs(self, frame: f.ChunkRefs) -> None:
+        """Hand one frame's chunk refs (all of one pull) to the copy threads,
         split between them, and go on reading: one batch is copied while the
-        loop lands the one before (see SharedPoolReader). Destinations are
-        taken here, on the loop."""
-        state = self._pulls.get(refs[0].request_id) if refs else None
+        loop lands the one before (see SharedCopier). Destinations are taken
+        here, on the loop."""
+        state = self._pulls.get(frame.request_id)
         if state is None:
             return
+        state.leases.add(frame.lease)  # released at the pull's end, whatever comes of it
+        if self._pool_map is None:
+            return  # refs for a pull we did not ask to share: its chunks stay misses
         jobs = []
-        for ref in refs:
+        for ref in frame.refs():
             if state.at(ref.index) is not _WAITING:
                 continue
             # With a reader the chunk is read in place; else it is copied into `dest`.
             out = None if state.reader is not None else state.dest(ref.index, ref.length)
-            src = (self._shm.source(state.shared_path, ref.offset, ref.length)
+            src = (self._pool_map.source(ref.offset, ref.length)
                    if state.reader is not None or out is not None else None)
             if src is None:
                 state.resolve(ref.index, False, ref.length, ref.checksum)
@@ -350,19 +381,27 @@ class PeerClient:
                 state.finished.set_exception(exc)
 
 
-async def _handshake(conn: FramedConnection, hello: f.Hello, namespace: bytes,
+async def _handshake(conn: FramedConnection, hello: f.Hello, info: f.Info, namespace: bytes,
                      secret: bytes | None) -> RemoteInfo:
     await conn.send(hello)
-    reply = await conn.read_frame()
-    if isinstance(reply, f.Error):
-        raise HandshakeError(f"refused: {reply.message}")
-    if not isinstance(reply, f.Welcome):
-        raise HandshakeError(f"expected WELCOME, got {type(reply).__name__}")
-    handshake.check_namespace(namespace, reply.namespace)
-    handshake.check_proof(secret, reply.proof, b"server", hello.nonce, reply.nonce)
-    await conn.send(f.Auth(handshake.proof(secret, b"client", reply.nonce, hello.nonce)))
-    return RemoteInfo(reply.peer_id, reply.version, reply.host_id, reply.shm_path, reply.ucx_port,
-                      reply.control_port)
+    welcome = await _expect(conn, f.Welcome)
+    handshake.check_version(welcome.version)
+    handshake.check_namespace(namespace, welcome.namespace)
+    handshake.check_proof(secret, welcome.proof, b"server", hello.nonce, welcome.nonce)
+    await conn.send(f.Auth(handshake.proof(secret, b"client", welcome.nonce, hello.nonce)))
+    await conn.send(info)
+    theirs = await _expect(conn, f.Info)  # sent only once our AUTH checked out
+    return RemoteInfo(PeerId(welcome.peer_id), welcome.version, theirs.host_id, theirs.ucx_port,
+                      theirs.control_port, theirs.pool_token)
+
+
+async def _expect(conn: FramedConnection, kind: type) -> f.Frame:
+    frame = await conn.read_frame()
+    if isinstance(frame, f.Error):
+        raise HandshakeError(f"refused: {frame.message}")
+    if not isinstance(frame, kind):
+        raise HandshakeError(f"expected {kind.__name__.upper()}, got {type(frame).__name__}")
+    return frame
 
 
 def _copied(state: _PullState, jobs: list, done: asyncio.Future) -> None:

@@ -66,6 +66,10 @@ def _schema(cls: type) -> list[tuple[str, str]]:
 _SCHEMAS = {t: _schema(cls) for t, cls in f.FRAME_CLASSES.items()}
 # Fields that describe the same items in parallel, so must be equally long.
 _PARALLEL = {f.FrameType.CHUNK_REFS: ("indices", "keys", "checksums", "lengths", "offsets")}
+# Byte (or character) caps of named string and bytes fields, in any frame.
+_FIELD_CAPS = {"peer_id": f.MAX_PEER_ID_BYTES, "holder": f.MAX_PEER_ID_BYTES, "host_id": 64,
+               "shm_path": 4096, "nonce": 64, "proof": 64, "pool_token": 64, "namespace": 64,
+               "message": 4096}
 
 
 def encode(frame: f.Frame) -> list[bytes | memoryview]:
@@ -265,6 +269,8 @@ def _parse_header(ftype: f.FrameType, raw: bytes) -> f.Frame:
         if name == "key" and len(value) != CHUNK_KEY_BYTES or name == "keys" and any(
                 len(k) != CHUNK_KEY_BYTES for k in value):
             raise RemoteProtocolError(f"{ftype.name}.{name}: chunk keys are {CHUNK_KEY_BYTES} bytes")
+        if name in _FIELD_CAPS and len(value) > _FIELD_CAPS[name]:
+            raise RemoteProtocolError(f"{ftype.name}.{name}: longer than {_FIELD_CAPS[name]}")
         kwargs[name] = tuple(tuple(v) if isinstance(v, list) else v for v in value) \
             if isinstance(value, list) else value
     if len({len(kwargs[name]) for name in _PARALLEL.get(ftype, ())}) > 1:

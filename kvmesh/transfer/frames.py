@@ -12,15 +12,20 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-# 2: CHUNK_REFS (a shared-memory pull answered in batches). Still speaks 1.
-PROTOCOL_VERSION = 2
-MIN_PROTOCOL_VERSION = 1
+# 2: CHUNK_REFS (a shared-memory pull answered in batches).
+# 3: INFO after AUTH (nothing about a host or its pool before it); VOUCH binds
+#    a claimed peer id; same-host pools are handed over as file descriptors
+#    (kvmesh.transfer.pool_door), never by path; shared leases get ids from the
+#    holder. 1 and 2 trusted what came before AUTH, so 3 is also the minimum.
+PROTOCOL_VERSION = 3
+MIN_PROTOCOL_VERSION = 3
 
 # Hard caps, checked before anything is allocated.
 MAX_HEADER_BYTES = 1 << 20
 MAX_PAYLOAD_BYTES = 1 << 30
 MAX_KEYS_PER_REQUEST = 4096
 MAX_INFLIGHT_REQUESTS = 256
+MAX_PEER_ID_BYTES = 255  # "host:port"; a DNS name is at most 253 bytes
 
 
 class FrameType(enum.IntEnum):
@@ -45,19 +50,22 @@ class FrameType(enum.IntEnum):
     FETCH = 19          # please pull these keys from `holder` (used to move chunks)
     FETCHED = 20        # reply to FETCH: how many arrived
     CHUNK_REFS = 21     # many CHUNK_REFs of one PULL in one frame (protocol >= 2)
+    INFO = 22           # after AUTH, each side: its host, ports and pool token (protocol >= 3)
+    VOUCH = 23          # did you open a connection to me with this HELLO nonce? (protocol >= 3)
+    VOUCHED = 24        # reply to VOUCH
 
 
 @dataclass(frozen=True, slots=True)
 class Hello:
-    peer_id: str
+    peer_id: str  # "" for a client that is not a mesh member (an engine's lookups)
     min_version: int
     max_version: int
     namespace: bytes
-    host_id: str
-    shm_path: str
+    host_id: str  # unused since protocol 3 (sent before AUTH): ""
+    shm_path: str  # unused since protocol 3: ""
     nonce: bytes
-    ucx_port: int = 0  # 0: this peer has no UCX listener
-    control_port: int = 0  # 0: no control API
+    ucx_port: int = 0  # unused since protocol 3 (see INFO): 0
+    control_port: int = 0  # unused since protocol 3: 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,12 +73,12 @@ class Welcome:
     peer_id: str
     version: int
     namespace: bytes
-    host_id: str
-    shm_path: str
+    host_id: str  # unused since protocol 3: ""
+    shm_path: str  # unused since protocol 3: ""
     nonce: bytes
-    proof: bytes  # HMAC over both nonces; empty when no secret is set
-    ucx_port: int = 0
-    control_port: int = 0
+    proof: bytes  # HMAC over both nonces and both peer ids; empty when no secret is set
+    ucx_port: int = 0  # unused since protocol 3: 0
+    control_port: int = 0  # unused since protocol 3: 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,6 +174,7 @@ class ChunkRefs:
     checksums: tuple[int, ...]
     lengths: tuple[int, ...]
     offsets: tuple[int, ...]
+    lease: int = 0  # what RELEASE names to unpin these (the holder picks it)
 
     def refs(self) -> list[ChunkRef]:
         return [ChunkRef(self.request_id, *ref) for ref in
@@ -174,7 +183,7 @@ class ChunkRefs:
 
 @dataclass(frozen=True, slots=True)
 class Release:
-    request_id: int
+    lease: int  # the holder's lease id, from CHUNK_REFS (protocol >= 3)
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,9 +218,30 @@ class Fetched:
     count: int
 
 
+@dataclass(frozen=True, slots=True)
+class Info:
+    """What a peer tells the other once the secret proofs are done (both ways)."""
+
+    host_id: str  # same value: maybe the same host (proven only through the pool door)
+    ucx_port: int  # 0: no UCX listener
+    control_port: int  # 0: no control API
+    pool_token: bytes  # b"": no pool to share; else what the pool door asks to see
+
+
+@dataclass(frozen=True, slots=True)
+class Vouch:
+    request_id: int
+    nonce: bytes  # the HELLO nonce of a connection that claims to come from the one asked
+
+
+@dataclass(frozen=True, slots=True)
+class Vouched:
+    request_id: int
+    mine: bool  # the one asked opened that connection, to the asker
+
 Frame = (Hello | Welcome | Auth | Error | Ping | Pong | Lookup | Holders | Advertise
          | Withdraw | Pull | Chunk | Miss | ChunkRef | Release | Prefix | PrefixReply | Members
-         | Fetch | Fetched | ChunkRefs)
+         | Fetch | Fetched | ChunkRefs | Info | Vouch | Vouched)
 
 FRAME_CLASSES: dict[FrameType, type] = {
     FrameType.HELLO: Hello, FrameType.WELCOME: Welcome, FrameType.AUTH: Auth,
@@ -222,9 +252,10 @@ FRAME_CLASSES: dict[FrameType, type] = {
     FrameType.CHUNK_REF: ChunkRef, FrameType.RELEASE: Release,
     FrameType.PREFIX: Prefix, FrameType.PREFIX_REPLY: PrefixReply,
     FrameType.MEMBERS: Members, FrameType.FETCH: Fetch, FrameType.FETCHED: Fetched,
-    FrameType.CHUNK_REFS: ChunkRefs,
+    FrameType.CHUNK_REFS: ChunkRefs, FrameType.INFO: Info, FrameType.VOUCH: Vouch,
+    FrameType.VOUCHED: Vouched,
 }
 FRAME_TYPES: dict[type, FrameType] = {cls: t for t, cls in FRAME_CLASSES.items()}
 # The one frame type that answers each request (ERROR answers any of them).
 REPLY_TO: dict[type, type] = {Lookup: Holders, Ping: Pong, Prefix: PrefixReply, Fetch: Fetched,
-                              Members: Members}
+                              Members: Members, Vouch: Vouched}

@@ -46,6 +46,13 @@ def choose_version(hello: f.Hello) -> int:
     return hi
 
 
+def check_version(version: int) -> None:
+    """The version a server chose must be one we speak."""
+    if not f.MIN_PROTOCOL_VERSION <= version <= f.PROTOCOL_VERSION:
+        raise HandshakeError(f"the server chose protocol {version}, "
+                             f"we speak {f.MIN_PROTOCOL_VERSION}..{f.PROTOCOL_VERSION}")
+
+
 def check_namespace(ours: bytes, theirs: bytes) -> None:
     if ours != theirs:
         raise HandshakeError(f"namespace mismatch: ours {ours.hex()[:12]}, theirs {theirs.hex()[:12]}")

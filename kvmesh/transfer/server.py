@@ -1,16 +1,25 @@
 """Serving one inbound connection: handshake, then requests until it closes.
 
-LOOKUP and PING are answered inline by the read loop (no await but the
-reply's send); the other requests run concurrently as tasks (a PULL streams
-while a LOOKUP is answered), capped per connection. A shared-memory PULL is
-answered with CHUNK_REFS batches when the puller speaks protocol 2, one
-CHUNK_REF per chunk otherwise. A protocol error closes this connection
-only; the peer keeps serving every other one. Chunks are pinned from the
-moment they are chosen until their bytes are written (TCP/UCX) or the puller
-releases them (shared memory), so eviction never pulls a slot out from under
-a transfer. A shared pull's pins outlive its connection: the puller may still
-be copying refs it has read, so only RELEASE or the lease's end unpins them
-(see `kvmesh.transfer.shm`).
+The handshake (protocol 3): HELLO, WELCOME, AUTH, then INFO each way. The
+client learns nothing about this host or its pool until its AUTH checked
+out, and our INFO carries a pool token only for a member (a connection that
+names a peer id), for this connection alone (see `pool_door`).
+
+Identity: a connection claims a peer id in its HELLO. The claim is checked
+by asking that peer, over our own connection to it, whether it opened this
+connection (VOUCH with the HELLO's nonce, which only the real peer knows).
+Until the answer, ADVERTISE and WITHDRAW are held back (up to
+MAX_HELD_KEYS keys); a refuted claim closes the connection. Directory
+entries are only ever made for the connection's own peer id: ADVERTISE and
+WITHDRAW naming anyone else break the protocol. FETCH is served to verified
+members only. A connection without a peer id (an engine's own lookup
+client) may ask, never tell.
+
+LOOKUP, PING and VOUCH are answered inline by the read loop (no await but
+the reply's send); PULL, PREFIX, FETCH and MEMBERS run concurrently as
+tasks, capped per connection. PULLs are served by `pull_server` (pins,
+leases, the pin budget). A protocol error closes this connection only; the
+peer keeps serving every other one.
 """
 
 from __future__ import annotations
@@ -23,39 +32,49 @@ from kvmesh.errors import HandshakeError, KvmeshError, ProtocolError
 from kvmesh.transfer import frames as f
 from kvmesh.transfer import handshake
 from kvmesh.transfer.connection import FramedConnection
-from kvmesh.transfer.shm import SHARED_LEASE_S
+from kvmesh.transfer.lookup_answer import fit_holders
+from kvmesh.transfer.pin_budget import PinBudget
+from kvmesh.transfer.pull_server import PullServer
 from kvmesh.transfer.streams import Stream
+from kvmesh.types import PeerAddress, PeerId
 
 log = logging.getLogger(__name__)
 
-# Chunk refs per CHUNK_REFS frame: the puller starts copying the first batch
-# while later ones are pinned; one frame per chunk cost ~30 us of decode each.
-REFS_PER_FRAME = 16
+MAX_HELD_KEYS = 1 << 16  # ADVERTISE/WITHDRAW keys held back while a claim is checked
 
 
 class ServingNode(Protocol):
     """What the server needs from its peer. Called on the peer's loop thread."""
 
+    pins: PinBudget
+
     def identity(self) -> Any:
-        """peer_id, namespace, host_id, shm_path, ucx_port, control_port of this peer."""
-    def on_connected(self, hello: f.Hello) -> None: ...
+        """peer_id, namespace, host_id, ucx_port, control_port of this peer."""
+    def pool_token(self, on_proven: Any) -> bytes:
+        """A pool-door token for one connection (b"": no pool to share)."""
+    def revoke_pool_token(self, token: bytes) -> None: ...
+    async def verify(self, claimed: PeerId, nonce: bytes) -> bool:
+        """Whether `claimed` vouches for the connection whose HELLO had `nonce`."""
+    def vouch(self, asker: PeerId, nonce: bytes) -> bool:
+        """Whether we opened a connection to `asker` with this HELLO nonce."""
+    def on_member(self, peer: PeerId, info: f.Info) -> None:
+        """A verified member is connected (its INFO: control port, ...)."""
     def holders(self, keys: tuple[bytes, ...]) -> list[tuple[str, ...]]: ...
-    def on_advertise(self, holder: str, keys: tuple[bytes, ...]) -> None: ...
-    def on_withdraw(self, holder: str, keys: tuple[bytes, ...]) -> None: ...
+    def on_advertise(self, holder: PeerId, keys: tuple[bytes, ...]) -> None: ...
+    def on_withdraw(self, holder: PeerId, keys: tuple[bytes, ...]) -> None: ...
     def members_exchange(self, peers: tuple[str, ...]) -> tuple[str, ...]: ...
     async def prefix(self, keys: tuple[bytes, ...]) -> int: ...
-    async def fetch(self, keys: tuple[bytes, ...], holder: str) -> int: ...
-    def open_chunk(self, key: bytes) -> Any | None:
-        """Pin a chunk for sending; returns a ticket with view/length/checksum/offset, or None."""
+    async def fetch(self, keys: tuple[bytes, ...], holder: PeerId) -> int: ...
+    async def open_chunk(self, key: bytes) -> Any | None: ...
     def close_chunk(self, ticket: Any) -> None: ...
 
 
 async def serve_connection(stream: Stream, node: ServingNode, secret: bytes | None,
                            timeout_s: float) -> None:
     conn = FramedConnection(stream)
-    session = _Session(conn, node)
+    session = _Session(conn, node, timeout_s)
     try:
-        session.version = await asyncio.wait_for(_handshake(conn, node, secret), timeout_s)
+        await asyncio.wait_for(session.handshake(secret), timeout_s)
         await session.run()
     except HandshakeError as exc:
         log.info("refused a peer: %s", exc)
@@ -65,6 +84,8 @@ async def serve_connection(stream: Stream, node: ServingNode, secret: bytes | No
         await _try_send(conn, f.Error(0, f"protocol error: {exc}"))
     except (KvmeshError, asyncio.TimeoutError):  # closed, reset, or the handshake timed out
         pass
+    except Exception:  # noqa: BLE001 - a bug here closes this connection, not the peer
+        log.exception("serving a connection of %s failed", session.peer or "a client")
     finally:
         await session.stop()
         conn.close()
@@ -77,41 +98,85 @@ async def _try_send(conn: FramedConnection, frame: f.Frame) -> None:
         pass
 
 
-async def _handshake(conn: FramedConnection, node: ServingNode, secret: bytes | None) -> int:
-    """Returns the protocol version both sides speak."""
-    hello = await conn.read_frame()
-    if not isinstance(hello, f.Hello):
-        raise HandshakeError(f"expected HELLO, got {type(hello).__name__}")
-    version = handshake.choose_version(hello)
-    me = node.identity()
-    handshake.check_namespace(me.namespace, hello.namespace)
-    nonce = handshake.new_nonce()
-    await conn.send(f.Welcome(me.peer_id, version, me.namespace, me.host_id, me.shm_path,
-                              nonce, handshake.proof(secret, b"server", hello.nonce, nonce),
-                              me.ucx_port, me.control_port))
-    auth = await conn.read_frame()
-    if not isinstance(auth, f.Auth):
-        raise HandshakeError(f"expected AUTH, got {type(auth).__name__}")
-    handshake.check_proof(secret, auth.proof, b"client", nonce, hello.nonce)
-    node.on_connected(hello)
-    return version
+def claimed_peer(hello: f.Hello, ours: PeerId) -> PeerId:
+    """The peer id a HELLO claims ("" for a non-member), or HandshakeError."""
+    if not hello.peer_id:
+        return PeerId("")
+    try:
+        PeerAddress.parse(hello.peer_id)
+    except ValueError:
+        raise HandshakeError(f"malformed peer id {hello.peer_id[:80]!r}") from None
+    if hello.peer_id == ours:
+        raise HandshakeError("the peer claims our own peer id")
+    return PeerId(hello.peer_id)
 
 
 class _Session:
-    def __init__(self, conn: FramedConnection, node: ServingNode) -> None:
+    def __init__(self, conn: FramedConnection, node: ServingNode, timeout_s: float) -> None:
         self.conn = conn
         self.node = node
-        self.version = f.MIN_PROTOCOL_VERSION
+        self.timeout_s = timeout_s
+        self.peer = PeerId("")  # the claimed peer id; "" for a non-member
+        self.verified = False
+        self.same_host = False  # proven through the pool door
+        self.token = b""
         self.tasks: set[asyncio.Task] = set()
-        self.leases: dict[int, list[Any]] = {}  # shared-memory pulls awaiting RELEASE
+        self.held: list[f.Advertise | f.Withdraw] = []  # until the claim is checked
+        self.held_keys = 0
         self.slots = asyncio.Semaphore(f.MAX_INFLIGHT_REQUESTS)
+        self.pulls = PullServer(node, node.pins, self, conn.send)
+
+    async def handshake(self, secret: bytes | None) -> None:
+        hello = await self._expect(f.Hello)
+        version = handshake.choose_version(hello)
+        me = self.node.identity()
+        handshake.check_namespace(me.namespace, hello.namespace)
+        self.peer = claimed_peer(hello, me.peer_id)
+        nonce = handshake.new_nonce()
+        await self.conn.send(f.Welcome(me.peer_id, version, me.namespace, "", "", nonce,
+                                       handshake.proof(secret, b"server", hello.nonce, nonce)))
+        auth = await self._expect(f.Auth)
+        handshake.check_proof(secret, auth.proof, b"client", nonce, hello.nonce)
+        if self.peer:
+            self.token = self.node.pool_token(self._proven_same_host)
+        await self.conn.send(f.Info(me.host_id, me.ucx_port, me.control_port, self.token))
+        info = await self._expect(f.Info)
+        if self.peer:
+            self._spawn(self._verify(hello.nonce, info))
+
+    async def _expect(self, kind: type) -> Any:
+        frame = await self.conn.read_frame()
+        if not isinstance(frame, kind):
+            raise HandshakeError(f"expected {kind.__name__.upper()}, got {type(frame).__name__}")
+        return frame
+
+    def _proven_same_host(self) -> None:
+        self.same_host = True
+
+    async def _verify(self, nonce: bytes, info: f.Info) -> None:
+        try:
+            ok = await asyncio.wait_for(self.node.verify(self.peer, nonce), self.timeout_s * 2)
+        except (KvmeshError, asyncio.TimeoutError):
+            ok = False
+        if not ok:
+            log.warning("closing a connection that claims to be %s: that peer does not vouch "
+                        "for it", self.peer)
+            self.conn.close()
+            return
+        self.verified = True
+        self.node.on_member(self.peer, info)
+        held, self.held, self.held_keys = self.held, [], 0
+        for frame in held:
+            self._apply(frame)
 
     async def run(self) -> None:
         while True:
             frame = await self.conn.read_frame()
-            if isinstance(frame, (f.Advertise, f.Withdraw, f.Release)):
-                self._on_oneway(frame)
-            elif isinstance(frame, (f.Lookup, f.Ping)):
+            if isinstance(frame, (f.Advertise, f.Withdraw)):
+                self._on_directory_change(frame)
+            elif isinstance(frame, f.Release):
+                self.pulls.release(frame.lease)
+            elif isinstance(frame, (f.Lookup, f.Ping, f.Vouch)):
                 # Answered right here: no await but the send, whose fast path
                 # (socket ready) does not yield. A task per LOOKUP cost a task
                 # and a loop turn, on the TTFT path.
@@ -121,38 +186,51 @@ class _Session:
                     await self.conn.send(f.Error(frame.request_id, "too many requests in flight"))
                     continue
                 await self.slots.acquire()
-                task = asyncio.get_running_loop().create_task(self._answer(frame))
-                self.tasks.add(task)
-                task.add_done_callback(self._done)
+                self._spawn(self._answer(frame), self.slots.release)
             else:
                 raise ProtocolError(f"unexpected {type(frame).__name__} from a client")
 
-    def _done(self, task: asyncio.Task) -> None:
-        self.tasks.discard(task)
-        self.slots.release()
+    def _spawn(self, coro, then=None) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        if then is not None:
+            task.add_done_callback(lambda _: then())
 
-    def _on_oneway(self, frame: f.Frame) -> None:
+    def _on_directory_change(self, frame: f.Advertise | f.Withdraw) -> None:
+        if not self.peer or frame.holder != self.peer:
+            raise ProtocolError(f"{type(frame).__name__.upper()} for {frame.holder[:80]!r} on "
+                                f"a connection of {self.peer or 'a non-member'!r}")
+        if self.verified:
+            self._apply(frame)
+        elif self.held_keys + len(frame.keys) <= MAX_HELD_KEYS:
+            self.held.append(frame)
+            self.held_keys += len(frame.keys)
+        # else dropped: a stale directory until the holder's next rebalance
+
+    def _apply(self, frame: f.Advertise | f.Withdraw) -> None:
         if isinstance(frame, f.Advertise):
-            self.node.on_advertise(frame.holder, frame.keys)
-        elif isinstance(frame, f.Withdraw):
-            self.node.on_withdraw(frame.holder, frame.keys)
+            self.node.on_advertise(self.peer, frame.keys)
         else:
-            self._release(frame.request_id)
+            self.node.on_withdraw(self.peer, frame.keys)
 
-    def _answer_now(self, frame: f.Lookup | f.Ping) -> f.Frame:
+    def _answer_now(self, frame: f.Lookup | f.Ping | f.Vouch) -> f.Frame:
         if isinstance(frame, f.Lookup):
-            return f.Holders(frame.request_id, tuple(self.node.holders(frame.keys)))
+            return f.Holders(frame.request_id, fit_holders(self.node.holders(frame.keys)))
+        if isinstance(frame, f.Vouch):
+            return f.Vouched(frame.request_id,
+                             bool(self.peer) and self.node.vouch(self.peer, frame.nonce))
         return f.Pong(frame.request_id)
 
     async def _answer(self, frame: f.Frame) -> None:
         try:
             if isinstance(frame, f.Pull):
-                await self._serve_pull(frame)
+                await self.pulls.serve(frame, shared=frame.shared and self.same_host)
                 return
             if isinstance(frame, f.Prefix):
                 reply: f.Frame = f.PrefixReply(frame.request_id, await self.node.prefix(frame.keys))
             elif isinstance(frame, f.Fetch):
-                reply = f.Fetched(frame.request_id, await self.node.fetch(frame.keys, frame.holder))
+                reply = await self._fetch(frame)
             else:
                 reply = f.Members(frame.request_id, self.node.members_exchange(frame.peers), True)
             await self.conn.send(reply)
@@ -160,59 +238,16 @@ class _Session:
             log.debug("request %s failed: %s", type(frame).__name__, exc)
             self.conn.close()
 
-    async def _serve_pull(self, pull: f.Pull) -> None:
-        lease: list[Any] = []
-        if pull.shared:
-            self.leases[pull.request_id] = lease
-            asyncio.get_running_loop().call_later(SHARED_LEASE_S, self._release, pull.request_id)
-            if self.version >= 2:
-                await self._serve_shared_pull(pull, lease)
-                return
-        for index, key in enumerate(pull.keys):
-            ticket = self.node.open_chunk(key)
-            if ticket is None:
-                await self.conn.send(f.Miss(pull.request_id, index, key))
-                continue
-            if pull.shared:
-                lease.append(ticket)
-                await self.conn.send(f.ChunkRef(pull.request_id, index, key, ticket.checksum,
-                                                ticket.length, ticket.offset))
-                continue
-            try:
-                await self.conn.send(f.Chunk(pull.request_id, index, key, ticket.checksum,
-                                             ticket.length, ticket.view))
-            finally:
-                self.node.close_chunk(ticket)
-
-    async def _serve_shared_pull(self, pull: f.Pull, lease: list[Any]) -> None:
-        """Pin chunks and send their refs REFS_PER_FRAME at a time (misses one by one)."""
-        batch: list[tuple[int, bytes, Any]] = []
-        for index, key in enumerate(pull.keys):
-            ticket = self.node.open_chunk(key)
-            if ticket is None:
-                await self.conn.send(f.Miss(pull.request_id, index, key))
-                continue
-            lease.append(ticket)
-            batch.append((index, key, ticket))
-            if len(batch) == REFS_PER_FRAME:
-                await self.conn.send(_chunk_refs(pull.request_id, batch))
-                batch = []
-        if batch:
-            await self.conn.send(_chunk_refs(pull.request_id, batch))
-
-    def _release(self, request_id: int) -> None:
-        for ticket in self.leases.pop(request_id, ()):
-            self.node.close_chunk(ticket)
+    async def _fetch(self, frame: f.Fetch) -> f.Frame:
+        if not self.verified:
+            return f.Error(frame.request_id, "FETCH is for verified members only")
+        return f.Fetched(frame.request_id, await self.node.fetch(frame.keys, PeerId(frame.holder)))
 
     async def stop(self) -> None:
         for task in list(self.tasks):
             task.cancel()
         if self.tasks:
             await asyncio.gather(*self.tasks, return_exceptions=True)
-        # Leases stay: each one's timer unpins it (see the module docstring).
-
-
-def _chunk_refs(request_id: int, batch: list[tuple[int, bytes, Any]]) -> f.ChunkRefs:
-    return f.ChunkRefs(request_id, tuple(i for i, _, _ in batch), tuple(k for _, k, _ in batch),
-                       tuple(t.checksum for *_, t in batch), tuple(t.length for *_, t in batch),
-                       tuple(t.offset for *_, t in batch))
+        if self.token:
+            self.node.revoke_pool_token(self.token)
+        self.pulls.stop()

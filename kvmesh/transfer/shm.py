@@ -1,9 +1,10 @@
 """The same-host path: copy chunks straight out of a holder's shared pool.
 
-The holder pins the chunk and tells us its offset in its pool file; we map
-that file read-only once, copy the bytes into our destination (on a copy
-thread, so the loop lands one batch while the next is copied), then release
-the pin. No byte crosses a wire, so what could make a copy wrong is the slot
+The holder pins the chunk and tells us its offset in its pool; we map the
+pool read-only once per connection (`PoolMapping`, over the descriptor the
+holder's pool door handed us: `kvmesh.transfer.pool_door`), copy the bytes
+into our destination (on a copy thread, so the loop lands one batch while the
+next is copied), then release the pin. No byte crosses a wire, so what could make a copy wrong is the slot
 being reused while we read it, and the pin rules that out for as long as it
 holds. The holder keeps the pins of a shared pull until the puller's RELEASE
 or until SHARED_LEASE_S after the PULL reached it, whatever happens to the
@@ -21,6 +22,11 @@ costs ~40% of the copy's speed on these CPUs (one-pass copy+xxh3 runs at
 A pull may bring a reader instead of destinations: each chunk's bytes are then
 handed to it in place (the vLLM worker scatters them straight into paged KV),
 one copy instead of two, under the same lease and checks.
+
+A mapping lives as long as the connection it came with: when the connection
+closes (the holder left, died or restarted with a new pool), the client drops
+it, and the kernel frees a dead holder's pool once no mapping or view of it
+is left (copies in flight hold views until they end).
 """
 
 from __future__ import annotations
@@ -35,7 +41,6 @@ from functools import lru_cache
 import xxhash
 
 from kvmesh import native
-from kvmesh.store.slab_pool import map_readonly
 from kvmesh.transfer.reader import ChunkReader
 
 log = logging.getLogger(__name__)
@@ -62,45 +67,54 @@ def host_id() -> str:
     return xxhash.xxh3_64_hexdigest("|".join(parts).encode())
 
 
-class SharedPoolReader:
-    """Read-only mappings of other peers' pools, by file path, and the thread
-    that copies chunks out of them.
+class PoolMapping:
+    """One holder's pool, mapped read-only. Loop thread, except that the
+    views `source` returns may be read on the copy threads."""
 
-    Threading: `can_map`, `source`, `forget` and `close` run on the peer's
-    loop thread (they own the mappings); `copy` runs on `copier`, so that a
-    pull's bookkeeping on the loop (decoding refs, landing and reporting
-    chunks) overlaps the copies instead of waiting for them. The copies
-    release the GIL, and `copier` has COPY_THREADS threads: one core's copy
-    stops well short of what the memory system moves (two threads' np.copyto
-    ran at ~1.7x one thread's here: `bench transfer`), and a same-host hit is
-    usually what a request is waiting for. A reader may therefore be called
-    from several threads at once, for different chunks.
+    def __init__(self, mapping: mmap.mmap) -> None:
+        self._mapping: mmap.mmap | None = mapping
+
+    def source(self, offset: int, length: int) -> memoryview | None:
+        """The chunk's bytes in the holder's pool, or None if out of its bounds
+        (the offset and length come from the holder's frames)."""
+        mapping = self._mapping
+        if mapping is None or offset < 0 or length < 0 or offset + length > len(mapping):
+            return None
+        return memoryview(mapping)[offset:offset + length]
+
+    def close(self) -> None:
+        """Drop the mapping; views still alive keep it until they go."""
+        mapping, self._mapping = self._mapping, None
+        if mapping is not None:
+            try:
+                mapping.close()
+            except BufferError:  # a copy still reads a view; it unmaps when that ends
+                pass
+
+
+class SharedCopier:
+    """The threads that copy chunks out of holders' pools, and the checks
+    that say whether a copy is good.
+
+    `read` and `copy` run on `copier`, so that a pull's bookkeeping on the
+    loop (decoding refs, landing and reporting chunks) overlaps the copies
+    instead of waiting for them. The copies release the GIL, and `copier` has
+    COPY_THREADS threads: one core's copy stops well short of what the memory
+    system moves (two threads' np.copyto ran at ~1.7x one thread's here:
+    `bench transfer`), and a same-host hit is usually what a request is
+    waiting for. A reader may therefore be called from several threads at
+    once, for different chunks.
     """
 
     def __init__(self, verify_checksum: bool = False) -> None:
         self.verify_checksum = verify_checksum
-        self._maps: dict[str, mmap.mmap] = {}
         self.copier = ThreadPoolExecutor(max_workers=COPY_THREADS,
                                          thread_name_prefix="kvmesh-shm-copy")
-
-    def can_map(self, path: str) -> bool:
-        try:
-            self._map(path)
-            return True
-        except (OSError, ValueError):
-            return False
 
     @staticmethod
     def lease_deadline(pull_sent: float) -> float:
         """The last `time.monotonic()` at which a copy for a pull sent at `pull_sent` may end."""
         return pull_sent + SHARED_LEASE_S - LEASE_MARGIN_S
-
-    def source(self, path: str, offset: int, length: int) -> memoryview | None:
-        """The chunk's bytes in the holder's pool, or None if out of its bounds."""
-        mapping = self._map(path)
-        if offset < 0 or length < 0 or offset + length > len(mapping):
-            return None
-        return memoryview(mapping)[offset:offset + length]
 
     def read(self, reader: ChunkReader, index: int, src: memoryview, checksum: int,
              lease_deadline: float) -> bool:
@@ -131,21 +145,5 @@ class SharedPoolReader:
             ok = True
         return ok and time.monotonic() < lease_deadline
 
-    def forget(self, path: str) -> None:
-        mapping = self._maps.pop(path, None)
-        if mapping is not None:
-            try:
-                mapping.close()
-            except BufferError:  # a view is still alive; the GC will unmap it
-                pass
-
     def close(self) -> None:
         self.copier.shutdown(wait=True)  # copies in flight take milliseconds
-        for path in list(self._maps):
-            self.forget(path)
-
-    def _map(self, path: str) -> mmap.mmap:
-        mapping = self._maps.get(path)
-        if mapping is None:
-            mapping = self._maps[path] = map_readonly(path)
-        return mapping

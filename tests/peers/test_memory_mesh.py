@@ -88,6 +88,8 @@ async def test_eight_peers_share_chunks_in_one_process(net, transport):
     for peer in peers[1:]:
         assert await peer.lookup_prefix(keys) == 12
     assert await load(peers[5], keys) == [True] * 12
+    # On one host (one process here) the holder's door hands over its pool.
+    assert peers[5].status().transports[peers[0].peer_id] == ("shm" if transport == "auto" else "tcp")
     # The puller now holds a copy and advertised it: a second source.
     await asyncio.sleep(0.2)
     holders = await peers[3].find_holders(keys, fresh=True)

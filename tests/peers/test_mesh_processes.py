@@ -79,7 +79,7 @@ def test_corrupt_payload_is_rejected(transport):
         holder, puller = peers
         assert holder.send("fill", seed=3, chunks=8)["stored"] == 8
         time.sleep(0.3)
-        shm_path = holder.send("status")["shm_path"]
+        shm_path = holder.send("status")["pool_path"]  # /proc/<pid>/fd/<n> of its memfd
         fd = os.open(shm_path, os.O_RDWR)  # flip bytes behind the holder's back
         try:
             with mmap.mmap(fd, 0) as pool:

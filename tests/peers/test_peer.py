@@ -18,6 +18,7 @@ from kvmesh.peers.directory_sync import directory_replicas
 from kvmesh.peers.facade import PeerHandle
 from kvmesh.peers.standalone import standalone_hasher
 from kvmesh.transfer import frames as f
+from kvmesh.transfer import handshake
 from kvmesh.transfer.client import PeerClient
 from kvmesh.transfer.streams import TcpStream
 from kvmesh.types import PeerAddress
@@ -59,6 +60,15 @@ def mesh():
         h.close()
 
 
+INFO = f.Info("a-host", 0, 0, b"")
+
+
+def lookup_hello(handle: PeerHandle) -> f.Hello:
+    """The HELLO of a client that is not a mesh member (as an engine's lookups are)."""
+    return f.Hello("", f.MIN_PROTOCOL_VERSION, f.PROTOCOL_VERSION, handle.peer.namespace, "", "",
+                   handshake.new_nonce())
+
+
 def save(handle: PeerHandle, n: int, seed: int = 0) -> list[bytes]:
     keys = handle.peer.hasher.keys(np.random.default_rng(seed).integers(0, 1000, n * 16))
     for i, key in enumerate(keys):
@@ -94,7 +104,7 @@ def test_hostile_frame_after_handshake_closes_only_that_connection(mesh):
 
     async def attack():
         stream = await TcpStream.connect(*a.peer_id.rsplit(":", 1))
-        client = await PeerClient.open(stream, a.peer._hello(), a.peer.namespace, None, 1.0, None, 4)
+        client = await PeerClient.open(stream, lookup_hello(a), INFO, a.peer.namespace, None, 1.0, 4)
         await client._conn.stream.send([b"KM\x63" + bytes(13)])  # unknown frame type 99
         for _ in range(50):
             if client.closed:
@@ -111,8 +121,8 @@ def test_wrong_secret_fails_the_handshake(mesh):
 
     async def connect(secret):
         stream = await TcpStream.connect(*a.peer_id.rsplit(":", 1))
-        client = await PeerClient.open(stream, a.peer._hello(), a.peer.namespace, secret, 1.0,
-                                       None, 4)
+        client = await PeerClient.open(stream, lookup_hello(a), INFO, a.peer.namespace, secret,
+                                       1.0, 4)
         reply = await client.request(lambda rid: f.Ping(rid), 1.0)
         await client.aclose()
         return reply

@@ -1,4 +1,5 @@
 import random
+import os
 import subprocess
 import sys
 import tempfile
@@ -356,14 +357,17 @@ def test_same_host_process_reads_a_committed_chunk(store):
     ticket = store.prepare_load(key(3))
     script = (  # a bare interpreter: no torch import, so the test stays fast
         "import mmap, sys\n"
-        "with open(sys.argv[1], 'rb') as f:\n"
-        "    m = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)\n"
+        "m = mmap.mmap(int(sys.argv[1]), 0, access=mmap.ACCESS_READ)\n"
         "off, n = int(sys.argv[2]), int(sys.argv[3])\n"
         "sys.stdout.write(m[off:off + n].hex())\n"
     )
-    args = [store.shm_path, str(store.offset(ticket.slot)), str(ticket.length)]
-    out = subprocess.run([sys.executable, "-c", script, *args],
-                         capture_output=True, text=True, check=True, timeout=60)
+    fd, size = store.share_pool_fd()
+    try:
+        args = [str(fd), str(store.offset(ticket.slot)), str(ticket.length)]
+        out = subprocess.run([sys.executable, "-c", script, *args], pass_fds=(fd,),
+                             capture_output=True, text=True, check=True, timeout=60)
+    finally:
+        os.close(fd)
     store.complete_load(ticket)
     assert bytes.fromhex(out.stdout) == data(3)
 

@@ -1,3 +1,5 @@
+import fcntl
+import mmap
 import os
 import subprocess
 import sys
@@ -9,7 +11,7 @@ import torch
 
 from kvmesh.errors import StoreError
 from kvmesh.store import slab_pool
-from kvmesh.store.slab_pool import SlabPool, map_readonly
+from kvmesh.store.slab_pool import SlabPool, map_shared_fd
 
 
 @pytest.fixture
@@ -64,23 +66,25 @@ def test_slots_do_not_overlap(pool):
         assert bytes(pool.view(slot)) == bytes([slot]) * 64
 
 
-def test_shared_pool_lives_in_shm_and_close_unlinks_it_twice_safely():
+def test_shared_pool_is_a_sealed_memfd_with_no_name_and_closes_twice_safely():
     pool = SlabPool(64, 256)
-    path = pool.shm_path
-    assert path is not None and os.path.exists(path)
-    assert os.path.getsize(path) == 256
-    if os.path.isdir("/dev/shm"):
-        assert path.startswith("/dev/shm/")
+    assert pool.shared and pool.size == 256
+    assert os.readlink(pool.proc_path).startswith("/memfd:kvmesh-pool")  # no file anywhere
+    seals = fcntl.fcntl(pool.fd, fcntl.F_GET_SEALS)
+    assert seals & slab_pool.SIZE_SEALS == slab_pool.SIZE_SEALS
+    with pytest.raises(OSError):
+        os.ftruncate(pool.fd, 64)  # a mapping of it can never fault past a shrunk end
     pool.close()
     pool.close()
-    assert not os.path.exists(path)
     with pytest.raises(StoreError, match="closed"):
         pool.view(0)
 
 
 def test_unshared_pool_has_no_file():
     pool = SlabPool(64, 256, shared=False)
-    assert pool.shm_path is None
+    assert not pool.shared and pool.proc_path is None
+    with pytest.raises(StoreError):
+        pool.share_fd()
     pool.view(1)[:2] = b"ok"
     assert bytes(pool.tensor(1)[:2].numpy()) == b"ok"
     pool.close()
@@ -90,30 +94,40 @@ def test_close_with_live_tensor_keeps_the_mapping_valid():
     pool = SlabPool(64, 256)
     tensor = pool.tensor(2)
     tensor.fill_(9)
-    path = pool.shm_path
     pool.close()
-    assert not os.path.exists(path)
     assert int(tensor.sum()) == 9 * 64  # still mapped: no use-after-unmap
 
 
-def test_another_process_reads_a_slot_through_the_file(pool):
+def test_another_process_reads_a_slot_through_a_shared_descriptor(pool):
     slot = pool.alloc()
     pool.view(slot)[:] = bytes(range(64))
     script = (
-        "import mmap, sys\n"
-        "with open(sys.argv[1], 'rb') as f:\n"
-        "    m = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)\n"
+        "import os, sys\n"
+        "from kvmesh.store.slab_pool import map_shared_fd\n"
+        "m = map_shared_fd(int(sys.argv[1]))\n"
         "off = int(sys.argv[2])\n"
         "sys.stdout.write(m[off:off + 64].hex())\n"
     )
-    out = subprocess.run([sys.executable, "-c", script, pool.shm_path, str(pool.offset(slot))],
-                         capture_output=True, text=True, check=True, timeout=30)
+    fd = pool.share_fd()
+    try:
+        out = subprocess.run([sys.executable, "-c", script, str(fd), str(pool.offset(slot))],
+                             capture_output=True, text=True, check=True, timeout=60,
+                             pass_fds=(fd,))
+    finally:
+        os.close(fd)
     assert bytes.fromhex(out.stdout) == bytes(range(64))
 
 
-def test_map_readonly_sees_writes_and_refuses_writes(pool):
+def test_a_shared_descriptor_is_read_only_and_sees_live_writes(pool):
     slot = pool.alloc()
-    peer = map_readonly(pool.shm_path)
+    fd = pool.share_fd()
+    try:
+        assert fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE == os.O_RDONLY
+        with pytest.raises(OSError):
+            mmap.mmap(fd, 0)  # a writable shared mapping needs a writable descriptor
+        peer = map_shared_fd(fd)
+    finally:
+        os.close(fd)
     pool.view(slot)[:4] = b"live"
     off = pool.offset(slot)
     assert peer[off:off + 4] == b"live"
@@ -122,35 +136,45 @@ def test_map_readonly_sees_writes_and_refuses_writes(pool):
     peer.close()
 
 
-def test_files_left_by_dead_owners_are_deleted_by_the_next_pool(tmp_path, monkeypatch):
+def test_map_shared_fd_refuses_what_is_not_a_sealed_pool(tmp_path):
+    plain = tmp_path / "not-a-pool"
+    plain.write_bytes(b"\0" * 4096)  # a file another process could shrink under us
+    with open(plain, "rb") as f:
+        with pytest.raises(ValueError, match="sealed"):
+            map_shared_fd(f.fileno())
+    r, w = os.pipe()
+    try:
+        with pytest.raises(ValueError, match="regular file"):
+            map_shared_fd(r)
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+def test_files_left_by_releases_before_memfd_are_deleted_by_the_next_pool(tmp_path, monkeypatch):
     monkeypatch.setattr(slab_pool, "SHM_DIR", tmp_path)
-    live = SlabPool(64, 256)
     dead = tmp_path / "kvmesh-slab-999999-dead"  # nobody holds its lock: its owner died
     dead.write_bytes(b"\0" * 256)
     young = tmp_path / "kvmesh-slab-999999-young"  # may be a pool being created right now
     young.write_bytes(b"\0" * 256)
     hour_ago = time.time() - 3600
-    for path in (dead, live.shm_path):
-        os.utime(path, (hour_ago, hour_ago))
-
+    os.utime(dead, (hour_ago, hour_ago))
     fresh = SlabPool(64, 256)
-    assert not dead.exists()
-    assert os.path.exists(live.shm_path) and young.exists()  # locked by a live owner / too young
-    assert os.path.dirname(fresh.shm_path) == str(tmp_path)
-    live.close()
+    assert not dead.exists() and young.exists()
     fresh.close()
 
 
-def _resident_bytes(path: str) -> int:
-    """Rss of this process's mapping of `path`, from /proc/self/smaps."""
+def _resident_bytes(pool: SlabPool) -> int:
+    """Rss of this process's mapping of `pool`, from /proc/self/smaps."""
+    inode = str(os.fstat(pool.fd).st_ino)
     mapped = False
     for line in open("/proc/self/smaps"):
         fields = line.split()
         if "-" in fields[0] and len(fields) >= 5:  # a mapping's header line
-            mapped = fields[-1] == path
+            mapped = fields[4] == inode and "kvmesh-pool" in line
         elif mapped and fields[0] == "Rss:":
             return int(fields[1]) * 1024
-    raise AssertionError(f"{path} is not mapped")
+    raise AssertionError("the pool is not mapped")
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/smaps"), reason="needs /proc/self/smaps")
@@ -164,10 +188,10 @@ def test_prefault_makes_every_page_resident_without_touching_the_bytes(prefault)
             if p.prefaulter.populated_bytes == 0:
                 pytest.skip("this kernel lacks MADV_POPULATE_WRITE")
             assert p.prefaulter.populated_bytes == 8 << 20
-            assert _resident_bytes(p.shm_path) == 8 << 20
+            assert _resident_bytes(p) == 8 << 20
         else:
             assert p.prefaulter is None
-            assert _resident_bytes(p.shm_path) < 1 << 20  # only the page written above
+            assert _resident_bytes(p) < 1 << 20  # only the page written above
         assert bytes(p.view(0)[:5]) == b"early"
         assert bytes(p.view(5)[:4096]) == bytes(4096)
     finally:

@@ -30,14 +30,16 @@ async def _connect() -> tuple[PeerClient, FramedConnection]:
 
     async def accept() -> None:
         hello = await holder.read_frame()
-        await holder.send(f.Welcome("h:1", f.PROTOCOL_VERSION, NS, "other-host", "",
+        await holder.send(f.Welcome("h:1", f.PROTOCOL_VERSION, NS, "", "",
                                     handshake.new_nonce(), b""))
         assert isinstance(hello, f.Hello) and isinstance(await holder.read_frame(), f.Auth)
+        assert isinstance(await holder.read_frame(), f.Info)
+        await holder.send(f.Info("other-host", 0, 0, b""))
 
-    hello = f.Hello("", f.MIN_PROTOCOL_VERSION, f.PROTOCOL_VERSION, NS, "h", "",
+    hello = f.Hello("", f.MIN_PROTOCOL_VERSION, f.PROTOCOL_VERSION, NS, "", "",
                     handshake.new_nonce())
-    client, _ = await asyncio.gather(PeerClient.open(TcpStream(b), hello, NS, None, 2.0, None, 4),
-                                     accept())
+    client, _ = await asyncio.gather(
+        PeerClient.open(TcpStream(b), hello, f.Info("h", 0, 0, b""), NS, None, 2.0, 4), accept())
     return client, holder
 
 
@@ -126,4 +128,24 @@ async def test_a_cancelled_pull_closes_its_connection_before_its_slots_are_freed
     await holder.stream.send([rest])  # the rest arrives after the slot was given back
     await asyncio.sleep(0.1)
     assert bytes(slots.bufs[0]) == landed  # nothing more was written into it
+    holder.close()
+
+
+async def test_a_holder_that_lies_about_indices_or_sends_twice_cannot_misreport():
+    client, holder = await _connect()
+    slots, first, second = Slots(), os.urandom(SIZE), os.urandom(SIZE)
+
+    async def serve() -> None:
+        pull = await holder.read_frame()
+        await holder.send(_chunk(pull.request_id, 7, first))  # an index the pull never had
+        await holder.send(_chunk(pull.request_id, 0, first))
+        await holder.send(_chunk(pull.request_id, 0, second))  # a second CHUNK for index 0
+        await holder.send(f.Miss(pull.request_id, 0, pull.keys[0]))  # and a late MISS for it
+        await holder.send(_chunk(pull.request_id, 1, second))
+
+    await asyncio.wait_for(asyncio.gather(
+        client.pull(_keys(2), slots.dest, slots.report, timeout_s=5.0), serve()), 5)
+    assert slots.done == {0: True, 1: True}
+    assert bytes(slots.bufs[0]) == first and bytes(slots.bufs[1]) == second
+    await client.aclose()
     holder.close()

@@ -36,7 +36,9 @@ SAMPLES = [
     f.Prefix(5, (K,)), f.PrefixReply(5, 1),
     f.Members(6, ("a:1", "b:2"), True),
     f.Fetch(8, (K,), "a:1"), f.Fetched(8, 1),
-    f.ChunkRefs(9, (0, 2), (K, K), (1, 2), (4096, 10), (0, 8192)),
+    f.ChunkRefs(9, (0, 2), (K, K), (1, 2), (4096, 10), (0, 8192), 3),
+    f.Info("host", 0, 8080, b"t" * 32),
+    f.Vouch(10, b"x" * 16), f.Vouched(10, True),
 ]
 STREAM = b"".join(codec.encode_bytes(fr) for fr in SAMPLES)
 
@@ -164,7 +166,7 @@ def test_chunk_header_and_prefix_must_agree():
 
 
 def test_chunk_refs_fields_must_run_in_parallel():
-    header = msgpack.packb([9, [0, 1], [K], [1, 2], [4096, 4096], [0, 4096]])
+    header = msgpack.packb([9, [0, 1], [K], [1, 2], [4096, 4096], [0, 4096], 1])
     data = codec.PREFIX.pack(codec.MAGIC, f.FrameType.CHUNK_REFS, 0, len(header), 0) + header
     with pytest.raises(RemoteProtocolError, match="parallel fields"):
         codec.FrameDecoder().receive_data(data)

@@ -1,4 +1,4 @@
-"""The server side of a shared-memory PULL, per negotiated protocol version."""
+"""The server side of a connection, driven frame by frame (protocol 3)."""
 
 import asyncio
 import socket
@@ -9,7 +9,9 @@ import pytest
 from kvmesh.transfer import frames as f
 from kvmesh.transfer import handshake
 from kvmesh.transfer.connection import FramedConnection
-from kvmesh.transfer.server import REFS_PER_FRAME, serve_connection
+from kvmesh.transfer.pin_budget import PinBudget
+from kvmesh.transfer.pull_server import REFS_PER_FRAME
+from kvmesh.transfer.server import serve_connection
 from kvmesh.transfer.streams import TcpStream
 
 NS = b"n" * 16
@@ -20,31 +22,66 @@ class Ticket:
     checksum: int
     length: int
     offset: int
+    view: bytes = b""
+
+
+@dataclass
+class Identity:
+    peer_id: str = "s:1"
+    namespace: bytes = NS
+    host_id: str = "h"
+    ucx_port: int = 0
+    control_port: int = 0
 
 
 class Node:
-    """A ServingNode holding every key but MISSING; counts open pins."""
+    """A ServingNode holding every key but MISSING; counts open pins; vouches
+    for whoever `vouches` says."""
 
-    peer_id, namespace, host_id, shm_path, ucx_port, control_port = "s:1", NS, "h", "/p", 0, 0
-
-    def identity(self):
-        return self
     MISSING = bytes(16)
 
-    def __init__(self) -> None:
+    def __init__(self, slots: int = 1000, vouches: bool = True) -> None:
+        self.pins = PinBudget.for_slots(slots)
         self.pinned = 0
+        self.vouches = vouches
+        self.proven: list = []
+        self.advertised: list = []
+        self.members: list = []
 
-    def on_connected(self, hello) -> None:
+    def identity(self):
+        return Identity()
+
+    def pool_token(self, on_proven) -> bytes:
+        self.proven.append(on_proven)
+        return b"t" * 32
+
+    def revoke_pool_token(self, token) -> None:
         pass
+
+    async def verify(self, claimed, nonce) -> bool:
+        return self.vouches
+
+    def vouch(self, asker, nonce) -> bool:
+        return False
+
+    def on_member(self, peer, info) -> None:
+        self.members.append(peer)
 
     def holders(self, keys):
         return [("s:1",) for _ in keys]
 
-    def open_chunk(self, key):
+    def on_advertise(self, holder, keys) -> None:
+        self.advertised.append((holder, keys))
+
+    def on_withdraw(self, holder, keys) -> None:
+        pass
+
+    async def open_chunk(self, key):
         if key == self.MISSING:
             return None
         self.pinned += 1
-        return Ticket(checksum=key[0], length=100 + key[0], offset=4096 * key[0])
+        return Ticket(checksum=key[0], length=100 + key[0], offset=4096 * key[0],
+                      view=bytes(100 + key[0]))
 
     def close_chunk(self, ticket) -> None:
         self.pinned -= 1
@@ -57,15 +94,21 @@ def _tcp_pair() -> tuple[socket.socket, socket.socket]:
     return server, client
 
 
-async def _session(version: int):
-    node = Node()
+async def _session(node: Node | None = None, peer_id: str = "c:2", same_host: bool = True):
+    node = node or Node()
     a, b = _tcp_pair()
     server = asyncio.get_running_loop().create_task(serve_connection(TcpStream(a), node, None, 2.0))
     conn = FramedConnection(TcpStream(b))
-    await conn.send(f.Hello("", 1, version, NS, "h", "", handshake.new_nonce()))
+    await conn.send(f.Hello(peer_id, 3, 3, NS, "", "", handshake.new_nonce()))
     welcome = await conn.read_frame()
-    assert welcome.version == version
+    assert welcome.version == 3 and welcome.host_id == "" and welcome.shm_path == ""
     await conn.send(f.Auth(b""))
+    await conn.send(f.Info("h", 0, 0, b""))
+    info = await conn.read_frame()
+    assert isinstance(info, f.Info)
+    if same_host and node.proven:
+        node.proven[-1]()  # as if the pool door had checked this connection's token
+    await asyncio.sleep(0.01)  # let the identity check run
     return node, conn, server
 
 
@@ -78,55 +121,60 @@ async def _close(conn, server) -> None:
     await asyncio.wait_for(server, 2)
 
 
-async def test_protocol_2_answers_a_shared_pull_with_batched_refs():
-    node, conn, server = await _session(2)
-    keys = _keys(REFS_PER_FRAME + 3)
-    keys = keys[:2] + (Node.MISSING,) + keys[2:]
-    await conn.send(f.Pull(9, keys, True))
-    refs, misses = [], []
-    while len(refs) + len(misses) < len(keys):
+async def _pull_frames(conn, count: int) -> tuple[list, list, set]:
+    refs, misses, leases = [], [], set()
+    while len(refs) + len(misses) < count:
         frame = await asyncio.wait_for(conn.read_frame(), 2)
         if isinstance(frame, f.Miss):
             misses.append(frame.index)
         else:
             assert isinstance(frame, f.ChunkRefs) and len(frame.indices) <= REFS_PER_FRAME
             refs += frame.refs()
+            leases.add(frame.lease)
+    return refs, misses, leases
+
+
+async def test_a_shared_pull_is_answered_with_batched_refs_under_one_lease():
+    node, conn, server = await _session()
+    keys = _keys(REFS_PER_FRAME + 3)
+    keys = keys[:2] + (Node.MISSING,) + keys[2:]
+    await conn.send(f.Pull(9, keys, True))
+    refs, misses, leases = await _pull_frames(conn, len(keys))
     assert misses == [2]
     assert [r.index for r in refs] == [i for i in range(len(keys)) if i != 2]
     assert all(r.key == keys[r.index] and r.offset == 4096 * r.key[0] for r in refs)
-    assert node.pinned == len(refs)  # pinned until RELEASE
-    await conn.send(f.Release(9))
+    assert node.pinned == len(refs) and len(leases) == 1  # pinned until RELEASE of the lease
+    await conn.send(f.Release(leases.pop()))
     await asyncio.sleep(0.05)
     assert node.pinned == 0
     await _close(conn, server)
 
 
-async def test_protocol_1_puller_still_gets_one_chunk_ref_per_chunk():
-    node, conn, server = await _session(1)
-    keys = _keys(3)
-    await conn.send(f.Pull(4, keys, True))
-    frames = [await asyncio.wait_for(conn.read_frame(), 2) for _ in keys]
-    assert [type(fr) for fr in frames] == [f.ChunkRef] * 3
-    assert [fr.index for fr in frames] == [0, 1, 2]
+async def test_a_puller_not_proven_on_this_host_is_streamed_to_not_shared():
+    node, conn, server = await _session(same_host=False)
+    await conn.send(f.Pull(4, _keys(2), True))
+    frames = [await asyncio.wait_for(conn.read_frame(), 2) for _ in range(2)]
+    assert [type(fr) for fr in frames] == [f.Chunk, f.Chunk]
+    await asyncio.sleep(0.05)
+    assert node.pinned == 0  # streamed chunks are unpinned once written
     await _close(conn, server)
 
 
-@pytest.mark.parametrize("version", [1, 2])
-async def test_lookup_and_ping_are_answered_inline_in_order(version):
-    _, conn, server = await _session(version)
+async def test_lookup_ping_and_vouch_are_answered_inline_in_order():
+    _, conn, server = await _session()
     await conn.send(f.Ping(1))
     await conn.send(f.Lookup(2, _keys(2)))
-    await conn.send(f.Ping(3))
+    await conn.send(f.Vouch(3, b"x" * 16))
     got = [await asyncio.wait_for(conn.read_frame(), 2) for _ in range(3)]
-    assert got == [f.Pong(1), f.Holders(2, (("s:1",), ("s:1",))), f.Pong(3)]
+    assert got == [f.Pong(1), f.Holders(2, (("s:1",), ("s:1",))), f.Vouched(3, False)]
     await _close(conn, server)
 
 
 async def test_shared_pins_outlive_the_connection_until_the_lease_ends(monkeypatch):
     # The puller may still be copying refs it read before the connection
     # dropped: only RELEASE or the lease's end may unpin them.
-    monkeypatch.setattr("kvmesh.transfer.server.SHARED_LEASE_S", 0.3)
-    node, conn, server = await _session(2)
+    monkeypatch.setattr("kvmesh.transfer.pull_server.SHARED_LEASE_S", 0.3)
+    node, conn, server = await _session()
     await conn.send(f.Pull(5, _keys(3), True))
     frame = await asyncio.wait_for(conn.read_frame(), 2)
     assert isinstance(frame, f.ChunkRefs) and node.pinned == 3
@@ -134,3 +182,21 @@ async def test_shared_pins_outlive_the_connection_until_the_lease_ends(monkeypat
     assert node.pinned == 3
     await asyncio.sleep(0.5)
     assert node.pinned == 0
+
+
+@pytest.mark.parametrize("hello_peer", ["", "not an address", "s:1"])
+async def test_a_hello_with_no_or_a_bad_or_our_own_peer_id(hello_peer):
+    node = Node()
+    a, b = _tcp_pair()
+    server = asyncio.get_running_loop().create_task(serve_connection(TcpStream(a), node, None, 2.0))
+    conn = FramedConnection(TcpStream(b))
+    await conn.send(f.Hello(hello_peer, 3, 3, NS, "", "", handshake.new_nonce()))
+    reply = await asyncio.wait_for(conn.read_frame(), 2)
+    if hello_peer == "":  # an engine's lookup client: welcome, but no pool token
+        await conn.send(f.Auth(b""))
+        await conn.send(f.Info("h", 0, 0, b""))
+        info = await asyncio.wait_for(conn.read_frame(), 2)
+        assert isinstance(reply, f.Welcome) and info.pool_token == b""
+    else:
+        assert isinstance(reply, f.Error)
+    await _close(conn, server)

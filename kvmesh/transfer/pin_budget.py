@@ -1,0 +1,59 @@
+"""How many of a holder's chunks other peers may keep pinned at once.
+
+A chunk being served is pinned: a streamed one while its bytes are written,
+a shared one (read out of the holder's pool by a same-host puller) until the
+puller's RELEASE or the lease's end. Pinned chunks cannot be evicted, so
+without a bound a puller (or a few) could pin every slot and leave the
+holder's own engine nowhere to save. Every pin the server takes for another
+peer is drawn from this budget: at most `per_peer` for one peer (all its
+connections together) and `total` for all of them. A chunk over budget is
+answered with a MISS, which the puller turns into a recompute or another
+holder. Loop thread only.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Hashable
+
+# Shares of the CPU pool's slots: the holder keeps a quarter for its own saves,
+# and no single peer takes more than half.
+TOTAL_SHARE = 0.75
+PER_PEER_SHARE = 0.5
+
+
+class PinBudget:
+    def __init__(self, total: int, per_peer: int) -> None:
+        if total < 1 or per_peer < 1:
+            raise ValueError("pin budgets must be at least 1")
+        self.total = total
+        self.per_peer = per_peer
+        self._held: Counter[Hashable] = Counter()
+        self._sum = 0
+        self.refused = 0
+
+    @classmethod
+    def for_slots(cls, slots: int) -> "PinBudget":
+        return cls(max(1, int(slots * TOTAL_SHARE)), max(1, int(slots * PER_PEER_SHARE)))
+
+    def take(self, who: Hashable) -> bool:
+        """One more pin for `who`, if both caps allow it."""
+        if self._sum >= self.total or self._held[who] >= self.per_peer:
+            self.refused += 1
+            return False
+        self._held[who] += 1
+        self._sum += 1
+        return True
+
+    def give_back(self, who: Hashable, n: int = 1) -> None:
+        held = self._held[who]
+        if n > held:
+            raise ValueError(f"{who!r} gives back {n} pins but holds {held}")
+        self._sum -= n
+        if held == n:
+            del self._held[who]
+        else:
+            self._held[who] = held - n
+
+    def held(self, who: Hashable | None = None) -> int:
+        return self._sum if who is None else self._held.get(who, 0)

@@ -1,0 +1,134 @@
+"""Serving one connection's PULLs: chunks streamed, or shared by reference.
+
+Every chunk served is pinned from the moment it is chosen, so eviction never
+pulls a slot out from under a transfer, and every pin is drawn from the
+holder's `PinBudget` in the name of the connection's peer (over budget: a
+MISS).
+
+- Streamed (TCP, UCX): the chunk is pinned while its CHUNK frame is written,
+  and unpinned as soon as the write ends or fails (a puller that stops
+  reading is cut off by the connection's send timeout, and its pins go with
+  it).
+- Shared (the puller proved through the pool door that it is on this host):
+  chunks are answered with CHUNK_REFS, REFS_PER_FRAME at a time, under a
+  lease whose id the holder picks. The puller copies straight out of the
+  pool, so the pins must outlive anything that happens to the connection:
+  they hold until the puller's RELEASE of that lease id, or SHARED_LEASE_S
+  after the PULL arrived (see `kvmesh.transfer.shm`), whichever comes first.
+  A puller that asks to share without that proof is streamed to instead.
+
+Loop thread only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from typing import Any, Awaitable, Callable, Hashable, Protocol
+
+from kvmesh.transfer import frames as f
+from kvmesh.transfer.pin_budget import PinBudget
+from kvmesh.transfer.shm import SHARED_LEASE_S
+
+# Chunk refs per CHUNK_REFS frame: the puller starts copying the first batch
+# while later ones are pinned; one frame per chunk cost ~30 us of decode each.
+REFS_PER_FRAME = 16
+
+
+class ChunkSource(Protocol):
+    async def open_chunk(self, key: bytes) -> Any | None:
+        """Pin a chunk for sending: a ticket with view/length/checksum/offset, or None."""
+
+    def close_chunk(self, ticket: Any) -> None: ...
+
+
+class PullServer:
+    def __init__(self, source: ChunkSource, budget: PinBudget, who: Hashable,
+                 send: Callable[[f.Frame], Awaitable[None]]) -> None:
+        self._source = source
+        self._budget = budget
+        self._who = who  # whose pins these are (the connection's peer)
+        self._send = send
+        self._leases: dict[int, list[Any]] = {}
+        self._timers: dict[int, asyncio.TimerHandle] = {}
+        self._ids = itertools.count(1)
+
+    async def serve(self, pull: f.Pull, shared: bool) -> None:
+        if shared:
+            await self._serve_shared(pull)
+        else:
+            await self._serve_streamed(pull)
+
+    def release(self, lease: int) -> None:
+        """Unpin a shared lease (the puller's RELEASE, or its timer); unknown ids are ignored."""
+        timer = self._timers.pop(lease, None)
+        if timer is not None:
+            timer.cancel()
+        for ticket in self._leases.pop(lease, ()):
+            self._unpin(ticket)
+
+    @property
+    def leases(self) -> int:
+        return len(self._leases)
+
+    async def _open(self, key: bytes) -> Any | None:
+        if not self._budget.take(self._who):
+            return None
+        ticket = None
+        try:
+            ticket = await self._source.open_chunk(key)
+        finally:
+            if ticket is None:
+                self._budget.give_back(self._who)
+        return ticket
+
+    def _unpin(self, ticket: Any) -> None:
+        self._source.close_chunk(ticket)
+        self._budget.give_back(self._who)
+
+    async def _serve_streamed(self, pull: f.Pull) -> None:
+        for index, key in enumerate(pull.keys):
+            ticket = await self._open(key)
+            if ticket is None:
+                await self._send(f.Miss(pull.request_id, index, key))
+                continue
+            try:
+                await self._send(f.Chunk(pull.request_id, index, key, ticket.checksum,
+                                         ticket.length, ticket.view))
+            finally:
+                self._unpin(ticket)
+
+    async def _serve_shared(self, pull: f.Pull) -> None:
+        lease = next(self._ids)
+        tickets: list[Any] = []
+        self._leases[lease] = tickets
+        self._timers[lease] = asyncio.get_running_loop().call_later(SHARED_LEASE_S, self.release,
+                                                                    lease)
+        batch: list[tuple[int, bytes, Any]] = []
+        for index, key in enumerate(pull.keys):
+            ticket = await self._open(key)
+            if ticket is None:
+                await self._send(f.Miss(pull.request_id, index, key))
+                continue
+            if lease not in self._leases:  # released under us (the lease ran out): unpin
+                self._unpin(ticket)
+                continue
+            tickets.append(ticket)
+            batch.append((index, key, ticket))
+            if len(batch) == REFS_PER_FRAME:
+                await self._send(_chunk_refs(pull.request_id, lease, batch))
+                batch = []
+        if batch:
+            await self._send(_chunk_refs(pull.request_id, lease, batch))
+        if not tickets:
+            self.release(lease)  # nothing pinned: no RELEASE is needed
+
+    def stop(self) -> None:
+        """The connection is gone. Shared leases stay: their timers unpin them
+        (the puller may still be copying refs it has read)."""
+
+
+def _chunk_refs(request_id: int, lease: int, batch: list[tuple[int, bytes, Any]]) -> f.ChunkRefs:
+    return f.ChunkRefs(request_id, tuple(i for i, _, _ in batch), tuple(k for _, k, _ in batch),
+                       tuple(t.checksum for *_, t in batch), tuple(t.length for *_, t in batch),
+                       tuple(t.offset for *_, t in batch), lease)
