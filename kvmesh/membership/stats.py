@@ -19,4 +19,6 @@ class SwimStats:
     probe_failures: int = 0
     suspicions: int = 0  # suspicions started here (own probes or gossip)
     refutations: int = 0  # times we bumped our incarnation to answer an accusation
+    claims_refused: int = 0  # claims whose incarnation rose past the bounds of `states`, dropped
+    catch_ups: int = 0  # older-life accusations answered with alive at their incarnation + 1
     declared_dead: int = 0  # suspicions that expired here
