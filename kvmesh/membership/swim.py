@@ -16,7 +16,8 @@ refused, so no claim can push a refutation past what the wire carries; an
 accusation about an older life than ours is answered straight to its sender
 with alive at its incarnation + 1 (`catch_up_incarnation`). The engine does
 not authenticate: the peer wraps its transport in `seal.SealedTransport`,
-which drops datagrams not sealed with the mesh secret (and the namespace).
+which drops datagrams not sealed with the mesh secret (and the namespace),
+and recorded ones replayed (its replay window).
 
 `Swim` is the front: it wires the parts together, owns this member's own
 state (incarnation, leaving), the periodic timers and the lifecycle, and
