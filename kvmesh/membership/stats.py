@@ -22,3 +22,5 @@ class SwimStats:
     claims_refused: int = 0  # claims whose incarnation rose past the bounds of `states`, dropped
     catch_ups: int = 0  # older-life accusations answered with alive at their incarnation + 1
     declared_dead: int = 0  # suspicions that expired here
+    syncs_refused_source: int = 0  # state exchanges not made: their source's budget was spent
+    syncs_refused_total: int = 0  # state exchanges not made: every source's budget was spent

@@ -8,7 +8,8 @@ newer incarnation; independent confirmations shorten it (Lifeguard). Every
 state change rides as gossip on pings and acks and on gossip rounds to a few
 random members, each item sent `retransmit_limit(n)` times. Joins, periodic
 anti-entropy and reconnects to dead members (which heal partitions) are full
-state exchanges (SYNC), as is any datagram from a sender we never heard of.
+state exchanges (SYNC), as is any datagram from a sender we never heard of;
+those that remote input asks for are budgeted per source and in total.
 Pings to a suspect, and acks to one, carry the suspicion so it can refute
 without waiting for gossip. Incarnations from the wire are bounded (see
 `states`): a claim that would raise one too far, or near the wire's cap, is
@@ -99,7 +100,7 @@ class Swim:
         self._prober = Prober(self.self_id, self._table, self._outbox, clock, config, self.stats,
                               self._next_seq, self._claims.apply)
         self._sync = StateSync(addr, self._table, self._outbox, clock, config, self._rng,
-                               self._next_seq, lambda: self._running)
+                               self.stats, self._next_seq, lambda: self._running)
         self._handlers: dict[Kind, Callable[[Message, str], None]] = {
             Kind.PING: self._prober.on_ping, Kind.ACK: self._prober.on_ack,
             Kind.PING_REQ: self._prober.on_ping_req, Kind.NACK: self._prober.on_nack,
