@@ -91,6 +91,9 @@ class Claims:
         if not admissible(e.incarnation, None):
             self._stats.claims_refused += 1
             return
+        if self._table.full:
+            self._stats.members_refused += 1
+            return
         now = self._clock.time()
         m = Member(peer, e.addr, state, e.incarnation, now, floor=e.incarnation, floor_at=now)
         self._table.add(m)
