@@ -11,14 +11,12 @@ anti-entropy and reconnects to dead members (which heal partitions) are full
 state exchanges (SYNC), as is any datagram from a sender we never heard of;
 those that remote input asks for are budgeted per source and in total.
 Pings to a suspect, and acks to one, carry the suspicion so it can refute
-without waiting for gossip. Incarnations from the wire are bounded (see
-`states`): a claim that would raise one too far, or near the wire's cap, is
-refused, so no claim can push a refutation past what the wire carries; an
-accusation about an older life than ours is answered straight to its sender
-with alive at its incarnation + 1 (`catch_up_incarnation`). The engine does
-not authenticate: the peer wraps its transport in `seal.SealedTransport`,
-which drops datagrams not sealed with the mesh secret (and the namespace),
-and recorded ones replayed (its replay window).
+without waiting for gossip. Incarnations from the wire are bounded
+(`states`), so no claim can push a refutation past the wire's cap; an
+accusation about an older life than ours is answered to its sender
+(`catch_up_incarnation`). The engine does not authenticate: the peer wraps
+its transport in `seal.SealedTransport`, which drops datagrams not sealed
+with the mesh secret (and the namespace), and replayed ones.
 
 `Swim` is the front: it wires the parts together, owns this member's own
 state (incarnation, leaving), the periodic timers and the lifecycle, and
@@ -263,8 +261,8 @@ class Swim:
     def _answer_older_life(self, src: str, incarnation: int) -> None:
         """Tell `src`, which accused an older life of ours, that we are alive past it.
 
-        One datagram per datagram received, so no amplification; our own
-        (newer) alive notice still spreads by gossip.
+        One datagram per datagram received, as an ack (with piggybacked
+        gossip); our own, newer, alive notice still spreads by gossip.
         """
         self.stats.catch_ups += 1
         notice = pack_entry(Entry(_ALIVE, incarnation, self.self_id, self.addr, ""))
