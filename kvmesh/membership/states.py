@@ -201,7 +201,10 @@ class Member:
         return self.state in LIVE
 
     def admits(self, incarnation: int, now: float) -> bool:
-        """Whether a claim at `incarnation` may be merged now (see `admissible`)."""
+        """Whether a claim at `incarnation` may be merged now (see `admissible`).
+
+        A rise starts a new window first if the last one is over.
+        """
         if incarnation <= self.incarnation:
             return True  # no rise: the table decides
         self.floor, self.floor_at = window_floor(self.floor, self.floor_at, self.incarnation, now)

@@ -28,7 +28,7 @@ dispatches each datagram. The parts, one file each:
   the suspicion timers of `suspicion` (timing math: `timing`);
 - `probe`: probes, indirect probes, relays and local health;
 - `broadcast`: the bounded gossip queue; `outbox`: sending;
-- `sync`: joins and other full state exchanges; `stats`.
+- `sync`: joins and other full state exchanges, within a `budget`; `stats`.
 
 Sans-IO: the engine owns no socket and no timer. Its edges (`edges`):
 
