@@ -4,9 +4,11 @@ Every entry that arrives, and every verdict this member reaches itself (a
 failed probe: suspect; an expired suspicion: dead), goes through
 `Claims.apply`. A claim that changes what we hold updates the row, starts or
 ends the member's suspicion and is queued to be gossiped on; a same
-incarnation suspicion from someone new confirms ours (Lifeguard). Claims
-about ourselves are handed to `on_self(state, incarnation)`, where the
-engine decides whether to refute.
+incarnation suspicion from someone new confirms ours (Lifeguard). A claim
+whose incarnation rises past the bounds of `states` (`admissible`) is
+refused whole and counted (`stats.claims_refused`). Claims about ourselves
+are handed to `on_self(state, incarnation)`, where the engine checks their
+bound and decides whether to refute.
 
 Owns the suspicion timers (`suspicions`). Called by `Swim.receive` and the
 prober, and from its own expiry timers, all on the clock's thread; `apply`
@@ -21,7 +23,7 @@ from typing import Callable
 from kvmesh.membership.broadcast import BroadcastQueue
 from kvmesh.membership.edges import Clock
 from kvmesh.membership.members import MemberTable
-from kvmesh.membership.states import LIVE, Member, MemberState, supersedes
+from kvmesh.membership.states import LIVE, Member, MemberState, admissible, supersedes
 from kvmesh.membership.stats import SwimStats
 from kvmesh.membership.suspicion import Suspicions
 from kvmesh.membership.timing import SwimConfig
@@ -59,6 +61,9 @@ class Claims:
         if m is None:
             self._add(peer, state, e, rebroadcast_new)
             return
+        if not m.admits(e.incarnation, self._clock.time()):
+            self._stats.claims_refused += 1
+            return
         if state is m.state and e.incarnation == m.incarnation and state is not _SUSPECT:
             return  # old news, the common case
         if not supersedes(m.state, m.incarnation, state, e.incarnation):
@@ -83,7 +88,14 @@ class Claims:
     def _add(self, peer: PeerId, state: MemberState, e: Entry, rebroadcast: bool) -> None:
         if state not in LIVE:
             return  # news of a stranger's death
-        m = Member(peer, e.addr, state, e.incarnation, self._clock.time())
+        if not admissible(e.incarnation, None):
+            self._stats.claims_refused += 1
+            return
+        if self._table.full:
+            self._stats.members_refused += 1
+            return
+        now = self._clock.time()
+        m = Member(peer, e.addr, state, e.incarnation, now, floor=e.incarnation, floor_at=now)
         self._table.add(m)
         if state is _SUSPECT:
             self._suspect(m, e.origin)

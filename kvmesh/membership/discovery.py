@@ -15,7 +15,9 @@ gossip addresses ("ip:port") for `Swim.join`:
              `on_heard` hook reports each new address.
 
 Beacons are sealed by a `seal.Sealer` when one is given (the peer
-always gives one: with a mesh secret it authenticates them). Every await is
+always gives one: with a mesh secret it authenticates them), each announce in
+a fresh envelope, so a recorded beacon replayed later is refused like any
+replayed gossip (`seal`'s replay window). Every await is
 bounded by `timeout_s`. A name that does not resolve is
 skipped and logged, not fatal: the peer starts alone and is found later.
 Our own address is never returned.
@@ -112,8 +114,9 @@ class MulticastBeacon:
     """Announce one gossip address on a multicast group and collect the others'.
 
     Beacons of other clusters (a different `cluster` string) and malformed
-    datagrams are ignored; with a `sealer`, so are beacons whose tag does not
-    verify (counted in `rejected`). `on_heard(addr)` runs on the event loop
+    datagrams are ignored; with a `sealer`, so are beacons whose seal does not
+    verify or that replay an earlier one (counted in `rejected`; the sealer's
+    `stats` say which). `on_heard(addr)` runs on the event loop
     once per newly heard address and must not block.
     """
 
@@ -133,8 +136,7 @@ class MulticastBeacon:
         self._heard: dict[str, None] = {}
         self._transport: asyncio.DatagramTransport | None = None
         self._task: asyncio.Task | None = None
-        payload = msgpack.packb((BEACON_VERSION, BEACON_MAGIC, cluster, announce))
-        self._payload = sealer.seal(payload) if sealer is not None else payload
+        self._payload = msgpack.packb((BEACON_VERSION, BEACON_MAGIC, cluster, announce))
 
     def heard(self) -> list[str]:
         """Addresses heard so far, first heard first."""
@@ -182,8 +184,12 @@ class MulticastBeacon:
     async def _announce(self) -> None:
         while True:
             if self._transport is not None and not self._transport.is_closing():
-                self._transport.sendto(self._payload, (self.group, self.port))
+                self._transport.sendto(self._datagram(), (self.group, self.port))
             await asyncio.sleep(self.interval_s)
+
+    def _datagram(self) -> bytes:
+        """One announce: sealed anew each time (a fresh timestamp and nonce)."""
+        return self._sealer.seal(self._payload) if self._sealer is not None else self._payload
 
     def _received(self, data: bytes) -> None:
         if self._sealer is not None:

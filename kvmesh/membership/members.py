@@ -13,6 +13,9 @@ timer calls `flush` once at its end, which calls `on_change(joined, left)`
 synchronously if anything changed. The table sends nothing and arms no
 timer; its only randomness is the engine's seeded `rng`, passed in. One
 clock thread only.
+
+Bounded: at most `MAX_MEMBERS` rows (dead and left ones included, until
+reaped); `full` says when a member we never heard of must be refused.
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ from kvmesh.membership.edges import ChangeFn
 from kvmesh.membership.states import Member, MemberState
 from kvmesh.membership.wire import Entry
 from kvmesh.types import PeerId
+
+MAX_MEMBERS = 4096  # rows for others: four times the 1,000 peers the benchmarks run
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +74,11 @@ class MemberTable:
         return self.known.get(peer)
 
     @property
+    def full(self) -> bool:
+        """No room for a member we never heard of (claims about them are refused)."""
+        return len(self.known) >= MAX_MEMBERS
+
+    @property
     def members(self) -> frozenset[PeerId]:
         """Alive and suspect members, ourselves included; cached until the next change."""
         if self._members_view is None:
@@ -101,7 +111,7 @@ class MemberTable:
         """(peer id, address) pairs as alive at incarnation 0; the probe round restarts."""
         for peer, addr in members:
             peer = PeerId(peer)
-            if peer != self.self_id and peer not in self.known:
+            if peer != self.self_id and peer not in self.known and not self.full:
                 self.add(Member(peer, addr, MemberState.ALIVE, 0, now), probe_soon=False)
         self._probe_order, self._probe_next = [], 0  # reshuffled at the next probe
 

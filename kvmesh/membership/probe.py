@@ -14,7 +14,9 @@ it. The probe interval and timeout scale by (score + 1), so a slow member
 probes less eagerly instead of accusing healthy ones.
 
 Owns the outstanding probes and relays (by sequence number) and their
-timers, and the awareness score. Called by `Swim` (the tick, the PING, ACK,
+timers, and the awareness score. At most `MAX_OUTSTANDING` of them at once:
+a PING_REQ past that is dropped (counted in `stats.relays_refused`); our own
+probes are one or two a period. Called by `Swim` (the tick, the PING, ACK,
 PING_REQ and NACK handlers, `adjust_awareness` on refutation, `cancel_all`
 on stop) and from its own timers, all on the clock's thread.
 """
@@ -34,6 +36,7 @@ from kvmesh.membership.wire import Entry, Kind, Message, is_name, pack_entry
 from kvmesh.types import PeerId
 
 _ALIVE, _SUSPECT = MemberState.ALIVE, MemberState.SUSPECT
+MAX_OUTSTANDING = 256  # probes and relays awaiting an ack; a member relays a few per period
 
 
 @dataclass(slots=True)
@@ -122,6 +125,9 @@ class Prober:
     def on_ping_req(self, msg: Message, src: str) -> None:
         if not is_name(msg.target) or not is_name(msg.target_addr):
             self._stats.malformed += 1
+            return
+        if len(self._acks) >= MAX_OUTSTANDING:
+            self._stats.relays_refused += 1
             return
         relay = _Relay(src, msg.seq)
         seq = self._next_seq()

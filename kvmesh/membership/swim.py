@@ -8,11 +8,15 @@ newer incarnation; independent confirmations shorten it (Lifeguard). Every
 state change rides as gossip on pings and acks and on gossip rounds to a few
 random members, each item sent `retransmit_limit(n)` times. Joins, periodic
 anti-entropy and reconnects to dead members (which heal partitions) are full
-state exchanges (SYNC), as is any datagram from a sender we never heard of.
+state exchanges (SYNC), as is any datagram from a sender we never heard of;
+those that remote input asks for are budgeted per source and in total.
 Pings to a suspect, and acks to one, carry the suspicion so it can refute
-without waiting for gossip. The engine does not authenticate: the peer wraps
-its transport in `seal.SealedTransport`, which drops datagrams not
-sealed with the mesh secret (and the namespace).
+without waiting for gossip. Incarnations from the wire are bounded
+(`states`), so no claim can push a refutation past the wire's cap; an
+accusation about an older life than ours is answered to its sender
+(`catch_up_incarnation`). The engine does not authenticate: the peer wraps
+its transport in `seal.SealedTransport`, which drops datagrams not sealed
+with the mesh secret (and the namespace), and replayed ones.
 
 `Swim` is the front: it wires the parts together, owns this member's own
 state (incarnation, leaving), the periodic timers and the lifecycle, and
@@ -24,7 +28,7 @@ dispatches each datagram. The parts, one file each:
   the suspicion timers of `suspicion` (timing math: `timing`);
 - `probe`: probes, indirect probes, relays and local health;
 - `broadcast`: the bounded gossip queue; `outbox`: sending;
-- `sync`: joins and other full state exchanges; `stats`.
+- `sync`: joins and other full state exchanges, within a `budget`; `stats`.
 
 Sans-IO: the engine owns no socket and no timer. Its edges (`edges`):
 
@@ -54,7 +58,8 @@ from kvmesh.membership.edges import ChangeFn, Clock, GossipTransport, Timer
 from kvmesh.membership.members import MemberTable, MemberView
 from kvmesh.membership.outbox import Outbox
 from kvmesh.membership.probe import Prober
-from kvmesh.membership.states import MemberState, must_refute, refute_incarnation
+from kvmesh.membership.states import (MemberState, admissible_about_self, catch_up_incarnation,
+                                     must_refute, refute_incarnation)
 from kvmesh.membership.stats import SwimStats
 from kvmesh.membership.sync import StateSync
 from kvmesh.membership.timing import SwimConfig
@@ -83,6 +88,7 @@ class Swim:
         self._timers: dict[str, Timer] = {}
         self._running = False
         self._leaving = False
+        self._catch_up: int | None = None  # set while one datagram's entries are applied
         self._table = MemberTable(self.self_id, vnodes, self._rng, on_change)
         self._queue = BroadcastQueue(config.broadcast_queue_max)
         self._outbox = Outbox(self.self_id, transport, self._queue, self._table, clock, config,
@@ -92,7 +98,7 @@ class Swim:
         self._prober = Prober(self.self_id, self._table, self._outbox, clock, config, self.stats,
                               self._next_seq, self._claims.apply)
         self._sync = StateSync(addr, self._table, self._outbox, clock, config, self._rng,
-                               self._next_seq, lambda: self._running)
+                               self.stats, self._next_seq, lambda: self._running)
         self._handlers: dict[Kind, Callable[[Message, str], None]] = {
             Kind.PING: self._prober.on_ping, Kind.ACK: self._prober.on_ack,
             Kind.PING_REQ: self._prober.on_ping_req, Kind.NACK: self._prober.on_nack,
@@ -221,22 +227,46 @@ class Swim:
             self.stats.malformed += 1
             return
         sync = msg.kind in _SYNC_KINDS
+        self._catch_up = None
         for entry in msg.entries:
             # Full-state exchanges would re-gossip the whole table: only changes
             # to members we knew, and news about the sender itself, go on.
             self._claims.apply(entry, rebroadcast_new=not sync or entry.peer == msg.sender)
+        if self._catch_up is not None:
+            self._answer_older_life(src, self._catch_up)
         self._handlers[msg.kind](msg, src)
         if not sync and msg.sender not in self._table.known and msg.sender != self.self_id:
             self._sync.sync_stranger(src)
         self._table.flush()
 
     def _about_self(self, state: MemberState, incarnation: int) -> None:
-        """A claim about us: refute it with a newer incarnation if the state table says so."""
+        """A claim about us: refute it with a newer incarnation if the state table says so.
+
+        An accusation about an older life is noted for `_answer_older_life`
+        (once per datagram, for the newest such life).
+        """
+        if not admissible_about_self(incarnation, self.incarnation):
+            self.stats.claims_refused += 1
+            return
         if must_refute(self.incarnation, state, incarnation, self._leaving):
             self.incarnation = refute_incarnation(self.incarnation, incarnation)
             self.stats.refutations += 1
             self._prober.adjust_awareness(1)
             self._queue.put(self.self_id, pack_entry(self._self_entry()))
+            return
+        answer = catch_up_incarnation(self.incarnation, state, incarnation, self._leaving)
+        if answer is not None:
+            self._catch_up = max(answer, self._catch_up or 0)
+
+    def _answer_older_life(self, src: str, incarnation: int) -> None:
+        """Tell `src`, which accused an older life of ours, that we are alive past it.
+
+        One datagram per datagram received, as an ack (with piggybacked
+        gossip); our own, newer, alive notice still spreads by gossip.
+        """
+        self.stats.catch_ups += 1
+        notice = pack_entry(Entry(_ALIVE, incarnation, self.self_id, self.addr, ""))
+        self._outbox.send(src, Kind.GOSSIP, first=notice)
 
     # ---- periodic timers ----------------------------------------------------------------
     # Each re-arms itself before its work. Keep that order: a seeded run is a

@@ -13,8 +13,18 @@ whole table (`Outbox.send_state`) and, for a SYNC, gets the other's back:
   asks the join seeds again;
 - `sync_stranger`: a datagram from a sender we never heard of.
 
-Owns the pending joins (and their retry timers), the seeds, and when each
-stranger was last answered. Called by `Swim` (its lifecycle, ticks and SYNC
+Exchanges that remote input asks for are budgeted (`budget.ReplyBudget`):
+a SYNC is answered only while its source's bucket
+(`SYNC_REPLY_BURST_PER_SOURCE`, then `SYNC_REPLY_RATE_PER_SOURCE` a second)
+and the bucket every source shares (`SYNC_REPLY_BURST`, `SYNC_REPLY_RATE`)
+both have a token; a stranger's exchange spends from the shared one. What is
+refused is counted (`stats.syncs_refused_source`, `syncs_refused_total`) and
+repaired later: a joiner asks again each probe interval, push-pull and
+reconnects carry on, and the SYNC's own entries were merged anyway. Our own
+exchanges (joins, push-pull, reconnects) are not budgeted.
+
+Owns the pending joins (and their retry timers), the seeds, the reply
+budget, and when each stranger was last answered. Called by `Swim` (its lifecycle, ticks and SYNC
 handlers) and from its own timers, on the clock's thread. `running()` says
 whether the engine still runs: a join's settle timer is not cancelled on
 stop, so its exchange checks.
@@ -26,9 +36,11 @@ import random
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
+from kvmesh.membership.budget import Refusal, ReplyBudget
 from kvmesh.membership.edges import Clock, Timer
 from kvmesh.membership.members import MemberTable
 from kvmesh.membership.outbox import Outbox
+from kvmesh.membership.stats import SwimStats
 from kvmesh.membership.timing import SwimConfig, push_pull_interval
 from kvmesh.membership.wire import Kind, Message
 
@@ -37,6 +49,11 @@ JOIN_FANOUT = 3  # addresses asked per join attempt
 JOIN_SETTLE_PERIODS = 3  # a joiner's second state exchange, in probe intervals
 STRANGER_SYNC_S = 5.0  # state exchanges with one unknown sender are at least this far apart
 MAX_STRANGERS = 256
+SYNC_REPLY_BURST_PER_SOURCE = 3  # a joiner's first attempts, a lost reply or two included
+SYNC_REPLY_RATE_PER_SOURCE = 0.2  # a second: then one per STRANGER_SYNC_S
+SYNC_REPLY_BURST = 64  # every source together: a crowd of joiners at once
+SYNC_REPLY_RATE = 16.0  # a second, every source together
+MAX_SYNC_SOURCES = 1024  # per-source buckets kept; a new source past that replaces the oldest
 
 
 @dataclass(slots=True)
@@ -51,19 +68,23 @@ class _Join:
 
 class StateSync:
     def __init__(self, addr: str, table: MemberTable, outbox: Outbox, clock: Clock,
-                 config: SwimConfig, rng: random.Random, next_seq: Callable[[], int],
-                 running: Callable[[], bool]) -> None:
+                 config: SwimConfig, rng: random.Random, stats: SwimStats,
+                 next_seq: Callable[[], int], running: Callable[[], bool]) -> None:
         self._addr = addr  # our own gossip address, never asked
         self._table = table
         self._outbox = outbox
         self._clock = clock
         self._config = config
         self._rng = rng
+        self._stats = stats
         self._next_seq = next_seq
         self._running = running
         self._joins: dict[int, _Join] = {}
         self._seeds: list[str] = []
         self._stranger_syncs: dict[str, float] = {}  # addr -> last exchange
+        self._budget = ReplyBudget((SYNC_REPLY_BURST_PER_SOURCE, SYNC_REPLY_RATE_PER_SOURCE),
+                                   (SYNC_REPLY_BURST, SYNC_REPLY_RATE), MAX_SYNC_SOURCES,
+                                   clock.time())
 
     def join(self, addrs: Iterable[str], on_done: Callable[[bool], None] | None) -> None:
         """See `Swim.join`; the engine is already started."""
@@ -121,11 +142,21 @@ class StateSync:
                                     if now - t < STRANGER_SYNC_S}
             if len(self._stranger_syncs) >= MAX_STRANGERS:
                 return  # a flood of strangers: push-pull will catch up
+        if not self._budget.allow_total(now):
+            self._stats.syncs_refused_total += 1
+            return
         self._stranger_syncs[src] = now
         self._outbox.send_state(src, Kind.SYNC, 0)
 
     def on_sync(self, msg: Message, src: str) -> None:
-        self._outbox.send_state(src, Kind.SYNC_REPLY, msg.seq)
+        """Answer with our state, if the reply budget allows (see the module docstring)."""
+        refusal = self._budget.allow(src, self._clock.time())
+        if refusal is Refusal.SOURCE:
+            self._stats.syncs_refused_source += 1
+        elif refusal is Refusal.TOTAL:
+            self._stats.syncs_refused_total += 1
+        else:
+            self._outbox.send_state(src, Kind.SYNC_REPLY, msg.seq)
 
     def on_sync_reply(self, msg: Message, src: str) -> None:
         join = self._joins.pop(msg.seq, None)
