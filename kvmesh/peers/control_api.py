@@ -15,6 +15,10 @@ body is validated in full by `control_schema` before anything changes; a bad
 request gets a 4xx JSON {"error": ...} and leaves the peer as it was. With a
 mesh secret set, every route needs `Authorization: Bearer <secret>`. Errors
 of any kind are answered as JSON; none of them stops the peer.
+
+Browsers cannot drive it (`control_guard`): every route refuses a Host that
+does not name this API (403: DNS rebinding) and an Origin of another site
+(403: CSRF); POST bodies must be `Content-Type: application/json` (415).
 """
 
 from __future__ import annotations
@@ -32,11 +36,12 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from kvmesh.config import ControlConfig
 from kvmesh.errors import KvmeshError
 from kvmesh.hashring.keys import ChunkHasher
+from kvmesh.peers import control_guard as guard
 from kvmesh.peers import control_schema as schema
 from kvmesh.peers.connections import is_mesh_failure
 from kvmesh.peers.control_schema import RequestError
 from kvmesh.peers.metrics import peer_registry, peer_status
-from kvmesh.types import ChunkKey, key_hex
+from kvmesh.types import ChunkKey, PeerAddress, key_hex
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +58,7 @@ async def start_control_api(peer, config: ControlConfig) -> tuple[web.AppRunner,
 
     The caller owns the runner and must `await runner.cleanup()` on shutdown.
     """
-    runner = web.AppRunner(build_app(peer), access_log=None)
+    runner = web.AppRunner(build_app(peer, config), access_log=None)
     await runner.setup()
     try:
         await web.TCPSite(runner, config.host, config.port).start()
@@ -66,9 +71,12 @@ async def start_control_api(peer, config: ControlConfig) -> tuple[web.AppRunner,
     return runner, f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
-def build_app(peer) -> web.Application:
-    app = web.Application(client_max_size=schema.MAX_BODY_BYTES,
-                          middlewares=[_json_errors, _auth(peer.config.mesh.secret)])
+def build_app(peer, config: ControlConfig) -> web.Application:
+    """The routes behind their checks, outermost first: errors as JSON, Host and
+    Origin, the secret, then JSON bodies only. Each check refuses before the
+    next runs, so a refused request reaches no handler."""
+    middlewares = [_json_errors, _same_site(peer, config), _auth(peer.config.mesh.secret), _json_bodies]
+    app = web.Application(client_max_size=schema.MAX_BODY_BYTES, middlewares=middlewares)
     app[PEER] = peer
     app[REGISTRY] = peer_registry(peer)
     app.router.add_get("/health", health)
@@ -100,6 +108,36 @@ async def _json_errors(request: web.Request, handler: Handler) -> web.StreamResp
     except Exception as exc:  # noqa: BLE001 - a bug must not take the peer down
         log.exception("control API %s %s failed", request.method, request.path)
         return _error(500, f"internal error: {type(exc).__name__}: {exc}")
+
+
+def _same_site(peer, config: ControlConfig) -> Callable:
+    """Refuse requests a browser was made to send: see `control_guard`."""
+    own = [h for h in (config.host, *config.allowed_hosts) if h not in _WILDCARD_HOSTS]
+    if peer.peer_id:  # the name other members reach this peer by (KVMESH_ADVERTISE_HOST)
+        own.append(PeerAddress.parse(peer.peer_id).host)
+
+    @web.middleware
+    async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
+        hosts = request.headers.getall("Host", [])
+        sockname = request.transport.get_extra_info("sockname") if request.transport else None
+        arrived_at = [sockname[0]] if isinstance(sockname, tuple) and sockname else []
+        why = (guard.host_refusal(hosts, [*arrived_at, *own])
+               or guard.origin_refusal(request.headers.getall("Origin", []), hosts[0], request.scheme))
+        if why:
+            return _error(403, why)
+        return await handler(request)
+
+    return check
+
+
+@web.middleware
+async def _json_bodies(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """POST bodies are JSON and say so; routing errors (404, 405) pass through as they are."""
+    if request.method == "POST" and request.match_info.http_exception is None:
+        why = guard.content_type_refusal(request.headers.get("Content-Type"))
+        if why:
+            return _error(415, why)
+    return await handler(request)
 
 
 def _auth(secret: bytes | None) -> Callable:

@@ -99,7 +99,7 @@ class FakePeer:
     def snapshot(self) -> tuple:
         stats = self.store.stats()
         return (sorted(self.store.keys()), stats.pinned, stats.chunks_cpu, stats.chunks_disk,
-                list(self.withdrawn), list(self.pushed))
+                list(self.withdrawn), list(self.pushed), self.stats.lookups, self.stats.lookup_chunks)
 
 
 def make_config(tmp_path, secret=None, disk=True) -> KvmeshConfig:
@@ -115,6 +115,8 @@ class Api:
     async def call(self, method: str, path: str, body=None, raw: bytes | None = None,
                    headers=None) -> tuple[int, object]:
         data = raw if raw is not None else (None if body is None else json.dumps(body))
+        if data is not None:  # a JSON body says so, as the API requires
+            headers = {"Content-Type": "application/json", **(headers or {})}
         async with self.session.request(method, self.url + path, data=data, headers=headers) as r:
             text = await r.text()
             try:
@@ -123,8 +125,8 @@ class Api:
                 return r.status, text
 
 
-async def open_api(peer: FakePeer):
-    runner, url = await start_control_api(peer, ControlConfig(port=0))
+async def open_api(peer: FakePeer, control: ControlConfig | None = None):
+    runner, url = await start_control_api(peer, control or ControlConfig(port=0))
     headers = {"Authorization": "Bearer " + SECRET.decode()} if peer.config.mesh.secret else {}
     return runner, Api(peer, url, aiohttp.ClientSession(headers=headers))
 
