@@ -288,7 +288,7 @@ async def test_secret_accepted(secure, method, path, body):
     assert status == 200
 
 
-async def test_mesh_fan_out_sends_secret(secure, tmp_path):
+async def test_mesh_fan_out_is_accepted_by_a_secure_member(secure, tmp_path):
     other = FakePeer(OTHER, make_config(tmp_path / "b", secret=SECRET, disk=False))
     runner, other_api = await open_api(other)
     secure.peer.control_urls[OTHER] = other_api.url
