@@ -156,6 +156,9 @@ class KvmeshConfig:
     transfer: TransferConfig = field(default_factory=TransferConfig)
     control: ControlConfig = field(default_factory=ControlConfig)
     run_dir: Path = field(default_factory=lambda: Path(tempfile.gettempdir()) / "kvmesh")
+    # Start even with a listener off loopback and no mesh secret (warned at
+    # every start); see kvmesh/peers/exposure.py.
+    insecure: bool = False
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "KvmeshConfig":
@@ -217,4 +220,5 @@ def _from_env(env: Mapping[str, str]) -> KvmeshConfig:
         transfer=transfer,
         control=control,
         run_dir=Path(run_dir) if run_dir else base.run_dir,
+        insecure=opt("KVMESH_INSECURE", parse_bool, False),
     )

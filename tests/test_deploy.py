@@ -5,7 +5,9 @@ from pathlib import Path
 import pytest
 
 from kvmesh.config import KvmeshConfig
+from kvmesh.errors import ConfigError
 from kvmesh.peers.control_guard import is_loopback_host
+from kvmesh.peers.exposure import check_exposure
 
 yaml = pytest.importorskip("yaml")
 
@@ -47,3 +49,7 @@ def test_control_api_stays_on_loopback_and_the_secret_comes_from_a_secret():
         if kind == "Service":
             exposed |= {p["port"] for p in doc["spec"]["ports"]} | {p.get("targetPort") for p in doc["spec"]["ports"]}
     assert control_port not in exposed and "control" not in {p["name"] for p in container["ports"]}
+    # The mesh listener is on 0.0.0.0: it starts with the Secret's value, and not without it.
+    assert check_exposure(KvmeshConfig.from_env({**literal, "KVMESH_SECRET": "from-the-secret"})) == ()
+    with pytest.raises(ConfigError, match="KVMESH_SECRET"):
+        check_exposure(config)
