@@ -7,6 +7,7 @@ the variable, and booleans accept only 1/0, true/false, yes/no, on/off.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import tempfile
@@ -23,6 +24,7 @@ DISCOVERY_MODES = ("static", "dns", "multicast")
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
+_HOST_NAME = re.compile(r"[a-z0-9_.-]+")
 _SIZE_UNITS = {"": 1, "b": 1, "k": 1 << 10, "kb": 1000, "kib": 1 << 10, "m": 1 << 20,
                "mb": 10**6, "mib": 1 << 20, "g": 1 << 30, "gb": 10**9, "gib": 1 << 30}
 
@@ -78,6 +80,23 @@ def parse_seeds(name: str, text: str) -> tuple[PeerAddress, ...]:
         raise ConfigError(f"{name}: {exc}") from None
 
 
+def parse_host_names(name: str, text: str) -> tuple[str, ...]:
+    """Comma-separated host names or addresses, no ports: lowercased, without a trailing dot."""
+    names = tuple(h.strip().lower().strip("[]").rstrip(".") for h in text.split(",") if h.strip())
+    for host in names:
+        if not (_HOST_NAME.fullmatch(host) or _is_ipv6(host)):
+            raise ConfigError(f"{name}: {host!r} is not a host name or address (no ports)")
+    return names
+
+
+def _is_ipv6(text: str) -> bool:
+    try:
+        ipaddress.IPv6Address(text)
+    except ValueError:
+        return False
+    return True
+
+
 def parse_address(name: str, text: str) -> PeerAddress:
     try:
         return PeerAddress.parse(text)
@@ -123,6 +142,9 @@ class ControlConfig:
     host: str = "127.0.0.1"  # loopback only unless an operator says otherwise
     port: int = 0
     enabled: bool = True
+    # Host names the API answers to besides loopback names and its own
+    # address (lowercase): those an operator reaches it by, e.g. a DNS name.
+    allowed_hosts: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +157,9 @@ class KvmeshConfig:
     control: ControlConfig = field(default_factory=ControlConfig)
     # Private to this user (0700; checked at start): rendezvous files and pool doors.
     run_dir: Path = field(default_factory=lambda: Path(tempfile.gettempdir()) / f"kvmesh-{os.getuid()}")
+    # Start even with a listener off loopback and no mesh secret (warned at
+    # every start); see kvmesh/peers/exposure.py.
+    insecure: bool = False
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "KvmeshConfig":
@@ -182,6 +207,7 @@ def _from_env(env: Mapping[str, str]) -> KvmeshConfig:
         host=get("KVMESH_CONTROL_HOST") or base.control.host,
         port=opt("KVMESH_CONTROL_PORT", parse_int, 0, 0, 65535),
         enabled=opt("KVMESH_CONTROL", parse_bool, True),
+        allowed_hosts=opt("KVMESH_CONTROL_ALLOWED_HOSTS", parse_host_names, ()),
     )
     chunk_tokens = opt("KVMESH_CHUNK_TOKENS", parse_int, 256, 1, 1 << 20)
     if store.cpu_bytes <= 0:
@@ -195,4 +221,5 @@ def _from_env(env: Mapping[str, str]) -> KvmeshConfig:
         transfer=transfer,
         control=control,
         run_dir=Path(run_dir) if run_dir else base.run_dir,
+        insecure=opt("KVMESH_INSECURE", parse_bool, False),
     )

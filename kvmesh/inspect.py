@@ -9,7 +9,8 @@ tier, hit rate, pulls in flight, transports) and the mesh's recent failures;
 members that died or left stay listed while any peer still holds them.
 `--json` prints the raw reply;
 `--watch N` redraws every N seconds until Ctrl-C. The secret comes from
-`--secret` or KVMESH_SECRET.
+`--secret` or KVMESH_SECRET; it is never sent: each request carries a
+Kvmesh-HMAC signature made with it (`kvmesh.peers.control_auth`).
 
 Only `fetch_status` and `main` do I/O (stdlib urllib, no extra dependencies);
 everything else turns a status document into text and is tested as such.
@@ -27,6 +28,7 @@ import urllib.request
 from typing import Any, Callable
 
 from kvmesh.errors import KvmeshError
+from kvmesh.peers import control_auth
 
 SECRET_ENV = "KVMESH_SECRET"
 CLEAR_SCREEN = "\x1b[2J\x1b[H"
@@ -61,7 +63,8 @@ def fetch_status(url: str, secret: str | None, timeout_s: float) -> dict[str, An
 
 
 def _get_json(url: str, secret: str | None, timeout_s: float) -> dict[str, Any]:
-    headers = {"Authorization": f"Bearer {secret}"} if secret else {}
+    # Signed, never the secret itself: the URL may be plain HTTP across a network.
+    headers = control_auth.signed_headers(secret.encode(), "GET", url) if secret else {}
     try:
         with urllib.request.urlopen(urllib.request.Request(url, headers=headers),
                                     timeout=timeout_s) as resp:

@@ -25,6 +25,7 @@ def test_every_variable_is_read():
         "KVMESH_TRANSPORT": "TCP", "KVMESH_TIMEOUT_S": "0.5", "KVMESH_MAX_INFLIGHT": "8",
         "KVMESH_CONTROL_HOST": "0.0.0.0", "KVMESH_CONTROL_PORT": "9000", "KVMESH_CONTROL": "off",
         "KVMESH_RUN_DIR": "/tmp/run", "KVMESH_PREFAULT": "1",
+        "KVMESH_CONTROL_ALLOWED_HOSTS": " KV.internal., [::1],10.0.0.7 ", "KVMESH_INSECURE": "yes",
     })
     assert config.enabled and config.chunk_tokens == 128
     assert config.store.cpu_bytes == 2 << 30 and config.store.disk_bytes == 10**10
@@ -37,6 +38,9 @@ def test_every_variable_is_read():
     assert config.transfer.max_inflight == 8
     assert (config.control.host, config.control.port, config.control.enabled) == ("0.0.0.0", 9000, False)
     assert config.run_dir == Path("/tmp/run")
+    assert config.control.allowed_hosts == ("kv.internal", "::1", "10.0.0.7")
+    assert KvmeshConfig.from_env({}).control.allowed_hosts == ()
+    assert config.insecure and not KvmeshConfig.from_env({}).insecure
 
 
 @pytest.mark.parametrize("text,value", [("1", True), ("true", True), ("YES", True), ("on", True),
@@ -63,6 +67,10 @@ def test_sizes(text, value):
     ({"KVMESH_CHUNK_TOKENS": "-4"}, "KVMESH_CHUNK_TOKENS"),
     ({"KVMESH_MULTICAST": "239.1.1.1"}, "KVMESH_MULTICAST"),
     ({"KVMESH_PROBE_INTERVAL_S": "0"}, "KVMESH_PROBE_INTERVAL_S"),
+    ({"KVMESH_CONTROL_ALLOWED_HOSTS": "kv.internal:7470"}, "KVMESH_CONTROL_ALLOWED_HOSTS"),
+    ({"KVMESH_CONTROL_ALLOWED_HOSTS": "a b"}, "KVMESH_CONTROL_ALLOWED_HOSTS"),
+    ({"KVMESH_CONTROL_ALLOWED_HOSTS": "ab:7470"}, "KVMESH_CONTROL_ALLOWED_HOSTS"),
+    ({"KVMESH_INSECURE": "sure"}, "KVMESH_INSECURE"),
 ])
 def test_bad_values_name_the_variable(env, name):
     with pytest.raises(ConfigError, match=name):

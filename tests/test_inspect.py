@@ -10,6 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from kvmesh import inspect as mi
+from kvmesh.peers.control_auth import Verifier
 
 A, B, C = "10.0.0.1:7000", "10.0.0.2:7000", "10.0.0.3:7000"
 
@@ -137,9 +138,11 @@ def test_render_single_peer_status_without_failures():
 class Stub(BaseHTTPRequestHandler):
     routes: dict[str, tuple[int, object]] = {}
     seen: list[tuple[str, str | None]] = []
+    hosts: list[str | None] = []
 
     def do_GET(self):  # noqa: N802 - http.server's name
         self.seen.append((self.path, self.headers.get("Authorization")))
+        self.hosts.append(self.headers.get("Host"))
         code, body = self.routes.get(self.path, (404, {"error": "Not Found"}))
         data = json.dumps(body).encode()
         self.send_response(code)
@@ -154,7 +157,7 @@ class Stub(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def stub():
-    Stub.routes, Stub.seen = {}, []
+    Stub.routes, Stub.seen, Stub.hosts = {}, [], []
     server = ThreadingHTTPServer(("127.0.0.1", 0), Stub)
     thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
@@ -175,7 +178,16 @@ def test_main_json_and_secret_from_env(stub, capsys, monkeypatch):
     Stub.routes["/status?scope=mesh"] = (200, {"peers": {A: status(A)}})
     assert mi.main([stub + "/", "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == {"peers": {A: status(A)}}
-    assert Stub.seen == [("/status?scope=mesh", "Bearer s3cret")]
+    assert [p for p, _ in Stub.seen] == ["/status?scope=mesh"]
+    assert_signed(b"s3cret")
+
+
+def assert_signed(secret: bytes) -> None:
+    """Every request the stub saw carried a valid signature, never the secret."""
+    verifier = Verifier(secret)
+    for (path, authorization), host in zip(Stub.seen, Stub.hosts):
+        assert secret.decode() not in authorization
+        assert verifier.check(authorization, "GET", path, host, b"") is None
 
 
 def test_main_falls_back_to_local_status(stub, capsys):
@@ -184,7 +196,7 @@ def test_main_falls_back_to_local_status(stub, capsys):
     assert mi.main([stub, "--secret", "x"]) == 0
     assert B in capsys.readouterr().out
     assert [p for p, _ in Stub.seen] == ["/status?scope=mesh", "/status"]
-    assert {a for _, a in Stub.seen} == {"Bearer x"}
+    assert_signed(b"x")
 
 
 def test_main_explains_401(stub, capsys):

@@ -128,7 +128,8 @@ class HostBenchPeer(BenchPeer):
             hosts.exec_argv(i) + [sys.executable, "-m", "kvmesh.cli", "peer",
                                   "--slot-bytes", str(slot_bytes)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-            env={**env, "KVMESH_HOST": hosts.ip(i)}, text=True, bufsize=1)
+            env={"KVMESH_SECRET": "netns-bench-secret", **env, "KVMESH_HOST": hosts.ip(i)},
+            text=True, bufsize=1)  # off loopback a peer starts only with the mesh secret
         self.peer_id = self._read(120)["peer_id"]
 
 

@@ -11,36 +11,48 @@
 Runs on the peer's own event loop and calls only the peer's verbs (those that
 may do disk I/O, remove, clear and move, run it in a worker thread). Every
 body is validated in full by `control_schema` before anything changes; a bad
-request gets a 4xx JSON {"error": ...} and leaves the peer as it was. With a
-mesh secret set, every route needs `Authorization: Bearer <secret>`. Errors
+request gets a 4xx JSON {"error": ...} and leaves the peer as it was. Errors
 of any kind are answered as JSON; none of them stops the peer.
+
+With a mesh secret set, every route needs one of
+    Authorization: Bearer <secret>          (operators, curl; sends the secret)
+    Authorization: Kvmesh-HMAC ts=..,nonce=..,mac=..
+The second is an HMAC-SHA256 signature made with the secret over the method,
+path and query, Host, body hash, a timestamp (valid for 30 s) and a nonce
+(each accepted once): a captured header neither reveals the secret nor can
+be replayed (`control_auth`). The `?scope=mesh` fan-out and mesh-inspect
+sign; the secret never crosses the network in their requests.
+
+Browsers cannot drive it (`control_guard`): every route refuses a Host that
+does not name this API (403: DNS rebinding) and an Origin of another site
+(403: CSRF); POST bodies must be `Content-Type: application/json` (415).
 """
 
 from __future__ import annotations
 
 import asyncio
 import hmac
-import json
 import logging
 from typing import Any, Awaitable, Callable, Sequence
 
-import aiohttp
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from kvmesh.config import ControlConfig
 from kvmesh.errors import KvmeshError
 from kvmesh.hashring.keys import ChunkHasher
+from kvmesh.peers import control_auth
+from kvmesh.peers import control_guard as guard
 from kvmesh.peers import control_schema as schema
+from kvmesh.peers.control_fanout import mesh_status
 from kvmesh.peers.control_schema import RequestError
 from kvmesh.peers.metrics import peer_registry, status_json
-from kvmesh.types import ChunkKey, key_hex
+from kvmesh.types import ChunkKey, PeerAddress, key_hex
 
 log = logging.getLogger(__name__)
 
 PEER = web.AppKey("peer", object)
 REGISTRY = web.AppKey("registry", CollectorRegistry)
-MAX_REMOTE_STATUS_BYTES = 1 << 20  # a member's /status reply, in a mesh fan-out
 _WILDCARD_HOSTS = ("", "0.0.0.0", "::")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -51,7 +63,7 @@ async def start_control_api(peer, config: ControlConfig) -> tuple[web.AppRunner,
 
     The caller owns the runner and must `await runner.cleanup()` on shutdown.
     """
-    runner = web.AppRunner(build_app(peer), access_log=None)
+    runner = web.AppRunner(build_app(peer, config), access_log=None)
     await runner.setup()
     try:
         await web.TCPSite(runner, config.host, config.port).start()
@@ -64,9 +76,12 @@ async def start_control_api(peer, config: ControlConfig) -> tuple[web.AppRunner,
     return runner, f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
-def build_app(peer) -> web.Application:
-    app = web.Application(client_max_size=schema.MAX_BODY_BYTES,
-                          middlewares=[_json_errors, _auth(peer.config.mesh.secret)])
+def build_app(peer, config: ControlConfig) -> web.Application:
+    """The routes behind their checks, outermost first: errors as JSON, Host and
+    Origin, the secret, then JSON bodies only. Each check refuses before the
+    next runs, so a refused request reaches no handler."""
+    middlewares = [_json_errors, _same_site(peer, config), _auth(peer.config.mesh.secret), _json_bodies]
+    app = web.Application(client_max_size=schema.MAX_BODY_BYTES, middlewares=middlewares)
     app[PEER] = peer
     app[REGISTRY] = peer_registry(peer)
     app.router.add_get("/health", health)
@@ -100,17 +115,59 @@ async def _json_errors(request: web.Request, handler: Handler) -> web.StreamResp
         return _error(500, f"internal error: {type(exc).__name__}: {exc}")
 
 
-def _auth(secret: bytes | None) -> Callable:
-    expected = b"Bearer " + secret if secret else None
+def _same_site(peer, config: ControlConfig) -> Callable:
+    """Refuse requests a browser was made to send: see `control_guard`."""
+    own = [h for h in (config.host, *config.allowed_hosts) if h not in _WILDCARD_HOSTS]
+    if peer.peer_id:  # the name other members reach this peer by (KVMESH_ADVERTISE_HOST)
+        own.append(PeerAddress.parse(peer.peer_id).host)
 
     @web.middleware
     async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if expected is not None:
-            given = request.headers.get("Authorization", "").encode("utf-8", "backslashreplace")
-            if not hmac.compare_digest(given, expected):
-                return _error(401, "missing or wrong mesh secret: send Authorization: Bearer <secret>",
-                              headers={"WWW-Authenticate": "Bearer"})
+        hosts = request.headers.getall("Host", [])
+        sockname = request.transport.get_extra_info("sockname") if request.transport else None
+        arrived_at = [sockname[0]] if isinstance(sockname, tuple) and sockname else []
+        why = (guard.host_refusal(hosts, [*arrived_at, *own])
+               or guard.origin_refusal(request.headers.getall("Origin", []), hosts[0], request.scheme))
+        if why:
+            return _error(403, why)
         return await handler(request)
+
+    return check
+
+
+@web.middleware
+async def _json_bodies(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """POST bodies are JSON and say so; routing errors (404, 405) pass through as they are."""
+    if request.method == "POST" and request.match_info.http_exception is None:
+        why = guard.content_type_refusal(request.headers.get("Content-Type"))
+        if why:
+            return _error(415, why)
+    return await handler(request)
+
+
+def _auth(secret: bytes | None) -> Callable:
+    """With a secret: a bearer token equal to it, or a valid `control_auth` signature."""
+    expected = b"Bearer " + secret if secret else None
+    verifier = control_auth.Verifier(secret) if secret else None
+
+    @web.middleware
+    async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if expected is None:
+            return await handler(request)
+        given = request.headers.get("Authorization", "")
+        if control_auth.is_signature(given):
+            body = await request.read()  # over client_max_size: 413; the handler reads it again from cache
+            why = verifier.check(given, request.method, request.raw_path,
+                                 request.headers.get("Host", ""), body)
+            if why is None:
+                return await handler(request)
+            return _error(401, f"{why}; sign with the mesh secret",
+                          headers={"WWW-Authenticate": control_auth.SCHEME})
+        if hmac.compare_digest(given.encode("utf-8", "backslashreplace"), expected):
+            return await handler(request)
+        return _error(401, "missing or wrong mesh secret: send Authorization: Bearer <secret>, "
+                      f"or a {control_auth.SCHEME} signature made with it",
+                      headers={"WWW-Authenticate": "Bearer"})
 
     return check
 
@@ -190,49 +247,6 @@ async def move(request: web.Request) -> web.Response:
         removed = await peer.remove(held)
     return _json({"delivered": delivered, "not_held": len(req.keys) - len(held),
                   "removed": len(removed)})
-
-
-# ---- mesh fan-out -----------------------------------------------------------------
-
-async def mesh_status(peer) -> dict[str, Any]:
-    """Every member's /status, or {"error": ...} for one that did not answer.
-
-    Each member is asked once, in parallel, bounded by the transfer timeout
-    (members never dialled are dialled first to learn their control port);
-    this peer answers for itself without a request.
-    """
-    others = [m for m in sorted(peer.members()) if m != peer.peer_id]
-    urls = await peer.control_urls(others)
-    secret = peer.config.mesh.secret
-    headers = {"Authorization": "Bearer " + secret.decode("utf-8", "backslashreplace")} if secret else {}
-    timeout = aiohttp.ClientTimeout(total=peer.config.transfer.timeout_s)
-    async with aiohttp.ClientSession(timeout=timeout, headers=headers) as session:
-        replies = await asyncio.gather(*(_member_status(session, urls.get(m)) for m in others))
-    out = dict(zip(others, replies))
-    out[peer.peer_id] = status_json(peer.status())
-    return dict(sorted(out.items()))
-
-
-async def _member_status(session: aiohttp.ClientSession, url: str | None) -> dict[str, Any]:
-    if not url:
-        return {"error": "control URL unknown"}
-    try:
-        async with session.get(url.rstrip("/") + "/status") as resp:
-            raw = bytearray()
-            async for part in resp.content.iter_chunked(1 << 16):
-                raw += part
-                if len(raw) > MAX_REMOTE_STATUS_BYTES:
-                    return {"error": f"status reply over {MAX_REMOTE_STATUS_BYTES} bytes"}
-            body = json.loads(raw)
-            if not isinstance(body, dict):
-                return {"error": f"HTTP {resp.status}: the reply is not a JSON object"}
-            if resp.status != 200:
-                return {"error": f"HTTP {resp.status}: {body.get('error', '')}"}
-            return body
-    except asyncio.TimeoutError:
-        return {"error": "timed out"}
-    except (aiohttp.ClientError, ValueError, OSError) as exc:
-        return {"error": f"{type(exc).__name__}: {exc}"}
 
 
 # ---- helpers -------------------------------------------------------------------

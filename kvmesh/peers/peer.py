@@ -35,6 +35,7 @@ from kvmesh.hashring.keys import ChunkHasher
 from kvmesh.membership.swim import Swim
 from kvmesh.peers.connections import ConnectionPool
 from kvmesh.peers.directory_sync import DirectorySync
+from kvmesh.peers.exposure import enforce_exposure
 from kvmesh.peers.gossip import MeshGossip
 from kvmesh.peers.holder_lookup import Holders, HolderLookup
 from kvmesh.peers.loader import ChunkLoader, ResultFn
@@ -101,6 +102,7 @@ class Peer:
             raise
 
     async def _start(self) -> None:
+        enforce_exposure(self.config)  # no listener off loopback without the secret
         mesh, timeout = self.config.mesh, self.config.transfer.timeout_s
         self._loop = asyncio.get_running_loop()
         self._endpoint = await self._network.open(mesh, timeout)

@@ -26,8 +26,9 @@ class HostPeer(PeerProcess):
 def start_peers(hosts: Hosts, which: list[int], env: dict[str, str],
                 slot_bytes: int = 1 << 20) -> list[HostPeer]:
     """Start one peer per host, all at once (imports dominate start-up), and wait for each."""
+    # Off loopback a peer starts only with the mesh secret.
     base = {**os.environ, "KVMESH_CHUNK_TOKENS": "16", "KVMESH_CPU_BYTES": "64MiB",
-            "KVMESH_TIMEOUT_S": "2", **env}
+            "KVMESH_TIMEOUT_S": "2", "KVMESH_SECRET": "netns-test-secret", **env}
     peers = [HostPeer(hosts, i, base, slot_bytes) for i in which]
     try:
         return [p.wait_ready() for p in peers]

@@ -22,7 +22,8 @@ def config(i: int, seed: str | None, transport: str, full_directory_upto: int) -
         chunk_tokens=16, store=StoreConfig(cpu_bytes=64 * SLOT),
         mesh=MeshConfig(host=f"10.77.0.{i + 1}", port=7400,
                         seeds=(PeerAddress.parse(seed),) if seed else (),
-                        probe_interval_s=0.1, full_directory_upto=full_directory_upto),
+                        probe_interval_s=0.1, full_directory_upto=full_directory_upto,
+                        secret=b"memory-mesh"),  # 10.77.0.x is off loopback
         transfer=TransferConfig(transport=transport, timeout_s=1.0),
         control=ControlConfig(enabled=False))
 

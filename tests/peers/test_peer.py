@@ -298,8 +298,8 @@ def test_graceful_leave_is_seen_at_once_and_hands_off(mesh):
 
 
 def test_wildcard_listener_is_known_by_its_advertised_host(mesh):
-    (seed,) = mesh(1)
-    cfg = config([seed.peer_id])
+    (seed,) = mesh(1, secret=b"s")  # off loopback, a peer starts only with the mesh secret
+    cfg = config([seed.peer_id], secret=b"s")
     cfg = dataclasses.replace(cfg, mesh=dataclasses.replace(cfg.mesh, host="0.0.0.0",
                                                             advertise_host="127.0.0.1"))
     wild = PeerHandle.start(cfg, standalone_hasher(cfg, SLOT), SLOT)
