@@ -187,6 +187,11 @@ class TlsStream:
                 raise HandshakeError(f"TLS handshake: {_why(exc)}") from None
         await self._flush()
 
+    @property
+    def cipher(self) -> str:
+        """The suite the handshake chose, e.g. "TLS_AES_256_GCM_SHA384"."""
+        return self._tls.cipher()[0]
+
     def _send_alert(self) -> None:
         """Best effort, never waiting: tell the other side why we hang up."""
         try:
