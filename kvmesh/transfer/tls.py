@@ -75,6 +75,11 @@ def control_contexts(tls: TlsConfig | None) -> tuple[ssl.SSLContext | None, ssl.
     return server_context(tls), client_context(tls)
 
 
+def control_scheme(tls: TlsConfig | None) -> str:
+    """"https" where the control API speaks TLS, else "http": for the URLs peers hand out."""
+    return "https" if tls is not None and tls.control else "http"
+
+
 def _load(ctx: ssl.SSLContext, tls: TlsConfig) -> ssl.SSLContext:
     ctx.minimum_version = ssl.TLSVersion.TLSv1_3
     ctx.verify_mode = ssl.CERT_REQUIRED

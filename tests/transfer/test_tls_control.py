@@ -8,7 +8,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from kvmesh.transfer.tls import control_contexts
+from kvmesh.transfer.tls import control_contexts, control_scheme
 
 
 async def _health(request: web.Request) -> web.Response:
@@ -53,3 +53,5 @@ async def test_a_member_gets_an_answer_over_https_and_a_stranger_does_not(pki):
 def test_control_api_stays_plain_when_tls_is_off_or_declined(pki):
     assert control_contexts(None) == (None, None)
     assert control_contexts(dataclasses.replace(pki.server, control=False)) == (None, None)
+    assert control_scheme(None) == "http" and control_scheme(pki.server) == "https"
+    assert control_scheme(dataclasses.replace(pki.server, control=False)) == "http"
