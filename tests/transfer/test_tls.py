@@ -17,6 +17,7 @@ from kvmesh.transfer import frames as f
 from kvmesh.transfer.connection import FramedConnection
 from kvmesh.transfer.streams import StreamClosed
 from kvmesh.transfer.tls import TlsStream, client_context, serve_accepted, server_context
+from tests.tls_pki import pki  # noqa: F401 - a fixture
 
 TIMEOUT = 1.0
 SLACK = 0.5  # scheduling on a loaded machine

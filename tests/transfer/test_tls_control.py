@@ -9,6 +9,7 @@ import pytest
 from aiohttp import web
 
 from kvmesh.transfer.tls import control_contexts, control_scheme
+from tests.tls_pki import pki  # noqa: F401 - a fixture
 
 
 async def _health(request: web.Request) -> web.Response:

@@ -1,5 +1,5 @@
-"""A throwaway PKI for the TLS tests: the mesh's CA with two members, and a
-stranger whose certificate another CA signed."""
+"""A throwaway PKI for the TLS tests (import `pki` into a test module): the
+mesh's CA with two members, and a stranger whose certificate another CA signed."""
 
 from dataclasses import dataclass
 from pathlib import Path
