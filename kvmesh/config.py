@@ -148,6 +148,29 @@ class ControlConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class TlsConfig:
+    """Mutual TLS (1.3 or later) on the TCP data plane and, with `control`, the control API.
+
+    Each side presents `cert` (with `key`) and accepts the other only if its
+    certificate chains to `ca`, the mesh's own CA: holding a certificate that
+    CA signed is what makes a process a member at the TLS layer, on top of
+    the mesh secret. Host names are not checked: peers are named by IP:port,
+    learned from gossip and seeds, and a certificate naming each peer's IP
+    would have to be reissued whenever a pod moves; with a CA that signs
+    nothing but mesh members, any certificate it signed is a member's, so a
+    name check would add no trust. Encrypts TCP streams only: the UCX
+    transport is refused alongside it (it would carry chunks in the clear),
+    same-host shared-memory reads never leave the host, and gossip (UDP)
+    stays as the mesh secret keeps it.
+    """
+
+    cert: Path  # PEM: this peer's certificate, optionally followed by intermediates
+    key: Path  # PEM: its private key, unencrypted
+    ca: Path  # PEM: the CA(s) a remote's certificate must chain to
+    control: bool = True  # the control API speaks HTTPS (client certificates required)
+
+
+@dataclass(frozen=True, slots=True)
 class KvmeshConfig:
     enabled: bool = False
     chunk_tokens: int = 256
@@ -155,6 +178,7 @@ class KvmeshConfig:
     mesh: MeshConfig = field(default_factory=MeshConfig)
     transfer: TransferConfig = field(default_factory=TransferConfig)
     control: ControlConfig = field(default_factory=ControlConfig)
+    tls: TlsConfig | None = None  # None: plain TCP and HTTP
     # Private to this user (0700; checked at start): rendezvous files and pool doors.
     run_dir: Path = field(default_factory=lambda: Path(tempfile.gettempdir()) / f"kvmesh-{os.getuid()}")
     # Start even with a listener off loopback and no mesh secret (warned at
@@ -209,6 +233,10 @@ def _from_env(env: Mapping[str, str]) -> KvmeshConfig:
         enabled=opt("KVMESH_CONTROL", parse_bool, True),
         allowed_hosts=opt("KVMESH_CONTROL_ALLOWED_HOSTS", parse_host_names, ()),
     )
+    tls = _tls_from_env(get, opt)
+    if tls is not None and transfer.transport == "ucx":
+        raise ConfigError("KVMESH_TRANSPORT=ucx would carry chunks outside TLS; "
+                          "use tcp or auto with KVMESH_TLS_*")
     chunk_tokens = opt("KVMESH_CHUNK_TOKENS", parse_int, 256, 1, 1 << 20)
     if store.cpu_bytes <= 0:
         raise ConfigError("KVMESH_CPU_BYTES must be positive")
@@ -220,6 +248,30 @@ def _from_env(env: Mapping[str, str]) -> KvmeshConfig:
         mesh=mesh,
         transfer=transfer,
         control=control,
+        tls=tls,
         run_dir=Path(run_dir) if run_dir else base.run_dir,
         insecure=opt("KVMESH_INSECURE", parse_bool, False),
     )
+
+
+TLS_FILES = ("KVMESH_TLS_CERT", "KVMESH_TLS_KEY", "KVMESH_TLS_CA")
+
+
+def _tls_from_env(get, opt) -> TlsConfig | None:
+    """All three files or none; each must exist now, not at the first connection."""
+    given = {name: get(name) for name in TLS_FILES if get(name)}
+    control = opt("KVMESH_TLS_CONTROL", parse_bool, None)
+    if not given:
+        if control:
+            raise ConfigError(f"KVMESH_TLS_CONTROL=on needs {', '.join(TLS_FILES)}")
+        return None
+    missing = [name for name in TLS_FILES if name not in given]
+    if missing:
+        raise ConfigError(f"TLS needs all of {', '.join(TLS_FILES)}: {', '.join(missing)} "
+                          "not set")
+    paths = {name: Path(text) for name, text in given.items()}
+    for name, path in paths.items():
+        if not path.is_file():
+            raise ConfigError(f"{name}={str(path)!r}: no such file")
+    return TlsConfig(cert=paths["KVMESH_TLS_CERT"], key=paths["KVMESH_TLS_KEY"],
+                     ca=paths["KVMESH_TLS_CA"], control=True if control is None else control)

@@ -91,3 +91,53 @@ def test_mesh_membership_variables():
     assert mesh.probe_interval_s == 0.25
     default = KvmeshConfig.from_env({}).mesh
     assert (default.advertise_host, default.multicast_group, default.probe_interval_s) == ("", None, 1.0)
+
+
+# ---- TLS ---------------------------------------------------------------------
+
+@pytest.fixture
+def tls_files(tmp_path) -> dict[str, str]:
+    """Three files where KVMESH_TLS_* point (existence is all the parser checks)."""
+    env = {}
+    for name in ("KVMESH_TLS_CERT", "KVMESH_TLS_KEY", "KVMESH_TLS_CA"):
+        path = tmp_path / f"{name.lower()}.pem"
+        path.write_text("pem")
+        env[name] = str(path)
+    return env
+
+
+def test_tls_is_off_without_its_files():
+    assert KvmeshConfig.from_env({}).tls is None
+    assert KvmeshConfig.from_env({"KVMESH_TLS_CONTROL": "0"}).tls is None
+
+
+def test_tls_files_are_read_and_the_control_api_follows(tls_files):
+    tls = KvmeshConfig.from_env(tls_files).tls
+    assert (str(tls.cert), str(tls.key), str(tls.ca)) == (
+        tls_files["KVMESH_TLS_CERT"], tls_files["KVMESH_TLS_KEY"], tls_files["KVMESH_TLS_CA"])
+    assert tls.control  # on by default once TLS is configured
+    assert not KvmeshConfig.from_env({**tls_files, "KVMESH_TLS_CONTROL": "off"}).tls.control
+
+
+@pytest.mark.parametrize("left_out", [["KVMESH_TLS_CERT"], ["KVMESH_TLS_KEY"], ["KVMESH_TLS_CA"],
+                                      ["KVMESH_TLS_KEY", "KVMESH_TLS_CA"]])
+def test_tls_needs_all_three_files_and_names_the_missing(tls_files, left_out):
+    env = {k: v for k, v in tls_files.items() if k not in left_out}
+    with pytest.raises(ConfigError) as err:
+        KvmeshConfig.from_env(env)
+    assert all(name in str(err.value).split(":")[-1] for name in left_out)
+
+
+@pytest.mark.parametrize("name", ["KVMESH_TLS_CERT", "KVMESH_TLS_KEY", "KVMESH_TLS_CA"])
+def test_a_tls_file_that_does_not_exist_is_refused_at_parse_time(tls_files, tmp_path, name):
+    with pytest.raises(ConfigError, match=f"{name}=.*no such file"):
+        KvmeshConfig.from_env({**tls_files, name: str(tmp_path / "absent.pem")})
+    with pytest.raises(ConfigError, match=f"{name}=.*no such file"):
+        KvmeshConfig.from_env({**tls_files, name: str(tmp_path)})  # a directory is no file
+
+
+def test_tls_control_without_tls_and_tls_with_ucx_are_refused(tls_files):
+    with pytest.raises(ConfigError, match="KVMESH_TLS_CONTROL"):
+        KvmeshConfig.from_env({"KVMESH_TLS_CONTROL": "1"})
+    with pytest.raises(ConfigError, match="KVMESH_TRANSPORT=ucx"):
+        KvmeshConfig.from_env({**tls_files, "KVMESH_TRANSPORT": "ucx"})

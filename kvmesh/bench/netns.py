@@ -14,6 +14,11 @@ sender and the receiver have a core each (two namespaces on a two-core
 machine), the receiver's extra pass over the bytes costs throughput. The
 pull time covers lookup, pull, landing in store slots and the checksum of
 every chunk; bytes are not compared here (tests/netns does that).
+
+With `--tls`, two more rows in rounds of their own, beside the same two
+baselines: kvmesh frames from host 1 to host 2 over TcpStream and over
+TlsStream (mutual TLS 1.3), no peer (kvmesh/bench/tls_stream.py), and what
+TLS costs the stream.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import sys
 import time
 from typing import Callable, Iterator
 
+from kvmesh.bench import tls_stream
 from kvmesh.bench.hosts import Hosts, unavailable
 from kvmesh.bench.procs import BenchPeer
 from kvmesh.bench.report import Table
@@ -187,6 +193,18 @@ def measure(hosts: Hosts, transports: list[str], total: int, chunk: int,
     return rounds
 
 
+def measure_tls(hosts: Hosts, total: int, chunk: int, reps: int) -> tuple[list[dict[str, float]], str]:
+    """Rounds of both baselines, then TcpStream ("tcp-stream") and TlsStream
+    ("tls-stream") frames host 1 -> host 2; and the TLS suite they used."""
+    rounds, suite = [], ""
+    for _ in range(reps):
+        got, suite = tls_stream.rounds(total, chunk, 1, sides=(hosts.exec_argv(2), hosts.exec_argv(1)),
+                                       host=hosts.ip(2))
+        rounds.append({**_streams(hosts, total, chunk), "tcp-stream": got[0]["tcp"],
+                       "tls-stream": got[0]["tls"]})
+    return rounds, suite
+
+
 def _streams(hosts: Hosts, total: int, chunk: int) -> dict[str, float]:
     return {"raw": raw_stream_gbps(hosts, total),
             "verified": verified_stream_gbps(hosts, total, chunk)}
@@ -209,9 +227,13 @@ def main(argv: list[str] | None = None) -> int:
     # Each round is ~1 s; at 3 rounds the median ratio moved by up to 0.1 between runs.
     parser.add_argument("--reps", type=int, default=9)
     parser.add_argument("--transports", default="tcp" + (",ucx" if ucx.available() else ""))
+    parser.add_argument("--tls", action="store_true",
+                        help="also TcpStream vs TlsStream frames, host 1 -> host 2 (needs cryptography)")
     parser.add_argument("--json", action="store_true", help="also print the rows as JSON")
     args = parser.parse_args(argv)
     why = unavailable()
+    if why is None and args.tls:
+        why = tls_stream.unavailable()
     if why is not None:
         print(f"kvmesh bench netns: skipped: {why}")
         return 0
@@ -222,6 +244,8 @@ def main(argv: list[str] | None = None) -> int:
     hosts = Hosts(2)
     try:
         rounds = measure(hosts, transports, total, chunk, args.reps)
+        tls_rounds, suite = measure_tls(hosts, total, chunk, args.reps) if args.tls else ([], "")
+        rounds += tls_rounds
     finally:
         hosts.close()
     add_row(table, "raw TCP stream (blocking sendall)", rounds, "raw")
@@ -229,6 +253,12 @@ def main(argv: list[str] | None = None) -> int:
             "verified")
     for transport in transports:
         add_row(table, f"kvmesh pull over {transport}", rounds, transport)
+    if tls_rounds:
+        add_row(table, "kvmesh frames over TcpStream, no peer", rounds, "tcp-stream")
+        add_row(table, "kvmesh frames over TlsStream (mutual TLS 1.3), no peer", rounds, "tls-stream")
+        ratio = statistics.median(r["tls-stream"] / r["tcp-stream"] for r in tls_rounds)
+        table.note(f"TlsStream / TcpStream: {ratio:.2f} (median of {len(tls_rounds)} rounds' own "
+                   f"ratios; {suite}; frames of {chunk >> 10} KiB, each payload hashed as it lands)")
     table.note(f"{args.mib} MiB in {chunk >> 10} KiB chunks, {args.reps} rounds per transport, "
                "each: both streams, then the pull; GB/s: median over the rounds, ratios: "
                "median of each round's own; veth pairs and a Linux bridge, one machine")

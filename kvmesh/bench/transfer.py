@@ -16,6 +16,10 @@ interleaved with the pulls so that load from other processes hits them alike:
   verifies what it lands (the shared-memory path's work, minus the mesh);
 - a raw asyncio TCP stream between two processes (for the socket paths).
 
+Beside them, what mutual TLS costs the stream under a TCP pull: the same
+frames through TcpStream and TlsStream between two processes, no peer
+(tls_stream.py), in interleaved rounds; `--no-tls` skips the two rows.
+
 The time covers lookup, pull, landing in store slots, the check of every
 chunk (its checksum over a stream, the holder's pin lease over shared memory)
 and its hand-over to the engine thread; bytes are not compared
@@ -38,7 +42,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from kvmesh import native
-from kvmesh.bench import lmcache_transfer, plots
+from kvmesh.bench import lmcache_transfer, plots, tls_stream
 from kvmesh.bench.baselines import raw_socket_gbps
 from kvmesh.bench.procs import start_peers
 from kvmesh.bench.report import Table
@@ -125,6 +129,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="chunk size for the tcp/ucx paths")
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--transports", default="shm,tcp" + (",ucx" if ucx.available() else ""))
+    parser.add_argument("--no-tls", action="store_true",
+                        help="skip the TcpStream/TlsStream rows")
     lmcache_transfer.add_args(parser)
     args = parser.parse_args(argv)
     total = args.mib << 20
@@ -137,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
             chunk = int(mib * (1 << 20))
             runs.append((transport, chunk, measure(transport, total, chunk, args.reps, base)))
     lmcache, lmcache_note = _lmcache(args, total, base)
+    streams, tls_note = _tls_rounds(args, total, base)
     memcpy = base.memcpy_gbps()
     table = Table("transfer", ["path", "chunk MiB", "GB/s", "vs memcpy", "vs memcpy in chunks",
                                "vs verified copy", "vs raw socket"])
@@ -145,7 +152,8 @@ def main(argv: list[str] | None = None) -> int:
     threads = base.threads_gbps()
     table.add(f"baseline: memcpy on {COPY_THREADS} threads (np.copyto of a part each), same process",
               "-", threads, threads / memcpy, "-", "-", threads / raw)
-    chunks = sorted({c for _, c, _ in runs} | ({lmcache.chunk} if lmcache else set()))
+    chunks = sorted({c for _, c, _ in runs} | ({lmcache.chunk} if lmcache else set())
+                    | ({_socket_chunk(args)} if streams else set()))
     for chunk in chunks:
         m = base.chunked_gbps(chunk)
         table.add("baseline: memcpy in chunk-sized calls, same process", chunk / 2**20, m,
@@ -157,6 +165,9 @@ def main(argv: list[str] | None = None) -> int:
     table.add("baseline: raw asyncio TCP stream, two processes", "-", raw, raw / memcpy, "-", "-",
               1.0)
     rows = [(f"kvmesh pull over {t}, two processes", c, r) for t, c, r in runs]
+    for kind, name in (("tcp", "TcpStream"), ("tls", "TlsStream (mutual TLS 1.3)")) if streams else ():
+        rows.append((f"frames over {name}, two processes, no peer", _socket_chunk(args),
+                     statistics.median(r[kind] for r in streams)))
     if lmcache:  # beside kvmesh's shm pull of the same chunk size
         at = next((i + 1 for i, (t, c, _) in enumerate(runs) if (t, c) == ("shm", lmcache.chunk)),
                   len(rows))
@@ -165,6 +176,7 @@ def main(argv: list[str] | None = None) -> int:
         table.add(name, chunk / 2**20, rate, rate / memcpy, rate / base.chunked_gbps(chunk),
                   rate / base.verified_gbps(chunk), rate / raw)
     table.note(lmcache_note)
+    table.note(tls_note)
     table.note(f"{args.mib} MiB per pull, median of {args.reps} pulls; baselines median of "
                f"{len(base.memcpy_s)} samples taken between the pulls; kvmesh.native: {native.ISA}")
     table.note("memcpy in one call of the whole size streams past the cache (glibc switches to "
@@ -197,3 +209,26 @@ def _lmcache(args, total: int,
         print(f"  LMCache row skipped: {exc}")
         return None, f"LMCache row skipped: {exc}"
     return got, got.note()
+
+
+def _socket_chunk(args) -> int:
+    return int(args.socket_chunk_mib * (1 << 20))
+
+
+def _tls_rounds(args, total: int, base: CopyBaselines) -> tuple[list[dict[str, float]], str]:
+    """TcpStream and TlsStream rounds ([] when skipped), and the note that says
+    what TLS cost: the median of each round's own TLS/TCP ratio."""
+    why = "--no-tls" if args.no_tls else tls_stream.unavailable()
+    if why:
+        print(f"  TLS rows skipped: {why}")
+        return [], f"TLS rows skipped: {why}"
+    chunk = _socket_chunk(args)
+    streams, suite = [], ""
+    for _ in range(args.reps):
+        got, suite = tls_stream.rounds(total, chunk, 1)
+        streams += got
+        base.sample(chunk)
+    ratio = statistics.median(r["tls"] / r["tcp"] for r in streams)
+    return streams, (f"TlsStream / TcpStream: {ratio:.2f} (median of {len(streams)} interleaved "
+                     "rounds' own ratios; frames as a TCP pull sends them, each payload hashed "
+                     f"as it lands; TLS 1.3, {suite}, certificates from a throwaway CA)")

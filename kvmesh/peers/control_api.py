@@ -30,7 +30,6 @@ does not name this API (403: DNS rebinding) and an Origin of another site
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 import logging
 from typing import Any, Awaitable, Callable, Sequence
@@ -47,6 +46,7 @@ from kvmesh.peers import control_schema as schema
 from kvmesh.peers.control_fanout import mesh_status
 from kvmesh.peers.control_schema import RequestError
 from kvmesh.peers.metrics import peer_registry, status_json
+from kvmesh.transfer.tls import control_contexts, control_scheme
 from kvmesh.types import ChunkKey, PeerAddress, key_hex
 
 log = logging.getLogger(__name__)
@@ -63,17 +63,20 @@ async def start_control_api(peer, config: ControlConfig) -> tuple[web.AppRunner,
 
     The caller owns the runner and must `await runner.cleanup()` on shutdown.
     """
+    tls = getattr(peer.config, "tls", None)
     runner = web.AppRunner(build_app(peer, config), access_log=None)
     await runner.setup()
     try:
-        await web.TCPSite(runner, config.host, config.port).start()
+        await web.TCPSite(runner, config.host, config.port,
+                          ssl_context=control_contexts(tls)[0]).start()
     except BaseException:
         await runner.cleanup()
         raise
     host, port = runner.addresses[0][:2]
     if host in _WILDCARD_HOSTS:
         host = "127.0.0.1" if ":" not in host else "::1"
-    return runner, f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+    scheme = control_scheme(tls)
+    return runner, f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
 
 
 def build_app(peer, config: ControlConfig) -> web.Application:

@@ -16,6 +16,7 @@ import aiohttp
 
 from kvmesh.peers import control_auth
 from kvmesh.peers.metrics import status_json
+from kvmesh.transfer.tls import control_contexts
 
 MAX_REMOTE_STATUS_BYTES = 1 << 20  # a member's /status reply
 
@@ -31,7 +32,9 @@ async def mesh_status(peer) -> dict[str, Any]:
     others = [m for m in sorted(peer.members()) if m != peer.peer_id]
     urls = await peer.control_urls(others)
     timeout = aiohttp.ClientTimeout(total=peer.config.transfer.timeout_s)
-    async with aiohttp.ClientSession(timeout=timeout) as session:
+    # With TLS on the control API, members are asked over mutual HTTPS.
+    connector = aiohttp.TCPConnector(ssl=control_contexts(peer.config.tls)[1] or True)
+    async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
         replies = await asyncio.gather(*(_member_status(session, urls.get(m),
                                                         peer.config.mesh.secret)
                                          for m in others))

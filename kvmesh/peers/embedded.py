@@ -30,7 +30,7 @@ from kvmesh.transfer import handshake
 from kvmesh.transfer.client import PeerClient
 from kvmesh.transfer.pool_door import private_dir
 from kvmesh.transfer.shm import host_id
-from kvmesh.transfer.streams import TcpStream
+from kvmesh.transfer.tls import client_context, open_stream
 from kvmesh.types import ChunkKey, PeerAddress
 
 log = logging.getLogger(__name__)
@@ -149,11 +149,8 @@ class RemoteLookupClient:
             address = PeerAddress.parse(json.loads(self._path.read_text())["peer_id"])
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise TransferError(f"unreadable rendezvous file {self._path}: {exc}") from None
-        try:
-            stream = await asyncio.wait_for(TcpStream.connect(address.host, address.port),
-                                            self._timeout)
-        except asyncio.TimeoutError:
-            raise TransferError(f"cannot reach {address.peer_id}") from None
+        stream = await open_stream(address.host, address.port, client_context(self._config.tls),
+                                   self._timeout)
         # peer_id "" marks a client that must not be taken for a mesh member.
         hello = f.Hello("", f.MIN_PROTOCOL_VERSION, f.PROTOCOL_VERSION, self._namespace, "", "",
                         handshake.new_nonce())

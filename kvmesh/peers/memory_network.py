@@ -109,8 +109,14 @@ class MemoryEndpoint:
         self._network = network
         self._inbound: asyncio.Queue[MemoryStream] = asyncio.Queue()
 
-    async def accept(self) -> MemoryStream:
-        return await self._inbound.get()
+    async def accept(self):
+        """The next inbound connection's opener (see kvmesh.peers.network.Opener)."""
+        stream = await self._inbound.get()
+
+        async def opened(timeout_s: float) -> MemoryStream:
+            return stream
+
+        return opened
 
     def close(self) -> None:
         self._network.forget(self.peer_id)

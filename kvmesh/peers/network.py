@@ -12,7 +12,9 @@ peer id's host is an IP literal. With `KVMESH_PORT=0` a free TCP port is
 picked and the pair is retried on another if its UDP twin is taken. A peer
 bound to a wildcard (`0.0.0.0`, `::`) is known to the others by
 `advertise_host` (a pod IP from the downward API), else by what this host's
-name resolves to.
+name resolves to. With `KVMESH_TLS_*` every stream, dialled or accepted, is
+mutual TLS (`kvmesh.transfer.tls`); the TLS handshake of an accepted
+connection runs in that connection's own task, never in the accept loop.
 
 Everything here runs on the peer's event loop.
 """
@@ -23,14 +25,21 @@ import asyncio
 import ipaddress
 import logging
 import socket
-from typing import Protocol
+import ssl
+from typing import Awaitable, Callable, Protocol
 
-from kvmesh.config import MeshConfig
+from kvmesh.config import MeshConfig, TlsConfig
 from kvmesh.errors import ConfigError, TransferError
 from kvmesh.membership.edges import GossipTransport
 from kvmesh.membership.udp import UdpTransport, format_addr
 from kvmesh.transfer.streams import Stream, TcpStream
+from kvmesh.transfer.tls import TlsStream, client_context, open_stream, server_context
 from kvmesh.types import PeerAddress, PeerId
+
+# An accepted connection, as the function that opens its stream (say, after a
+# TLS handshake); the peer calls it in the connection's own task. It raises
+# KvmeshError (or TimeoutError) when the connection cannot be opened.
+Opener = Callable[[float], Awaitable[Stream]]
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +52,8 @@ class Endpoint(Protocol):
     gossip_addr: str  # advertised IP literal : port, where others send datagrams
     gossip: GossipTransport
 
-    async def accept(self) -> Stream:
-        """The next inbound stream; waits until one arrives."""
+    async def accept(self) -> Opener:
+        """The next inbound connection; waits until one arrives."""
 
     def close(self) -> None:
         """Stop listening (streams already accepted stay open)."""
@@ -59,7 +68,11 @@ class Network(Protocol):
 
 
 class TcpNetwork:
-    """Real sockets: TCP for streams, UDP for gossip, one port number each peer."""
+    """Real sockets: TCP (or TLS) for streams, UDP for gossip, one port number each peer."""
+
+    def __init__(self, tls: TlsConfig | None = None) -> None:
+        self._server_tls = server_context(tls)
+        self._client_tls = client_context(tls)
 
     async def open(self, mesh: MeshConfig, timeout_s: float) -> "TcpEndpoint":
         host = await advertised_host(mesh, timeout_s)
@@ -75,32 +88,45 @@ class TcpNetwork:
                     raise
                 continue
             sock.setblocking(False)
-            return TcpEndpoint(sock, udp, PeerAddress(host, port).peer_id, format_addr(ip, port))
+            return TcpEndpoint(sock, udp, PeerAddress(host, port).peer_id, format_addr(ip, port),
+                               self._server_tls)
         raise OSError(f"no port on {mesh.host} is free for both TCP and UDP")
 
     async def dial(self, peer: PeerId, timeout_s: float) -> Stream:
         address = PeerAddress.parse(peer)
-        try:
-            return await asyncio.wait_for(TcpStream.connect(address.host, address.port), timeout_s)
-        except asyncio.TimeoutError:
-            raise TransferError(f"cannot reach {peer}: no answer within {timeout_s}s") from None
+        return await open_stream(address.host, address.port, self._client_tls, timeout_s)
 
 
 class TcpEndpoint:
     def __init__(self, sock: socket.socket, udp: UdpTransport, peer_id: PeerId,
-                 gossip_addr: str) -> None:
+                 gossip_addr: str, tls: ssl.SSLContext | None = None) -> None:
         self.sock = sock  # the TCP listener, non-blocking
         self.gossip = udp
         self.peer_id = peer_id
         self.gossip_addr = gossip_addr
+        self._tls = tls
 
-    async def accept(self) -> Stream:
+    async def accept(self) -> Opener:
         conn, _ = await asyncio.get_running_loop().sock_accept(self.sock)
-        return TcpStream(conn)
+        if self._tls is None:
+            stream = TcpStream(conn)
+            return lambda timeout_s: _ready(stream)
+        return lambda timeout_s: _tls_accept(conn, self._tls, timeout_s)
 
     def close(self) -> None:
         self.gossip.close()
         self.sock.close()
+
+
+async def _ready(stream: Stream) -> Stream:
+    return stream
+
+
+async def _tls_accept(conn: socket.socket, ctx: ssl.SSLContext, timeout_s: float) -> Stream:
+    try:
+        return await TlsStream.accept(conn, ctx, timeout_s)
+    except OSError as exc:
+        raise TransferError(f"TLS accept: {exc}") from None
 
 
 async def advertised_host(mesh: MeshConfig, timeout_s: float) -> str:

@@ -30,6 +30,7 @@ import logging
 from typing import Sequence
 
 from kvmesh.config import KvmeshConfig
+from kvmesh.errors import KvmeshError
 from kvmesh.directory.shard import Directory
 from kvmesh.hashring.keys import ChunkHasher
 from kvmesh.membership.swim import Swim
@@ -39,7 +40,7 @@ from kvmesh.peers.exposure import enforce_exposure
 from kvmesh.peers.gossip import MeshGossip
 from kvmesh.peers.holder_lookup import Holders, HolderLookup
 from kvmesh.peers.loader import ChunkLoader, ResultFn
-from kvmesh.peers.network import Endpoint, Network, TcpNetwork
+from kvmesh.peers.network import Endpoint, Network, Opener, TcpNetwork
 from kvmesh.peers.serving import PeerCalls, ServingAdapter, ServingIdentity
 from kvmesh.peers.stats import PeerStats
 from kvmesh.peers.status import PeerStatus
@@ -51,6 +52,7 @@ from kvmesh.transfer.pool_door import PoolDoor, door_path, private_dir
 from kvmesh.transfer.reader import ChunkReader
 from kvmesh.transfer.server import serve_connection
 from kvmesh.transfer.shm import host_id
+from kvmesh.transfer.tls import control_scheme
 from kvmesh.types import ChunkKey, PeerAddress, PeerId
 
 log = logging.getLogger(__name__)
@@ -72,7 +74,7 @@ class Peer:
         self.directory = Directory()
         self.peer_id = PeerId("")
         self.control_url = ""
-        self._network = network if network is not None else TcpNetwork()
+        self._network = network if network is not None else TcpNetwork(config.tls)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._host_id = host_id()
         self._ucx_port = 0
@@ -130,7 +132,7 @@ class Peer:
         if self.config.transfer.transport == "ucx":
             from kvmesh.transfer.ucx import UcxListener  # noqa: PLC0415 - optional extra
 
-            self._ucx_listener = UcxListener(self._serve)
+            self._ucx_listener = UcxListener(self._serve_ucx)
             self._ucx_port = self._ucx_listener.port
         self._sync.start()
         self._accepting = asyncio.get_running_loop().create_task(self._accept_loop())
@@ -310,12 +312,23 @@ class Peer:
 
     async def _accept_loop(self) -> None:
         while True:
-            stream = await self._endpoint.accept()
-            task = asyncio.get_running_loop().create_task(self._serve(stream))
+            opener = await self._endpoint.accept()
+            task = asyncio.get_running_loop().create_task(self._serve(opener))
             self._connections.add(task)
             task.add_done_callback(self._connections.discard)
 
-    async def _serve(self, stream) -> None:
+    async def _serve(self, opener: Opener) -> None:
+        """One inbound connection: open its stream (a TLS handshake runs here,
+        in its own task), then serve it until it closes."""
+        timeout = self.config.transfer.timeout_s
+        try:
+            stream = await opener(timeout)
+        except (KvmeshError, asyncio.TimeoutError) as exc:
+            log.info("refused an inbound connection: %s", exc)
+            return
+        await serve_connection(stream, self._serving, self.config.mesh.secret, timeout)
+
+    async def _serve_ucx(self, stream) -> None:
         await serve_connection(stream, self._serving, self.config.mesh.secret,
                                self.config.transfer.timeout_s)
 
@@ -344,4 +357,5 @@ class Peer:
     def _note_control_port(self, peer: PeerId, port: int) -> None:
         if port:
             host = PeerAddress.parse(peer).host
-            self._control_urls[peer] = f"http://{f'[{host}]' if ':' in host else host}:{port}"
+            scheme = control_scheme(self.config.tls)
+            self._control_urls[peer] = f"{scheme}://{f'[{host}]' if ':' in host else host}:{port}"

@@ -25,7 +25,7 @@ RCVLOWAT_MAX = 256 << 10
 
 
 class Stream(Protocol):
-    kind: str  # "tcp" or "ucx"
+    kind: str  # "tcp", "tls" (TCP under TLS, kvmesh.transfer.tls) or "ucx"
 
     async def recv_into(self, buf: memoryview) -> int:
         """Write at least one byte into `buf` and return how many, or raise
@@ -38,6 +38,46 @@ class Stream(Protocol):
         """Close at once; pending sends and receives fail."""
 
 
+def configure_socket(sock: socket.socket) -> None:
+    """Non-blocking, no Nagle delay, 4 MiB kernel buffers: a frame stream's socket."""
+    sock.setblocking(False)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    for opt in (socket.SO_SNDBUF, socket.SO_RCVBUF):
+        sock.setsockopt(socket.SOL_SOCKET, opt, 4 << 20)
+
+
+async def connect_socket(host: str, port: int) -> socket.socket:
+    """A connected non-blocking TCP socket to the first address `host` resolves to.
+    Unbounded: the caller's timeout bounds it; the socket is closed on any
+    failure, and a failure to reach the peer raises TransferError."""
+    loop = asyncio.get_running_loop()
+    try:
+        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        family, type_, proto, _, addr = infos[0]
+        sock = socket.socket(family, type_, proto)
+    except OSError as exc:
+        raise TransferError(f"cannot reach {host}:{port}: {exc}") from None
+    sock.setblocking(False)
+    try:
+        await loop.sock_connect(sock, addr)
+    except OSError as exc:
+        sock.close()
+        raise TransferError(f"cannot reach {host}:{port}: {exc}") from None
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def close_socket(sock: socket.socket) -> None:
+    """Shut down both ways (a reader blocked in another task wakes) and close."""
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    sock.close()
+
+
 class TcpStream:
     """A TCP socket driven by the loop's sock_* calls, so payloads are read
     straight into their destination and written from their source."""
@@ -45,33 +85,14 @@ class TcpStream:
     kind = "tcp"
 
     def __init__(self, sock: socket.socket) -> None:
-        sock.setblocking(False)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        for opt in (socket.SO_SNDBUF, socket.SO_RCVBUF):
-            sock.setsockopt(socket.SOL_SOCKET, opt, 4 << 20)
+        configure_socket(sock)
         self._sock = sock
         self._loop = asyncio.get_running_loop()
         self._lowat = 1
 
     @classmethod
     async def connect(cls, host: str, port: int) -> "TcpStream":
-        loop = asyncio.get_running_loop()
-        try:
-            infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-            family, type_, proto, _, addr = infos[0]
-            sock = socket.socket(family, type_, proto)
-        except OSError as exc:
-            raise TransferError(f"cannot reach {host}:{port}: {exc}") from None
-        sock.setblocking(False)
-        try:
-            await loop.sock_connect(sock, addr)
-        except OSError as exc:
-            sock.close()
-            raise TransferError(f"cannot reach {host}:{port}: {exc}") from None
-        except BaseException:
-            sock.close()
-            raise
-        return cls(sock)
+        return cls(await connect_socket(host, port))
 
     async def recv_into(self, buf: memoryview) -> int:
         try:
@@ -101,8 +122,4 @@ class TcpStream:
             raise StreamClosed(f"connection lost: {exc}") from None
 
     def close(self) -> None:
-        try:
-            self._sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        self._sock.close()
+        close_socket(self._sock)
