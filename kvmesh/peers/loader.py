@@ -6,6 +6,10 @@ and never stored here (the host already holds them once). Each holder gets
 one PULL for all the keys it should serve (the stream is pipelined on the
 wire, results come back as they land); a key a holder could not serve is
 retried on its next holder. Every chunk ends in exactly one `on_result`.
+
+Only live members of the mesh are pulled from: a holder named by a directory
+owner's answer that our membership does not know is skipped, so an owner
+cannot send us to a server of its choosing.
 """
 
 from __future__ import annotations
@@ -38,8 +42,10 @@ MIN_PULL_BANDWIDTH = 10 << 20
 class ChunkLoader:
     def __init__(self, self_id: PeerId, store: ChunkStore, pool: ConnectionPool,
                  find_holders: HoldersFn, advertise: Callable[[list[ChunkKey]], None],
-                 timeout_s: float, stats: PeerStats) -> None:
+                 timeout_s: float, stats: PeerStats,
+                 is_member: Callable[[PeerId], bool] = lambda peer: True) -> None:
         self._self_id = self_id
+        self._is_member = is_member
         self._store = store
         self._pool = pool
         self._find_holders = find_holders
@@ -67,7 +73,8 @@ class ChunkLoader:
         except KvmeshError as exc:  # any lookup failure is a miss
             log.debug("holder lookup failed: %s", exc)
             found = [()] * len(todo)
-        candidates = {i: [h for h in hs if h != self._self_id] for i, hs in zip(todo, found)}
+        candidates = {i: [h for h in hs if h != self._self_id and self._is_member(h)]
+                      for i, hs in zip(todo, found)}
         for _ in range(MAX_ATTEMPTS):
             groups: dict[PeerId, list[int]] = defaultdict(list)
             for index in todo:

@@ -123,7 +123,8 @@ class Peer:
         self._sync = DirectorySync(*parts)
         self._lookup = HolderLookup(*parts)
         self._loader = ChunkLoader(self.peer_id, self.store, self.pool, self._lookup.find_holders,
-                                   self._sync.advertise, timeout, self.stats)
+                                   self._sync.advertise, timeout, self.stats,
+                                   is_member=lambda peer: peer in self.membership.members)
         self._serving = ServingAdapter(
             PeerCalls(self._identity, self.membership.state_of, lambda: self.membership.members,
                       self._lookup.matched, self.fetch, self._verify, self.pool.opened,
