@@ -13,10 +13,10 @@ from collections import defaultdict
 from typing import Iterable
 
 from kvmesh.hashring.ring import HashRing
-from kvmesh.types import PeerId
+from kvmesh.types import ChunkKey, PeerId
 
 
-def new_owners(keys: Iterable[bytes], old: HashRing, new: HashRing, r: int,
+def new_owners(keys: Iterable[ChunkKey], old: HashRing, new: HashRing, r: int,
                new_r: int | None = None) -> dict[PeerId, list[bytes]]:
     """{owner: keys} for every (key, owner) pair under `new` (with `new_r`
     owners per key, default `r`) that `old` (with `r`) did not have."""
@@ -29,14 +29,14 @@ def new_owners(keys: Iterable[bytes], old: HashRing, new: HashRing, r: int,
     return dict(out)
 
 
-def unowned(keys: Iterable[bytes], ring: HashRing, r: int, me: PeerId) -> list[bytes]:
+def unowned(keys: Iterable[ChunkKey], ring: HashRing, r: int, me: PeerId) -> list[ChunkKey]:
     """The directory entries `me` keeps for keys it is not among the `r` owners
     of on `ring`: left over from an earlier ring. No lookup asks `me` about
     them and no withdraw reaches it any more, so they can only go stale."""
     return [key for key in keys if me not in ring.owners(key, r)]
 
 
-def moved_fraction(keys: list[bytes], old: HashRing, new: HashRing, r: int) -> float:
+def moved_fraction(keys: list[ChunkKey], old: HashRing, new: HashRing, r: int) -> float:
     """Share of (key, owner) entries under `new` that are new: what a change costs."""
     moved = sum(len(v) for v in new_owners(keys, old, new, r).values())
     total = sum(len(new.owners(k, r)) for k in keys)

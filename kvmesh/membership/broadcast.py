@@ -18,6 +18,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 from kvmesh.membership.timing import retransmit_limit
+from kvmesh.types import PeerId
 
 
 @dataclass(slots=True)
@@ -46,7 +47,7 @@ class BroadcastQueue:
     def __len__(self) -> int:
         return len(self._by_peer)
 
-    def put(self, peer: str, packed: bytes) -> None:
+    def put(self, peer: PeerId, packed: bytes) -> None:
         """Queue a claim about `peer`, replacing any older one about the same member."""
         old = self._by_peer.pop(peer, None)
         if old is not None:

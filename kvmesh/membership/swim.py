@@ -120,19 +120,19 @@ class Swim:
         """The ring over `members`; brought up to date on each read."""
         return self._table.ring
 
-    def state_of(self, peer: str) -> MemberState | None:
+    def state_of(self, peer: PeerId) -> MemberState | None:
         if peer == self.self_id:
             return _LEFT if self._leaving else _ALIVE
         m = self._table.get(PeerId(peer))
         return None if m is None else m.state
 
-    def incarnation_of(self, peer: str) -> int | None:
+    def incarnation_of(self, peer: PeerId) -> int | None:
         if peer == self.self_id:
             return self.incarnation
         m = self._table.get(PeerId(peer))
         return None if m is None else m.incarnation
 
-    def addr_of(self, peer: str) -> str | None:
+    def addr_of(self, peer: PeerId) -> str | None:
         if peer == self.self_id:
             return self.addr
         m = self._table.get(PeerId(peer))

@@ -131,7 +131,7 @@ class RemoteLookupClient:
             log.info("lookup through the worker's peer failed: %s", exc)
             return 0
 
-    async def _lookup(self, keys: tuple[bytes, ...]) -> int:
+    async def _lookup(self, keys: tuple[ChunkKey, ...]) -> int:
         client = await self._connect()
         if client is None:
             return 0

@@ -18,13 +18,13 @@ from typing import Callable
 
 from kvmesh.config import MeshConfig
 from kvmesh.membership.discovery import MulticastBeacon, discover
-from kvmesh.membership.seal import SealedTransport, beacon_sealer, gossip_sealer
-from kvmesh.membership.swim import Swim
 from kvmesh.membership.edges import ChangeFn
+from kvmesh.membership.seal import SealedTransport, beacon_sealer, gossip_sealer
 from kvmesh.membership.states import LIVE
+from kvmesh.membership.swim import Swim
 from kvmesh.membership.timing import SwimConfig
 from kvmesh.peers.network import Endpoint
-from kvmesh.types import PeerAddress
+from kvmesh.types import PeerAddress, PeerId
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ class MeshGossip:
                         found.seeds, self._timeout_s)
         return ok
 
-    def learn(self, peer_id: str) -> None:
+    def learn(self, peer_id: PeerId) -> None:
         """A peer reached us directly (TCP): if we never heard of it or hold it dead
         or gone, exchange state with it now rather than wait for gossip."""
         if self.membership.state_of(peer_id) not in LIVE and _is_ip_addr(peer_id):
@@ -105,7 +105,7 @@ class MeshGossip:
         return "0.0.0.0"
 
 
-def _is_ip_addr(peer_id: str) -> bool:
+def _is_ip_addr(peer_id: PeerId) -> bool:
     try:
         ipaddress.ip_address(PeerAddress.parse(peer_id).host)
     except ValueError:

@@ -31,6 +31,7 @@ from kvmesh.kernels.paged import PagedKV, readonly_bytes
 from kvmesh.models.shapes import get_shape
 from kvmesh.peers.facade import PeerHandle
 from kvmesh.peers.metrics import member_states
+from kvmesh.types import ChunkKey, PeerId
 
 
 def standalone_hasher(config: KvmeshConfig, slot_bytes: int, model: str = "standalone") -> ChunkHasher:
@@ -43,7 +44,7 @@ def prompt_tokens(seed: int, chunks: int, chunk_tokens: int) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 1 << 20, chunks * chunk_tokens, dtype=np.int32)
 
 
-def chunk_bytes_for(key: bytes, size: int) -> np.ndarray:
+def chunk_bytes_for(key: ChunkKey, size: int) -> np.ndarray:
     """Deterministic content of a chunk, derived from its key alone."""
     return np.random.default_rng(xxhash.xxh3_64_intdigest(key)).integers(
         0, 256, size, dtype=np.uint8)
@@ -181,14 +182,14 @@ async def _status(peer):
     return peer.status()
 
 
-async def _ping_all(peer, targets: list[str]) -> None:
+async def _ping_all(peer, targets: list[PeerId]) -> None:
     if len(targets) == 1:
         await _ping(peer, targets[0])
     else:
         await asyncio.gather(*(_ping(peer, t) for t in targets))
 
 
-async def _ping(peer, target: str) -> None:
+async def _ping(peer, target: PeerId) -> None:
     await peer.ping(target)
 
 

@@ -43,6 +43,7 @@ import xxhash
 
 from kvmesh.errors import ConfigError, TransferError
 from kvmesh.store.slab_pool import map_shared_fd
+from kvmesh.types import PeerId
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +74,7 @@ def private_dir(path: Path) -> Path:
     return path
 
 
-def door_path(run_dir: Path, peer_id: str) -> Path:
+def door_path(run_dir: Path, peer_id: PeerId) -> Path:
     """Where the peer `peer_id` of this host keeps its door (hex only: no
     part of the path comes from the peer id's characters)."""
     path = run_dir / f"pool-{xxhash.xxh3_128_hexdigest(peer_id.encode())}.sock"

@@ -29,6 +29,7 @@ from typing import Any, Awaitable, Callable, Hashable, Protocol
 from kvmesh.transfer import frames as f
 from kvmesh.transfer.pin_budget import PinBudget
 from kvmesh.transfer.shm import SHARED_LEASE_S
+from kvmesh.types import ChunkKey
 
 # Chunk refs per CHUNK_REFS frame: the puller starts copying the first batch
 # while later ones are pinned; one frame per chunk cost ~30 us of decode each.
@@ -36,7 +37,7 @@ REFS_PER_FRAME = 16
 
 
 class ChunkSource(Protocol):
-    async def open_chunk(self, key: bytes) -> Any | None:
+    async def open_chunk(self, key: ChunkKey) -> Any | None:
         """Pin a chunk for sending: a ticket with view/length/checksum/offset, or None."""
 
     def close_chunk(self, ticket: Any) -> None: ...
@@ -71,7 +72,7 @@ class PullServer:
     def leases(self) -> int:
         return len(self._leases)
 
-    async def _open(self, key: bytes) -> Any | None:
+    async def _open(self, key: ChunkKey) -> Any | None:
         if not self._budget.take(self._who):
             return None
         ticket = None
@@ -104,7 +105,7 @@ class PullServer:
         self._leases[lease] = tickets
         self._timers[lease] = asyncio.get_running_loop().call_later(SHARED_LEASE_S, self.release,
                                                                     lease)
-        batch: list[tuple[int, bytes, Any]] = []
+        batch: list[tuple[int, ChunkKey, Any]] = []
         for index, key in enumerate(pull.keys):
             ticket = await self._open(key)
             if ticket is None:
@@ -128,7 +129,7 @@ class PullServer:
         (the puller may still be copying refs it has read)."""
 
 
-def _chunk_refs(request_id: int, lease: int, batch: list[tuple[int, bytes, Any]]) -> f.ChunkRefs:
+def _chunk_refs(request_id: int, lease: int, batch: list[tuple[int, ChunkKey, Any]]) -> f.ChunkRefs:
     return f.ChunkRefs(request_id, tuple(i for i, _, _ in batch), tuple(k for _, k, _ in batch),
                        tuple(t.checksum for *_, t in batch), tuple(t.length for *_, t in batch),
                        tuple(t.offset for *_, t in batch), lease)
