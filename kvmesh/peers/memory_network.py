@@ -46,6 +46,7 @@ class MemoryStream:
 
     def __init__(self, rx: _Pipe, tx: _Pipe) -> None:
         self._rx, self._tx = rx, tx
+        self.remote = ""  # the dialer's host, on the listener's end
 
     @classmethod
     def pair(cls) -> tuple["MemoryStream", "MemoryStream"]:
@@ -141,6 +142,8 @@ class MemoryNetwork:
         if endpoint is None:
             raise TransferError(f"cannot reach {peer}: connection refused")
         ours, theirs = MemoryStream.pair()
+        if dialer is not None:
+            theirs.remote = PeerAddress.parse(dialer.peer_id).host
         for side in (dialer, endpoint):
             if side is not None:
                 side.streams += [ours, theirs]
