@@ -36,6 +36,8 @@ COUNTERS = (
     ("bytes_pulled", "kvmesh_bytes_pulled", "Payload bytes pulled from other peers."),
     ("bytes_served", "kvmesh_bytes_served", "Payload bytes served to other peers."),
     ("chunks_saved", "kvmesh_chunks_saved", "Chunks committed to this peer's store."),
+    ("accept_errors", "kvmesh_accept_errors",
+     "Failed accepts of inbound connections (out of descriptors or memory, ...)."),
 )
 
 

@@ -44,7 +44,8 @@ class Endpoint(Protocol):
     gossip: GossipTransport
 
     async def accept(self) -> Stream:
-        """The next inbound stream; waits until one arrives."""
+        """The next inbound stream; waits until one arrives. Raises OSError
+        when accepting fails (out of descriptors, say); the caller retries."""
 
     def close(self) -> None:
         """Stop listening (streams already accepted stay open)."""
@@ -96,7 +97,11 @@ class TcpEndpoint:
 
     async def accept(self) -> Stream:
         conn, _ = await asyncio.get_running_loop().sock_accept(self.sock)
-        return TcpStream(conn)
+        try:
+            return TcpStream(conn)
+        except BaseException:  # its options cannot be set (reset already): not leaked
+            conn.close()
+            raise
 
     def close(self) -> None:
         self.gossip.close()

@@ -9,6 +9,7 @@
 - `HolderLookup`: prefix lookups and holder queries, with their cache;
 - `ChunkLoader`: local tiers, then pulls from holders;
 - `ServingAdapter`: what the server asks of us on each inbound connection;
+- `InboundConnections`: the accept loop and the inbound connections it serves;
 - `ConnectionPool`: outgoing connections, one per remote peer.
 
 Everything runs on the peer's own event loop, except the verbs marked "any
@@ -37,6 +38,7 @@ from kvmesh.peers.connections import ConnectionPool
 from kvmesh.peers.directory_sync import DirectorySync
 from kvmesh.peers.gossip import MeshGossip
 from kvmesh.peers.holder_lookup import Holders, HolderLookup
+from kvmesh.peers.inbound import InboundConnections
 from kvmesh.peers.loader import ChunkLoader, ResultFn
 from kvmesh.peers.network import Endpoint, Network, TcpNetwork
 from kvmesh.peers.serving import ServingAdapter, ServingIdentity
@@ -86,8 +88,7 @@ class Peer:
         self._serving: ServingAdapter | None = None
         self._ucx_listener = None
         self._control = None
-        self._accepting: asyncio.Task | None = None
-        self._connections: set[asyncio.Task] = set()
+        self._inbound: InboundConnections | None = None
 
     # ---- lifecycle -------------------------------------------------------------
 
@@ -118,13 +119,14 @@ class Peer:
                                        self.membership.state_of, self._on_connected,
                                        self._lookup.matched, self.fetch,
                                        lambda: self.membership.members, self.stats)
+        self._inbound = InboundConnections(self._serve, self.stats)
         if self.config.transfer.transport == "ucx":
             from kvmesh.transfer.ucx import UcxListener  # noqa: PLC0415 - optional extra
 
-            self._ucx_listener = UcxListener(self._serve)
+            self._ucx_listener = UcxListener(self._inbound.serve)
             self._ucx_port = self._ucx_listener.port
         self._sync.start()
-        self._accepting = asyncio.get_running_loop().create_task(self._accept_loop())
+        self._inbound.start(self._endpoint)
         if self.config.control.enabled:
             from kvmesh.peers.control_api import start_control_api  # noqa: PLC0415
 
@@ -142,10 +144,8 @@ class Peer:
         """
         if self._gossip is not None:
             await self._gossip.close(graceful)
-        tasks = [t for t in (self._accepting, *self._connections) if t is not None]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        if self._inbound is not None:
+            await self._inbound.close()
         if self._sync is not None:
             await self._sync.stop()
         if self._control is not None:
@@ -292,13 +292,6 @@ class Peer:
         return f.Hello(self.peer_id, f.MIN_PROTOCOL_VERSION, f.PROTOCOL_VERSION, self.namespace,
                        self._host_id, self.store.shm_path or "", handshake.new_nonce(),
                        self._ucx_port, self._control_port)
-
-    async def _accept_loop(self) -> None:
-        while True:
-            stream = await self._endpoint.accept()
-            task = asyncio.get_running_loop().create_task(self._serve(stream))
-            self._connections.add(task)
-            task.add_done_callback(self._connections.discard)
 
     async def _serve(self, stream) -> None:
         await serve_connection(stream, self._serving, self.config.mesh.secret,

@@ -20,6 +20,7 @@ class PeerStats:
     bytes_served: int = 0
     chunks_saved: int = 0
     pulls_inflight: int = 0
+    accept_errors: int = 0  # accept() failed (EMFILE, ENOMEM, ...): see inbound
     recent_failures: deque = field(default_factory=lambda: deque(maxlen=20))
 
     def note_failure(self, what: str) -> None:

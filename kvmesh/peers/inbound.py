@@ -1,0 +1,78 @@
+"""A peer's inbound connections: the accept loop, admission, the serving tasks.
+
+The accept loop never dies of an OSError. Running out of descriptors,
+buffers or memory (EMFILE, ENFILE, ENOBUFS, ENOMEM), or anything else that
+accept raises, is counted (`PeerStats.accept_errors`), logged once per
+burst, and retried after a back-off doubling from ACCEPT_BACKOFF_MIN_S to
+ACCEPT_BACKOFF_MAX_S: a listener that cannot accept stays readable, so
+retrying at once would spin the loop. A connection its client gave up on
+before we took it (ECONNABORTED and the like) costs nothing, so the loop
+goes straight on. (Before, the first EMFILE ended the loop for good while
+/health and gossip still said the peer was fine.) Loop thread only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+from typing import Awaitable, Callable
+
+from kvmesh.peers.network import Endpoint
+from kvmesh.peers.stats import PeerStats
+from kvmesh.transfer.streams import Stream
+
+log = logging.getLogger(__name__)
+
+ACCEPT_BACKOFF_MIN_S = 0.01
+ACCEPT_BACKOFF_MAX_S = 1.0
+# accept() errors about one connection only, not about the listener or the process.
+ONE_CONNECTION_ERRNOS = frozenset({errno.ECONNABORTED, errno.ECONNRESET, errno.EPROTO,
+                                   errno.EPERM, errno.EINTR, errno.EAGAIN})
+ServeFn = Callable[[Stream], Awaitable[None]]
+
+
+class InboundConnections:
+    def __init__(self, serve: ServeFn, stats: PeerStats) -> None:
+        self._serve = serve
+        self._stats = stats
+        self._accepting: asyncio.Task | None = None
+        self._tasks: set[asyncio.Task] = set()
+
+    def start(self, endpoint: Endpoint) -> None:
+        self._accepting = asyncio.get_running_loop().create_task(self._accept_loop(endpoint))
+
+    async def close(self) -> None:
+        """Stop accepting and end every connection being served."""
+        tasks = [t for t in (self._accepting, *self._tasks) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def serve(self, stream: Stream) -> None:
+        """Serve one inbound stream until it ends."""
+        await self._serve(stream)
+
+    async def _accept_loop(self, endpoint: Endpoint) -> None:
+        loop = asyncio.get_running_loop()
+        burst, delay = 0, ACCEPT_BACKOFF_MIN_S
+        while True:
+            try:
+                stream = await endpoint.accept()
+            except OSError as exc:
+                self._stats.accept_errors += 1
+                if exc.errno in ONE_CONNECTION_ERRNOS:
+                    log.debug("an inbound connection failed before it was accepted: %s", exc)
+                    continue
+                if not burst:
+                    log.warning("cannot accept connections (%s); retrying with back-off", exc)
+                burst += 1
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, ACCEPT_BACKOFF_MAX_S)
+                continue
+            if burst:
+                log.info("accepting connections again after %d failed accepts", burst)
+                burst, delay = 0, ACCEPT_BACKOFF_MIN_S
+            task = loop.create_task(self.serve(stream))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
