@@ -4,7 +4,9 @@ The transport for each pair is chosen here: with `auto`, peers on the same
 host copy from each other's shared pool and everyone else speaks TCP; `tcp`
 and `ucx` force a byte stream; `shm` is `auto` that insists on shared memory
 where the host matches. Dialing is bounded by the timeout and deduplicated,
-so concurrent callers share one attempt. Every failure to reach or talk to
+so concurrent callers share one attempt. A connection that its server closed
+(idle, say), or that went unused long enough for that to be near, is simply
+dialed again on the next request. Every failure to reach or talk to
 a peer comes out as a `TransferError` (or another `KvmeshError`).
 """
 
@@ -41,9 +43,15 @@ class ConnectionPool:
         return {peer: c.transport for peer, c in self._clients.items() if not c.closed}
 
     async def get(self, peer: PeerId) -> PeerClient:
+        """The connection to `peer`, dialed now if there is none, or if the one
+        there was closed or left idle so long that its server is about to
+        close it (PeerClient.fresh): either way a normal reconnect, not a
+        failure of the peer."""
         client = self._clients.get(peer)
-        if client is not None and not client.closed:
-            return client
+        if client is not None:
+            if client.fresh():
+                return client
+            client.close()  # idle or closed: nothing is in flight on it
         pending = self._dialing.get(peer)
         if pending is None:
             pending = asyncio.ensure_future(self._dial(peer))

@@ -8,7 +8,11 @@ ACCEPT_BACKOFF_MAX_S: a listener that cannot accept stays readable, so
 retrying at once would spin the loop. A connection its client gave up on
 before we took it (ECONNABORTED and the like) costs nothing, so the loop
 goes straight on. (Before, the first EMFILE ended the loop for good while
-/health and gossip still said the peer was fine.) Loop thread only.
+/health and gossip still said the peer was fine.)
+
+Every stream, accepted here or by the UCX listener (`serve`), then passes
+the `ConnectionGate` before a byte of it is read: beyond a cap it is closed
+at once (`connections_refused`). Loop thread only.
 """
 
 from __future__ import annotations
@@ -16,10 +20,13 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import time
 from typing import Awaitable, Callable
 
 from kvmesh.peers.network import Endpoint
 from kvmesh.peers.stats import PeerStats
+from kvmesh.transfer.admission import Admission, ConnectionGate
+from kvmesh.transfer.server import END_IDLE, END_SEND_TIMEOUT
 from kvmesh.transfer.streams import Stream
 
 log = logging.getLogger(__name__)
@@ -29,15 +36,20 @@ ACCEPT_BACKOFF_MAX_S = 1.0
 # accept() errors about one connection only, not about the listener or the process.
 ONE_CONNECTION_ERRNOS = frozenset({errno.ECONNABORTED, errno.ECONNRESET, errno.EPROTO,
                                    errno.EPERM, errno.EINTR, errno.EAGAIN})
-ServeFn = Callable[[Stream], Awaitable[None]]
+REFUSAL_LOG_INTERVAL_S = 60.0
+
+# serve(stream, admission) -> how the connection ended (kvmesh.transfer.server END_*)
+ServeFn = Callable[[Stream, Admission], Awaitable[str]]
 
 
 class InboundConnections:
-    def __init__(self, serve: ServeFn, stats: PeerStats) -> None:
+    def __init__(self, serve: ServeFn, gate: ConnectionGate, stats: PeerStats) -> None:
         self._serve = serve
+        self.gate = gate
         self._stats = stats
         self._accepting: asyncio.Task | None = None
         self._tasks: set[asyncio.Task] = set()
+        self._refusals_logged_at = float("-inf")
 
     def start(self, endpoint: Endpoint) -> None:
         self._accepting = asyncio.get_running_loop().create_task(self._accept_loop(endpoint))
@@ -50,8 +62,20 @@ class InboundConnections:
         await asyncio.gather(*tasks, return_exceptions=True)
 
     async def serve(self, stream: Stream) -> None:
-        """Serve one inbound stream until it ends."""
-        await self._serve(stream)
+        """Serve one inbound stream (refused at once past a cap) until it ends."""
+        admission = self.gate.admit(stream.remote)
+        if admission is None:
+            stream.close()
+            self._refused()
+            return
+        try:
+            end = await self._serve(stream, admission)
+        finally:
+            admission.release()
+        if end == END_IDLE:
+            self._stats.idle_closed += 1
+        elif end == END_SEND_TIMEOUT:
+            self._stats.send_timeouts += 1
 
     async def _accept_loop(self, endpoint: Endpoint) -> None:
         loop = asyncio.get_running_loop()
@@ -76,3 +100,11 @@ class InboundConnections:
             task = loop.create_task(self.serve(stream))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+
+    def _refused(self) -> None:
+        self._stats.connections_refused += 1
+        now = time.monotonic()
+        if now - self._refusals_logged_at >= REFUSAL_LOG_INTERVAL_S:
+            self._refusals_logged_at = now
+            log.warning("refusing inbound connections past a cap (%s); refused so far by cap: %s",
+                        self.gate.caps, self.gate.refused)

@@ -9,7 +9,7 @@
 - `HolderLookup`: prefix lookups and holder queries, with their cache;
 - `ChunkLoader`: local tiers, then pulls from holders;
 - `ServingAdapter`: what the server asks of us on each inbound connection;
-- `InboundConnections`: the accept loop and the inbound connections it serves;
+- `InboundConnections`: the accept loop and the caps on inbound connections;
 - `ConnectionPool`: outgoing connections, one per remote peer.
 
 Everything runs on the peer's own event loop, except the verbs marked "any
@@ -48,6 +48,8 @@ from kvmesh.store import ChunkStore
 from kvmesh.store.records import LoadTicket, StoreTicket
 from kvmesh.transfer import frames as f
 from kvmesh.transfer import handshake
+from kvmesh.transfer.admission import Admission, ConnectionGate
+from kvmesh.transfer.limits import ConnectionCaps, ServerLimits
 from kvmesh.transfer.reader import ChunkReader
 from kvmesh.transfer.server import serve_connection
 from kvmesh.transfer.shm import host_id
@@ -119,7 +121,8 @@ class Peer:
                                        self.membership.state_of, self._on_connected,
                                        self._lookup.matched, self.fetch,
                                        lambda: self.membership.members, self.stats)
-        self._inbound = InboundConnections(self._serve, self.stats)
+        gate = ConnectionGate(ConnectionCaps.for_this_process())
+        self._inbound = InboundConnections(self._serve, gate, self.stats)
         if self.config.transfer.transport == "ucx":
             from kvmesh.transfer.ucx import UcxListener  # noqa: PLC0415 - optional extra
 
@@ -293,9 +296,10 @@ class Peer:
                        self._host_id, self.store.shm_path or "", handshake.new_nonce(),
                        self._ucx_port, self._control_port)
 
-    async def _serve(self, stream) -> None:
-        await serve_connection(stream, self._serving, self.config.mesh.secret,
-                               self.config.transfer.timeout_s)
+    async def _serve(self, stream, admission: Admission) -> str:
+        timeout = self.config.transfer.timeout_s
+        return await serve_connection(stream, self._serving, self.config.mesh.secret, timeout,
+                                      ServerLimits.default(timeout), admission)
 
     def _on_membership_change(self, joined: set[PeerId], left: set[PeerId]) -> None:
         """Swim's callback (loop thread, must not block): forget the gone, rebalance later."""

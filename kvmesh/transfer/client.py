@@ -25,6 +25,7 @@ from typing import Callable
 from kvmesh.errors import HandshakeError, KvmeshError, RemoteProtocolError, TransferError
 from kvmesh.transfer import frames as f
 from kvmesh.transfer import handshake
+from kvmesh.transfer import limits
 from kvmesh.transfer.connection import FramedConnection
 from kvmesh.transfer.pull_states import ChunkState, PullTable
 from kvmesh.transfer.reader import ChunkReader
@@ -132,6 +133,17 @@ class PeerClient:
     @property
     def closed(self) -> bool:
         return self._conn.closed
+
+    def fresh(self) -> bool:
+        """Open, and in use or used within CLIENT_IDLE_S. A connection idle
+        longer than that is about to be closed by its server (the idle
+        timeout, `kvmesh.transfer.limits`): dial again rather than race that
+        close with a request."""
+        if self._conn.closed:
+            return False
+        if self._replies or self._pulls:
+            return True
+        return time.monotonic() - self._conn.last_active < limits.CLIENT_IDLE_S
 
     async def request(self, make: Callable[[int], f.Frame], timeout_s: float) -> f.Frame:
         """Send a request built around a fresh id and wait for its reply, which

@@ -11,6 +11,12 @@ releases them (shared memory), so eviction never pulls a slot out from under
 a transfer. A shared pull's pins outlive its connection: the puller may still
 be copying refs it has read, so only RELEASE or the lease's end unpins them
 (see `kvmesh.transfer.shm`).
+
+Limits (`kvmesh.transfer.limits`): until the handshake is done a connection
+may announce only small headers, and no request may carry a payload; the
+handshake is timed, every frame written is timed (a puller that stops
+reading is cut off, which unpins what its requests held), and a connection
+with no request in flight is closed once idle (`kvmesh.transfer.watch`).
 """
 
 from __future__ import annotations
@@ -22,15 +28,25 @@ from typing import Any, Protocol
 from kvmesh.errors import HandshakeError, KvmeshError, ProtocolError
 from kvmesh.transfer import frames as f
 from kvmesh.transfer import handshake
+from kvmesh.transfer.admission import Admission
 from kvmesh.transfer.connection import FramedConnection
+from kvmesh.transfer.limits import REQUEST_MAX_PAYLOAD_BYTES, ServerLimits
 from kvmesh.transfer.shm import SHARED_LEASE_S
 from kvmesh.transfer.streams import Stream
+from kvmesh.transfer.watch import IDLE, SEND_TIMEOUT, ConnectionWatch
 
 log = logging.getLogger(__name__)
 
 # Chunk refs per CHUNK_REFS frame: the puller starts copying the first batch
 # while later ones are pinned; one frame per chunk cost ~30 us of decode each.
 REFS_PER_FRAME = 16
+
+# How a served connection ended (serve_connection's return value).
+END_CLOSED = "closed"  # the other side closed or reset it, or the handshake timed out
+END_REFUSED = "refused"  # the handshake refused it: version, namespace or secret
+END_PROTOCOL_ERROR = "protocol_error"
+END_IDLE = IDLE  # no request for the idle timeout
+END_SEND_TIMEOUT = SEND_TIMEOUT  # a frame could not be written within the send timeout
 
 
 class ServingNode(Protocol):
@@ -51,23 +67,43 @@ class ServingNode(Protocol):
 
 
 async def serve_connection(stream: Stream, node: ServingNode, secret: bytes | None,
-                           timeout_s: float) -> None:
+                           timeout_s: float, limits: ServerLimits | None = None,
+                           admission: Admission | None = None) -> str:
+    """Serve one inbound stream until it closes; returns how it ended (END_*).
+
+    `limits` (default: `ServerLimits.default(timeout_s)`) bound the
+    handshake, each send, the time idle, and the header a stranger may
+    announce before the handshake is done; `admission`, if given, is told
+    when the other side has authenticated (the caller releases it).
+    """
+    limits = limits or ServerLimits.default(timeout_s)
     conn = FramedConnection(stream)
+    conn.set_frame_caps(limits.pre_auth_header_bytes, REQUEST_MAX_PAYLOAD_BYTES)
     session = _Session(conn, node)
+    watch = ConnectionWatch(conn, lambda: bool(session.tasks), limits.idle_s, limits.send_s)
+    end = END_CLOSED
     try:
-        session.version = await asyncio.wait_for(_handshake(conn, node, secret), timeout_s)
+        session.version = await asyncio.wait_for(_handshake(conn, node, secret), limits.handshake_s)
+        conn.set_frame_caps(f.MAX_HEADER_BYTES, REQUEST_MAX_PAYLOAD_BYTES)
+        if admission is not None:
+            admission.authenticated()
+        watch.start()
         await session.run()
     except HandshakeError as exc:
+        end = END_REFUSED
         log.info("refused a peer: %s", exc)
         await _try_send(conn, f.Error(0, str(exc)))
     except ProtocolError as exc:
+        end = END_PROTOCOL_ERROR
         log.warning("closing a connection after a protocol error: %s", exc)
         await _try_send(conn, f.Error(0, f"protocol error: {exc}"))
     except (KvmeshError, asyncio.TimeoutError):  # closed, reset, or the handshake timed out
         pass
     finally:
+        watch.stop()
         await session.stop()
         conn.close()
+    return watch.ended_by or end
 
 
 async def _try_send(conn: FramedConnection, frame: f.Frame) -> None:
