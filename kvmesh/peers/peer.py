@@ -223,9 +223,16 @@ class Peer:
         return committed
 
     def open_loaded(self, key: ChunkKey) -> LoadTicket:
-        """Any thread: pin a held chunk for reading (a load's landed result);
-        raises StoreError when it is gone. Give it back with `close_loaded`."""
+        """Any thread but the loop when the store has a disk tier (it may read
+        the chunk back from disk): pin a held chunk for reading (a load's
+        landed result); raises StoreError when it is gone. Give it back with
+        `close_loaded`."""
         return self.store.prepare_load(key)
+
+    def open_loaded_in_cpu(self, key: ChunkKey) -> LoadTicket | None:
+        """Any thread, the loop included: `open_loaded` for a chunk in CPU;
+        None when it is held on disk only (then `open_loaded` on a worker thread)."""
+        return self.store.prepare_load_in_cpu(key)
 
     def close_loaded(self, ticket: LoadTicket) -> None:
         self.store.complete_load(ticket)
