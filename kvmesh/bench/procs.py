@@ -19,7 +19,7 @@ import select
 import subprocess
 import sys
 import time
-from typing import Mapping, Sequence, TypeVar
+from typing import Callable, Mapping, Sequence, TypeVar
 
 PEER_ARGV = (sys.executable, "-m", "kvmesh.cli", "peer")
 
@@ -43,13 +43,15 @@ class PeerProcess:
     READY_TIMEOUT_S = 60.0
     REPLY_TIMEOUT_S = 60.0
 
-    def __init__(self, env: Mapping[str, str], slot_bytes: int, argv_prefix: Sequence[str] = ()) -> None:
+    def __init__(self, env: Mapping[str, str], slot_bytes: int, argv_prefix: Sequence[str] = (),
+                 preexec_fn: Callable[[], None] | None = None) -> None:
         """Start `kvmesh peer` with exactly `env`; `argv_prefix` runs it
-        through another command (e.g. `ip netns exec <ns>`)."""
+        through another command (e.g. `ip netns exec <ns>`); `preexec_fn` runs
+        in the child before it starts (e.g. to lower its resource limits)."""
         self.proc = subprocess.Popen(
             [*argv_prefix, *PEER_ARGV, "--slot-bytes", str(slot_bytes)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-            env=dict(env), text=True, bufsize=1)
+            env=dict(env), text=True, bufsize=1, preexec_fn=preexec_fn)
         self.peer_id = self.control_url = ""  # set by wait_ready
 
     def wait_ready(self: P, timeout: float | None = None) -> P:

@@ -5,8 +5,10 @@ host that hands us its pool through its pool door (`transfer.pool_door`) is
 pulled from through shared memory, everyone else over TCP; `tcp` and `ucx`
 force a byte stream; `shm` is `auto` that warns when a same-host holder's
 door does not open. Dialing is bounded by the timeout and deduplicated, so
-concurrent callers share one attempt. Every failure to reach or talk to a
-peer comes out as a `TransferError` (or another `KvmeshError`).
+concurrent callers share one attempt. A connection that its server closed
+(idle, say), or that went unused long enough for that to be near, is simply
+dialed again on the next request. Every failure to reach or talk to a peer
+comes out as a `TransferError` (or another `KvmeshError`).
 
 The pool remembers the HELLO nonce of each connection it opened, so the
 peer can vouch for them when their servers ask (`opened`): that is how a
@@ -57,9 +59,15 @@ class ConnectionPool:
         return self._nonces.get(nonce) == peer
 
     async def get(self, peer: PeerId) -> PeerClient:
+        """The connection to `peer`, dialed now if there is none, or if the one
+        there was closed or left idle so long that its server is about to
+        close it (PeerClient.fresh): either way a normal reconnect, not a
+        failure of the peer."""
         client = self._clients.get(peer)
-        if client is not None and not client.closed:
-            return client
+        if client is not None:
+            if client.fresh():
+                return client
+            client.close()  # idle or closed: nothing is in flight on it
         pending = self._dialing.get(peer)
         if pending is None:
             pending = asyncio.ensure_future(self._dial(peer))

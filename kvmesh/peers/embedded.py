@@ -139,8 +139,11 @@ class RemoteLookupClient:
         return max(0, min(reply.matched, len(keys)))  # the answer is not trusted to fit
 
     async def _connect(self) -> PeerClient | None:
-        if self._client is not None and not self._client.closed:
-            return self._client
+        if self._client is not None:
+            if self._client.fresh():
+                return self._client
+            self._client.close()  # closed, or idle long enough for the peer to close it
+            self._client = None
         if time.monotonic() < self._retry_at or not self._path.exists():
             return None
         self._retry_at = time.monotonic() + 1.0

@@ -168,20 +168,49 @@ class PeerLoadJob:
         self._future: concurrent.futures.Future | None = None
 
     def on_result(self, index: int, ok: bool, source: str, consumed: bool = False) -> None:
-        """Called on the peer loop, once per key; pins the landed chunk for the engine."""
+        """Called on the peer loop, once per key; pins the landed chunk for the
+        engine. Never reads the disk here: a chunk held only on disk (a local
+        disk hit, or one spilled since it landed) is pinned, which reads it
+        back into CPU, on a worker thread, which then delivers it."""
         key = self.keys[index]
-        result = ChunkResult(index, key, None, "")
-        if ok and consumed:
-            result = ChunkResult(index, key, None, source, consumed=True)
-        elif ok:
+        if not ok:
+            self._deliver(ChunkResult(index, key, None, ""))
+        elif consumed:
+            self._deliver(ChunkResult(index, key, None, source, consumed=True))
+        else:
             try:
-                ticket = self._peer.open_loaded(key)
-                data = torch.frombuffer(ticket.view, dtype=torch.uint8) if ticket.length else \
-                    torch.empty(0, dtype=torch.uint8)
-                result = ChunkResult(index, key, data, source,
-                                     lambda t=ticket: self._peer.close_loaded(t))
-            except StoreError:
-                pass  # evicted between landing and pinning: a miss
+                ticket = self._peer.open_loaded_in_cpu(key)
+            except StoreError:  # evicted between landing and pinning: a miss
+                self._deliver(ChunkResult(index, key, None, ""))
+                return
+            if ticket is None:
+                try:
+                    asyncio.get_running_loop().run_in_executor(None, self._pin_from_disk, index,
+                                                               source)
+                except RuntimeError:  # the peer is shutting down: a miss
+                    self._deliver(ChunkResult(index, key, None, ""))
+            else:
+                self._deliver(self._pinned(index, ticket, source))
+
+    def _pin_from_disk(self, index: int, source: str) -> None:
+        """On a worker thread: pin a chunk held on disk only, and deliver it."""
+        key = self.keys[index]
+        try:
+            result = self._pinned(index, self._peer.open_loaded(key), source)
+        except StoreError:  # gone meanwhile, or its file was corrupt: a miss
+            result = ChunkResult(index, key, None, "")
+        self._deliver(result)
+
+    def _pinned(self, index: int, ticket, source: str) -> ChunkResult:
+        data = torch.frombuffer(ticket.view, dtype=torch.uint8) if ticket.length else \
+            torch.empty(0, dtype=torch.uint8)
+        return ChunkResult(index, self.keys[index], data, source,
+                           lambda t=ticket: self._peer.close_loaded(t))
+
+    def _deliver(self, result: ChunkResult) -> None:
+        """Queue one key's result (any thread); a key already reported (the
+        load was given up on) has its pin given back instead."""
+        index = result.index
         with self._lock:
             if index in self._reported:
                 result.release()

@@ -10,6 +10,13 @@ retried on its next holder. Every chunk ends in exactly one `on_result`.
 Only live members of the mesh are pulled from: a holder named by a directory
 owner's answer that our membership does not know is skipped, so an owner
 cannot send us to a server of its choosing.
+
+Slots. Without a disk tier a chunk's slot is reserved as its payload
+arrives, inside the decoder's sink: that takes only the store's lock. With
+one, reserving may first spill a chunk to disk, which must not run on the
+loop; so the slots of a pull are reserved on a worker thread before its PULL
+is sent, and the sink hands those out. A key that gets no slot then (the CPU
+tier is pinned full) is dropped on arrival and tried on its next holder.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from kvmesh.errors import KvmeshError, StoreError
 from kvmesh.peers.connections import ConnectionPool
 from kvmesh.peers.stats import PeerStats
 from kvmesh.store import ChunkStore
+from kvmesh.store.records import StoreTicket
 from kvmesh.transfer.reader import ChunkReader
 from kvmesh.types import ChunkKey, PeerId
 
@@ -97,17 +105,21 @@ class ChunkLoader:
                          on_result: ResultFn, reader: ChunkReader | None) -> list[int]:
         """Pull from one holder; returns the indices it did not deliver."""
         failed: list[int] = []
-        tickets: dict[int, object] = {}
+        tickets: dict[int, StoreTicket] = {}  # slots a payload is landing in
+        reserved: dict[int, StoreTicket] | None = None  # slots taken ahead (disk tier)
         store = self._store
         fetched: list[ChunkKey] = []
 
         def dest(j: int, length: int):
             if length > store.slot_bytes:
                 return None
-            try:
-                ticket = store.prepare_store(keys[indices[j]])
-            except StoreError:
-                return None
+            if reserved is not None:
+                ticket = reserved.pop(j, None)
+            else:
+                try:
+                    ticket = store.prepare_store(keys[indices[j]])
+                except StoreError:
+                    return None
             if ticket is None:
                 return None
             tickets[j] = ticket
@@ -115,6 +127,8 @@ class ChunkLoader:
 
         def done(j: int, ok: bool, length: int, checksum: int) -> None:
             index, key = indices[j], keys[indices[j]]
+            if reserved:
+                _abandon(store, [reserved.pop(j, None)])  # reserved, never landed
             ticket = tickets.pop(j, None)
             if ticket is not None:
                 ok = store.commit_store(ticket, ok, length, checksum if ok else None) and ok
@@ -139,6 +153,9 @@ class ChunkLoader:
             return list(indices)
         self._stats.pulls_inflight += 1
         try:
+            # A reader takes shared-pool chunks in place: those need no slot.
+            if store.has_disk_tier and (reader is None or client.transport != "shm"):
+                reserved = await _reserve(store, [keys[i] for i in indices])
             # PeerClient.pull calls done() exactly once per key, even on failure.
             budget = self._timeout_s + len(indices) * store.slot_bytes / MIN_PULL_BANDWIDTH
             await client.pull(tuple(keys[i] for i in indices), dest, done, budget,
@@ -147,9 +164,46 @@ class ChunkLoader:
                               (lambda j, src: reader(indices[j], src)))
         finally:
             self._stats.pulls_inflight -= 1
+            if reserved:
+                _abandon(store, list(reserved.values()))
         if fetched:
             self._advertise(fetched)  # we hold a copy now: one more source for others
         if len(failed):
             self._stats.note_failure(f"{len(failed)} chunk(s) not served by {holder}")
         return failed
 
+
+def _reserve_slots(store: ChunkStore, keys: list[ChunkKey]) -> dict[int, StoreTicket]:
+    """On a worker thread: a slot for each key, in order, until the CPU tier
+    is full; keys already stored or being stored get none."""
+    out: dict[int, StoreTicket] = {}
+    for j, key in enumerate(keys):
+        try:
+            ticket = store.prepare_store(key)
+        except StoreError:  # pinned full, or closed: the rest get none either
+            break
+        if ticket is not None:
+            out[j] = ticket
+    return out
+
+
+async def _reserve(store: ChunkStore, keys: list[ChunkKey]) -> dict[int, StoreTicket]:
+    """`_reserve_slots` on a worker thread. If the caller is cancelled
+    meanwhile, the slots are given back once the thread is done with them."""
+    reserving = asyncio.get_running_loop().run_in_executor(None, _reserve_slots, store, keys)
+    try:
+        return await asyncio.shield(reserving)
+    except asyncio.CancelledError:
+        def give_back(fut: asyncio.Future) -> None:
+            if not fut.cancelled() and fut.exception() is None:
+                _abandon(store, list(fut.result().values()))
+
+        reserving.add_done_callback(give_back)
+        raise
+
+
+def _abandon(store: ChunkStore, tickets: list[StoreTicket | None]) -> None:
+    """Give back reserved slots that no payload landed in (no I/O: loop-safe)."""
+    for ticket in tickets:
+        if ticket is not None:
+            store.commit_store(ticket, ok=False)

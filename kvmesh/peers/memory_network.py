@@ -17,6 +17,7 @@ from typing import Callable, Sequence
 
 from kvmesh.config import MeshConfig
 from kvmesh.errors import StreamClosed, TransferError
+from kvmesh.peers.network import ReadyStream
 from kvmesh.types import PeerAddress, PeerId
 
 PIPE_HIGH_WATER = 4 << 20  # bytes queued in one direction before send() waits
@@ -46,6 +47,7 @@ class MemoryStream:
 
     def __init__(self, rx: _Pipe, tx: _Pipe) -> None:
         self._rx, self._tx = rx, tx
+        self.remote = ""  # the dialer's host, on the listener's end
 
     @classmethod
     def pair(cls) -> tuple["MemoryStream", "MemoryStream"]:
@@ -109,14 +111,9 @@ class MemoryEndpoint:
         self._network = network
         self._inbound: asyncio.Queue[MemoryStream] = asyncio.Queue()
 
-    async def accept(self):
-        """The next inbound connection's opener (see kvmesh.peers.network.Opener)."""
-        stream = await self._inbound.get()
-
-        async def opened(timeout_s: float) -> MemoryStream:
-            return stream
-
-        return opened
+    async def accept(self) -> ReadyStream:
+        """The next inbound connection (see kvmesh.peers.network.Accepted)."""
+        return ReadyStream(await self._inbound.get())
 
     def close(self) -> None:
         self._network.forget(self.peer_id)
@@ -147,6 +144,8 @@ class MemoryNetwork:
         if endpoint is None:
             raise TransferError(f"cannot reach {peer}: connection refused")
         ours, theirs = MemoryStream.pair()
+        if dialer is not None:
+            theirs.remote = PeerAddress.parse(dialer.peer_id).host
         for side in (dialer, endpoint):
             if side is not None:
                 side.streams += [ours, theirs]

@@ -36,6 +36,13 @@ COUNTERS = (
     ("bytes_pulled", "kvmesh_bytes_pulled", "Payload bytes pulled from other peers."),
     ("bytes_served", "kvmesh_bytes_served", "Payload bytes served to other peers."),
     ("chunks_saved", "kvmesh_chunks_saved", "Chunks committed to this peer's store."),
+    ("accept_errors", "kvmesh_accept_errors",
+     "Failed accepts of inbound connections (out of descriptors or memory, ...)."),
+    ("connections_refused", "kvmesh_connections_refused",
+     "Inbound connections closed at once, past a connection cap."),
+    ("idle_closed", "kvmesh_idle_closed", "Inbound connections closed after the idle timeout."),
+    ("send_timeouts", "kvmesh_send_timeouts",
+     "Inbound connections closed because a frame could not be written in time."),
 )
 
 

@@ -26,7 +26,7 @@ import ipaddress
 import logging
 import socket
 import ssl
-from typing import Awaitable, Callable, Protocol
+from typing import Protocol
 
 from kvmesh.config import MeshConfig, TlsConfig
 from kvmesh.errors import ConfigError, TransferError
@@ -36,10 +36,54 @@ from kvmesh.transfer.streams import Stream, TcpStream
 from kvmesh.transfer.tls import TlsStream, client_context, open_stream, server_context
 from kvmesh.types import PeerAddress, PeerId
 
-# An accepted connection, as the function that opens its stream (say, after a
-# TLS handshake); the peer calls it in the connection's own task. It raises
-# KvmeshError (or TimeoutError) when the connection cannot be opened.
-Opener = Callable[[float], Awaitable[Stream]]
+
+
+class Accepted(Protocol):
+    """An inbound connection before its stream is open (a TLS handshake may
+    be due): admitted or refused by its `remote` address first, then opened
+    in the connection's own task, never in the accept loop."""
+
+    remote: str  # the other end's IP; "" when unknown
+
+    async def open(self, timeout_s: float) -> Stream:
+        """The stream, within `timeout_s`; KvmeshError or TimeoutError if not."""
+
+    def close(self) -> None:
+        """Refuse it."""
+
+
+class ReadyStream:
+    """An `Accepted` whose stream needs no handshake of its own (plain TCP, memory, UCX)."""
+
+    def __init__(self, stream: Stream) -> None:
+        self.stream = stream
+        self.remote = getattr(stream, "remote", "")
+
+    async def open(self, timeout_s: float) -> Stream:
+        return self.stream
+
+    def close(self) -> None:
+        self.stream.close()
+
+
+class TlsAccepted:
+    """An accepted socket whose TLS handshake runs in `open`."""
+
+    def __init__(self, sock: socket.socket, ctx: ssl.SSLContext) -> None:
+        self._sock, self._ctx = sock, ctx
+        try:
+            self.remote = str(sock.getpeername()[0])
+        except (OSError, IndexError):
+            self.remote = ""
+
+    async def open(self, timeout_s: float) -> Stream:
+        try:
+            return await TlsStream.accept(self._sock, self._ctx, timeout_s)
+        except OSError as exc:
+            raise TransferError(f"TLS accept: {exc}") from None
+
+    def close(self) -> None:
+        self._sock.close()
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +96,9 @@ class Endpoint(Protocol):
     gossip_addr: str  # advertised IP literal : port, where others send datagrams
     gossip: GossipTransport
 
-    async def accept(self) -> Opener:
-        """The next inbound connection; waits until one arrives."""
+    async def accept(self) -> Accepted:
+        """The next inbound connection; waits until one arrives. Raises OSError
+        when accepting fails (out of descriptors, say); the caller retries."""
 
     def close(self) -> None:
         """Stop listening (streams already accepted stay open)."""
@@ -106,27 +151,19 @@ class TcpEndpoint:
         self.gossip_addr = gossip_addr
         self._tls = tls
 
-    async def accept(self) -> Opener:
+    async def accept(self) -> Accepted:
         conn, _ = await asyncio.get_running_loop().sock_accept(self.sock)
-        if self._tls is None:
-            stream = TcpStream(conn)
-            return lambda timeout_s: _ready(stream)
-        return lambda timeout_s: _tls_accept(conn, self._tls, timeout_s)
+        if self._tls is not None:
+            return TlsAccepted(conn, self._tls)
+        try:
+            return ReadyStream(TcpStream(conn))
+        except BaseException:  # its options cannot be set (reset already): not leaked
+            conn.close()
+            raise
 
     def close(self) -> None:
         self.gossip.close()
         self.sock.close()
-
-
-async def _ready(stream: Stream) -> Stream:
-    return stream
-
-
-async def _tls_accept(conn: socket.socket, ctx: ssl.SSLContext, timeout_s: float) -> Stream:
-    try:
-        return await TlsStream.accept(conn, ctx, timeout_s)
-    except OSError as exc:
-        raise TransferError(f"TLS accept: {exc}") from None
 
 
 async def advertised_host(mesh: MeshConfig, timeout_s: float) -> str:

@@ -9,6 +9,7 @@
 - `HolderLookup`: prefix lookups and holder queries, with their cache;
 - `ChunkLoader`: local tiers, then pulls from holders;
 - `ServingAdapter`: what the server asks of us on each inbound connection;
+- `InboundConnections`: the accept loop and the caps on inbound connections;
 - `ConnectionPool`: outgoing connections, one per remote peer.
 
 Everything runs on the peer's own event loop, except the verbs marked "any
@@ -30,7 +31,6 @@ import logging
 from typing import Sequence
 
 from kvmesh.config import KvmeshConfig
-from kvmesh.errors import KvmeshError
 from kvmesh.directory.shard import Directory
 from kvmesh.hashring.keys import ChunkHasher
 from kvmesh.membership.swim import Swim
@@ -39,8 +39,9 @@ from kvmesh.peers.directory_sync import DirectorySync
 from kvmesh.peers.exposure import enforce_exposure
 from kvmesh.peers.gossip import MeshGossip
 from kvmesh.peers.holder_lookup import Holders, HolderLookup
+from kvmesh.peers.inbound import InboundConnections
 from kvmesh.peers.loader import ChunkLoader, ResultFn
-from kvmesh.peers.network import Endpoint, Network, Opener, TcpNetwork
+from kvmesh.peers.network import Endpoint, Network, ReadyStream, TcpNetwork
 from kvmesh.peers.serving import PeerCalls, ServingAdapter, ServingIdentity
 from kvmesh.peers.stats import PeerStats
 from kvmesh.peers.status import PeerStatus
@@ -48,6 +49,8 @@ from kvmesh.store import ChunkStore
 from kvmesh.store.records import LoadTicket, StoreTicket
 from kvmesh.transfer import frames as f
 from kvmesh.transfer import handshake
+from kvmesh.transfer.admission import Admission, ConnectionGate
+from kvmesh.transfer.limits import ConnectionCaps, ServerLimits
 from kvmesh.transfer.pool_door import PoolDoor, door_path, private_dir
 from kvmesh.transfer.reader import ChunkReader
 from kvmesh.transfer.server import serve_connection
@@ -91,8 +94,7 @@ class Peer:
         self._door: PoolDoor | None = None
         self._ucx_listener = None
         self._control = None
-        self._accepting: asyncio.Task | None = None
-        self._connections: set[asyncio.Task] = set()
+        self._inbound: InboundConnections | None = None
 
     # ---- lifecycle -------------------------------------------------------------
 
@@ -130,13 +132,16 @@ class Peer:
                       self._lookup.matched, self.fetch, self._verify, self.pool.opened,
                       self._on_member),
             self.store, self.directory, self._door, self.stats)
+        gate = ConnectionGate(ConnectionCaps.for_this_process())
+        self._inbound = InboundConnections(self._serve, gate, self.stats, timeout)
         if self.config.transfer.transport == "ucx":
             from kvmesh.transfer.ucx import UcxListener  # noqa: PLC0415 - optional extra
 
-            self._ucx_listener = UcxListener(self._serve_ucx)
+            self._ucx_listener = UcxListener(
+                lambda stream: self._inbound.serve(ReadyStream(stream)))
             self._ucx_port = self._ucx_listener.port
         self._sync.start()
-        self._accepting = asyncio.get_running_loop().create_task(self._accept_loop())
+        self._inbound.start(self._endpoint)
         if self.config.control.enabled:
             from kvmesh.peers.control_api import start_control_api  # noqa: PLC0415
 
@@ -154,10 +159,8 @@ class Peer:
         """
         if self._gossip is not None:
             await self._gossip.close(graceful)
-        tasks = [t for t in (self._accepting, *self._connections) if t is not None]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        if self._inbound is not None:
+            await self._inbound.close()
         if self._sync is not None:
             await self._sync.stop()
         if self._control is not None:
@@ -234,9 +237,16 @@ class Peer:
         return committed
 
     def open_loaded(self, key: ChunkKey) -> LoadTicket:
-        """Any thread: pin a held chunk for reading (a load's landed result);
-        raises StoreError when it is gone. Give it back with `close_loaded`."""
+        """Any thread but the loop when the store has a disk tier (it may read
+        the chunk back from disk): pin a held chunk for reading (a load's
+        landed result); raises StoreError when it is gone. Give it back with
+        `close_loaded`."""
         return self.store.prepare_load(key)
+
+    def open_loaded_in_cpu(self, key: ChunkKey) -> LoadTicket | None:
+        """Any thread, the loop included: `open_loaded` for a chunk in CPU;
+        None when it is held on disk only (then `open_loaded` on a worker thread)."""
+        return self.store.prepare_load_in_cpu(key)
 
     def close_loaded(self, ticket: LoadTicket) -> None:
         self.store.complete_load(ticket)
@@ -311,27 +321,10 @@ class Peer:
         only as a server, through our own door)."""
         return f.Info(self._host_id, self._ucx_port, self._control_port, b"")
 
-    async def _accept_loop(self) -> None:
-        while True:
-            opener = await self._endpoint.accept()
-            task = asyncio.get_running_loop().create_task(self._serve(opener))
-            self._connections.add(task)
-            task.add_done_callback(self._connections.discard)
-
-    async def _serve(self, opener: Opener) -> None:
-        """One inbound connection: open its stream (a TLS handshake runs here,
-        in its own task), then serve it until it closes."""
+    async def _serve(self, stream, admission: Admission) -> str:
         timeout = self.config.transfer.timeout_s
-        try:
-            stream = await opener(timeout)
-        except (KvmeshError, asyncio.TimeoutError) as exc:
-            log.info("refused an inbound connection: %s", exc)
-            return
-        await serve_connection(stream, self._serving, self.config.mesh.secret, timeout)
-
-    async def _serve_ucx(self, stream) -> None:
-        await serve_connection(stream, self._serving, self.config.mesh.secret,
-                               self.config.transfer.timeout_s)
+        return await serve_connection(stream, self._serving, self.config.mesh.secret, timeout,
+                                      ServerLimits.default(timeout), admission)
 
     def _on_membership_change(self, joined: set[PeerId], left: set[PeerId]) -> None:
         """Swim's callback (loop thread, must not block): forget the gone, rebalance later."""

@@ -20,6 +20,10 @@ class PeerStats:
     bytes_served: int = 0
     chunks_saved: int = 0
     pulls_inflight: int = 0
+    accept_errors: int = 0  # accept() failed (EMFILE, ENOMEM, ...): see inbound
+    connections_refused: int = 0  # inbound connections closed at once, past a cap
+    idle_closed: int = 0  # inbound connections closed after the idle timeout
+    send_timeouts: int = 0  # inbound connections closed: a frame could not be written in time
     recent_failures: deque = field(default_factory=lambda: deque(maxlen=20))
 
     def note_failure(self, what: str) -> None:

@@ -19,8 +19,9 @@ and LRU; a chunk that leaves it while not in CPU is "evicted".
 Threading: every method is thread-safe. One lock guards the metadata; payload
 bytes are hashed and copied outside it. Disk I/O (spills in prepare_store and
 prepare_load, reads of disk-only chunks, move) also runs outside the lock, but
-those calls block on it: with a disk tier, call them from a worker thread,
-never from an event loop. Every other method only takes the lock briefly;
+those calls block on it: with a disk tier (`has_disk_tier`), call them from
+a worker thread, never from an event loop (`prepare_load_in_cpu` is the
+loop's way to pin a chunk that is already in CPU). Every other method only takes the lock briefly;
 stats() walks the index (O(chunks)).
 
 Buffers: ticket views and tensors alias a slot of the store's pool. They are
@@ -182,6 +183,12 @@ class ChunkStore:
         every one that raises a miss.
         """
         return self._tiers.load(key, count=True)
+
+    def prepare_load_in_cpu(self, key: ChunkKey) -> LoadTicket | None:
+        """`prepare_load` without disk I/O, so safe on an event loop: None
+        (nothing pinned, nothing counted) when the chunk is held on disk only;
+        call prepare_load on a worker thread for that one."""
+        return self._tiers.load(key, count=True, promote=False)
 
     def complete_load(self, ticket: LoadTicket) -> None:
         """Unpin; exactly once per prepare_load (a second call raises StoreError)."""

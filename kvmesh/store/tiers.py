@@ -48,10 +48,11 @@ class TierMover:
 
     # -- loading ---------------------------------------------------------
 
-    def load(self, key: ChunkKey, count: bool) -> LoadTicket:
+    def load(self, key: ChunkKey, count: bool, promote: bool = True) -> LoadTicket | None:
         """Pin a committed chunk in a CPU slot; `count`: as a hit or a miss.
         Raises ChunkMissingError, or StoreFullError when a disk-only chunk
-        gets no slot."""
+        gets no slot. promote=False: None for a disk-only chunk (no I/O, no
+        pin, not counted)."""
         ix = self._index
         with ix.lock:
             ix.check_open()
@@ -59,6 +60,8 @@ class TierMover:
             if chunk is None or not chunk.committed:
                 ix.misses += count
                 raise ChunkMissingError(f"chunk {key_hex(key)} is not in this store")
+            if chunk.slot is None and not promote:
+                return None
             chunk.pins += 1
             ix.refresh(chunk)
             if chunk.slot is not None:

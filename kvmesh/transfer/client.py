@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import sys
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -25,7 +24,9 @@ from typing import Callable
 from kvmesh.errors import HandshakeError, KvmeshError, RemoteProtocolError, TransferError
 from kvmesh.transfer import frames as f
 from kvmesh.transfer import handshake
+from kvmesh.transfer import limits
 from kvmesh.transfer.connection import FramedConnection
+from kvmesh.transfer.deadline import within
 from kvmesh.transfer.pull_states import ChunkState, PullTable
 from kvmesh.transfer.reader import ChunkReader
 from kvmesh.transfer.shm import COPY_THREADS, PoolMapping, SharedCopier
@@ -46,18 +47,6 @@ _WAITING, _LANDING, _LANDED, _COPYING, _DONE = (
     ChunkState.WAITING, ChunkState.LANDING, ChunkState.LANDED, ChunkState.COPYING, ChunkState.DONE)
 
 
-if sys.version_info >= (3, 11):
-    async def within(aw, timeout_s: float):
-        """`await aw`, or TimeoutError after timeout_s.
-
-        asyncio.timeout cancels the awaiting task at the deadline; wait_for
-        wraps `aw` in a task of its own, which costs a task and a loop turn on
-        every request, LOOKUPs on the TTFT path included.
-        """
-        async with asyncio.timeout(timeout_s):
-            return await aw
-else:  # Python 3.10
-    within = asyncio.wait_for
 
 
 @dataclass
@@ -127,8 +116,7 @@ class PeerClient:
         server answers as another peer than `dialed`."""
         conn = FramedConnection(stream)
         try:
-            remote = await asyncio.wait_for(_handshake(conn, hello, info, namespace, secret),
-                                            timeout_s)
+            remote = await within(_handshake(conn, hello, info, namespace, secret), timeout_s)
             if dialed is not None and remote.peer_id != dialed:
                 raise HandshakeError(f"dialled {dialed}, answered as {remote.peer_id!r}")
         except asyncio.TimeoutError:
@@ -151,6 +139,17 @@ class PeerClient:
     @property
     def closed(self) -> bool:
         return self._conn.closed
+
+    def fresh(self) -> bool:
+        """Open, and in use or used within CLIENT_IDLE_S. A connection idle
+        longer than that is about to be closed by its server (the idle
+        timeout, `kvmesh.transfer.limits`): dial again rather than race that
+        close with a request."""
+        if self._conn.closed:
+            return False
+        if self._replies or self._pulls:
+            return True
+        return time.monotonic() - self._conn.last_active < limits.CLIENT_IDLE_S
 
     async def request(self, make: Callable[[int], f.Frame], timeout_s: float) -> f.Frame:
         """Send a request built around a fresh id and wait for its reply, which

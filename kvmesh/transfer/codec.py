@@ -112,15 +112,20 @@ class FrameDecoder:
     `payload=None`). A payload whose xxh3_64 differs from the header's
     checksum is delivered with `payload=None` too. Not thread-safe: one
     decoder per connection.
+
+    `max_header` and `max_payload` cap what a prefix may announce (never
+    above the protocol's own caps); `set_caps` changes them between frames:
+    a server keeps them small until the other side has authenticated, so a
+    stranger's prefix cannot make it allocate much.
     """
 
     def __init__(self, sink: PayloadSink | None = None, max_payload: int = f.MAX_PAYLOAD_BYTES,
-                 message_framed: bool = False) -> None:
+                 message_framed: bool = False, max_header: int = f.MAX_HEADER_BYTES) -> None:
         # message_framed: the transport delivers whole messages (UCX tags), so a
         # payload must be received in one piece rather than in slices.
         self._message_framed = message_framed
         self.sink = sink
-        self._max_payload = max_payload
+        self.set_caps(max_header, max_payload)
         self._prefix = bytearray(PREFIX_BYTES)
         self._header = bytearray()
         self._discard = bytearray()
@@ -135,6 +140,11 @@ class FrameDecoder:
         self._dest: memoryview | None = None
         self._hasher: xxhash.xxh3_64 | None = None  # of the payload landing in _dest
         self._failed: RemoteProtocolError | None = None
+
+    def set_caps(self, max_header: int, max_payload: int) -> None:
+        """Cap the header and payload sizes of frames not yet begun."""
+        self._max_header = min(max_header, f.MAX_HEADER_BYTES)
+        self._max_payload = min(max_payload, f.MAX_PAYLOAD_BYTES)
 
     def get_buffer(self) -> memoryview:
         """Where the next bytes must be written; never empty."""
@@ -194,8 +204,8 @@ class FrameDecoder:
             self._ftype = f.FrameType(ftype)
         except ValueError:
             raise RemoteProtocolError(f"unknown frame type {ftype}") from None
-        if not 0 < header_len <= f.MAX_HEADER_BYTES:
-            raise RemoteProtocolError(f"header length {header_len} outside (0, {f.MAX_HEADER_BYTES}]")
+        if not 0 < header_len <= self._max_header:
+            raise RemoteProtocolError(f"header length {header_len} outside (0, {self._max_header}]")
         if payload_len and self._ftype is not f.FrameType.CHUNK:
             raise RemoteProtocolError(f"{self._ftype.name} frames carry no payload")
         if payload_len > self._max_payload:

@@ -7,19 +7,24 @@ names a peer id), for this connection alone (see `pool_door`).
 
 Identity: a connection claims a peer id in its HELLO. The claim is checked
 by asking that peer, over our own connection to it, whether it opened this
-connection (VOUCH with the HELLO's nonce, which only the real peer knows).
-Until the answer, ADVERTISE and WITHDRAW are held back (up to
-MAX_HELD_KEYS keys); a refuted claim closes the connection. Directory
-entries are only ever made for the connection's own peer id: ADVERTISE and
-WITHDRAW naming anyone else break the protocol. FETCH is served to verified
-members only. A connection without a peer id (an engine's own lookup
-client) may ask, never tell.
+connection (VOUCH with the HELLO's nonce, which only the real peer knows);
+a refuted claim closes the connection (`claimed_identity` says what happens
+to its directory changes meanwhile). Directory entries are only ever made
+for the connection's own peer id: ADVERTISE and WITHDRAW naming anyone else
+break the protocol. FETCH is served to verified members only. A connection
+without a peer id (an engine's own lookup client) may ask, never tell.
 
 LOOKUP, PING and VOUCH are answered inline by the read loop (no await but
 the reply's send); PULL, PREFIX, FETCH and MEMBERS run concurrently as
 tasks, capped per connection. PULLs are served by `pull_server` (pins,
 leases, the pin budget). A protocol error closes this connection only; the
 peer keeps serving every other one.
+
+Limits (`kvmesh.transfer.limits`): until the handshake is done a connection
+may announce only small headers, and no request may carry a payload; the
+handshake is timed, every frame written is timed (a puller that stops
+reading is cut off, which unpins what its requests held), and a connection
+with no request in flight is closed once idle (`kvmesh.transfer.watch`).
 """
 
 from __future__ import annotations
@@ -31,16 +36,27 @@ from typing import Any, Protocol
 from kvmesh.errors import HandshakeError, KvmeshError, ProtocolError
 from kvmesh.transfer import frames as f
 from kvmesh.transfer import handshake
+from kvmesh.transfer.admission import Admission
+from kvmesh.transfer.claimed_identity import ClaimedIdentity
 from kvmesh.transfer.connection import FramedConnection
+from kvmesh.transfer.deadline import within
+from kvmesh.transfer.limits import REQUEST_MAX_PAYLOAD_BYTES, ServerLimits
 from kvmesh.transfer.lookup_answer import fit_holders
 from kvmesh.transfer.pin_budget import PinBudget
 from kvmesh.transfer.pull_server import PullServer
 from kvmesh.transfer.streams import Stream
+from kvmesh.transfer.watch import IDLE, SEND_TIMEOUT, ConnectionWatch
 from kvmesh.types import PeerAddress, PeerId
 
 log = logging.getLogger(__name__)
 
-MAX_HELD_KEYS = 1 << 16  # ADVERTISE/WITHDRAW keys held back while a claim is checked
+# How a served connection ended (serve_connection's return value).
+END_CLOSED = "closed"  # the other side closed or reset it, or the handshake timed out
+END_REFUSED = "refused"  # the handshake refused it: version, namespace, secret or identity
+END_PROTOCOL_ERROR = "protocol_error"
+END_IDLE = IDLE  # no request for the idle timeout
+END_SEND_TIMEOUT = SEND_TIMEOUT  # a frame could not be written within the send timeout
+END_BUG = "bug"
 
 
 class ServingNode(Protocol):
@@ -70,30 +86,51 @@ class ServingNode(Protocol):
 
 
 async def serve_connection(stream: Stream, node: ServingNode, secret: bytes | None,
-                           timeout_s: float) -> None:
+                           timeout_s: float, limits: ServerLimits | None = None,
+                           admission: Admission | None = None) -> str:
+    """Serve one inbound stream until it closes; returns how it ended (END_*).
+
+    `limits` (default: `ServerLimits.default(timeout_s)`) bound the
+    handshake, each send, the time idle, and the header a stranger may
+    announce before the handshake is done; `admission`, if given, is told
+    when the other side has authenticated (the caller releases it).
+    """
+    limits = limits or ServerLimits.default(timeout_s)
     conn = FramedConnection(stream)
+    conn.set_frame_caps(limits.pre_auth_header_bytes, REQUEST_MAX_PAYLOAD_BYTES)
     session = _Session(conn, node, timeout_s)
+    watch = ConnectionWatch(conn, lambda: bool(session.tasks), limits.idle_s, limits.send_s)
+    end = END_CLOSED
     try:
-        await asyncio.wait_for(session.handshake(secret), timeout_s)
+        await within(session.handshake(secret), limits.handshake_s)
+        conn.set_frame_caps(f.MAX_HEADER_BYTES, REQUEST_MAX_PAYLOAD_BYTES)
+        if admission is not None:
+            admission.authenticated()
+        watch.start()
         await session.run()
     except HandshakeError as exc:
+        end = END_REFUSED
         log.info("refused a peer: %s", exc)
         await _try_send(conn, f.Error(0, str(exc)))
     except ProtocolError as exc:
+        end = END_PROTOCOL_ERROR
         log.warning("closing a connection after a protocol error: %s", exc)
         await _try_send(conn, f.Error(0, f"protocol error: {exc}"))
     except (KvmeshError, asyncio.TimeoutError):  # closed, reset, or the handshake timed out
         pass
     except Exception:  # noqa: BLE001 - a bug here closes this connection, not the peer
+        end = END_BUG
         log.exception("serving a connection of %s failed", session.peer or "a client")
     finally:
+        watch.stop()
         await session.stop()
         conn.close()
+    return watch.ended_by or end
 
 
 async def _try_send(conn: FramedConnection, frame: f.Frame) -> None:
     try:
-        await asyncio.wait_for(conn.send(frame), 0.5)
+        await within(conn.send(frame), 0.5)
     except (asyncio.TimeoutError, KvmeshError):
         pass
 
@@ -116,13 +153,10 @@ class _Session:
         self.conn = conn
         self.node = node
         self.timeout_s = timeout_s
-        self.peer = PeerId("")  # the claimed peer id; "" for a non-member
-        self.verified = False
+        self.identity = ClaimedIdentity(PeerId(""), node.on_advertise, node.on_withdraw)
         self.same_host = False  # proven through the pool door
         self.token = b""
         self.tasks: set[asyncio.Task] = set()
-        self.held: list[f.Advertise | f.Withdraw] = []  # until the claim is checked
-        self.held_keys = 0
         self.slots = asyncio.Semaphore(f.MAX_INFLIGHT_REQUESTS)
         self.pulls = PullServer(node, node.pins, self, conn.send)
 
@@ -131,7 +165,7 @@ class _Session:
         version = handshake.choose_version(hello)
         me = self.node.identity()
         handshake.check_namespace(me.namespace, hello.namespace)
-        self.peer = claimed_peer(hello, me.peer_id)
+        self.identity.peer = claimed_peer(hello, me.peer_id)
         nonce = handshake.new_nonce()
         await self.conn.send(f.Welcome(me.peer_id, version, me.namespace, "", "", nonce,
                                        handshake.proof(secret, b"server", hello.nonce, nonce)))
@@ -150,24 +184,30 @@ class _Session:
             raise HandshakeError(f"expected {kind.__name__.upper()}, got {type(frame).__name__}")
         return frame
 
+    @property
+    def peer(self) -> PeerId:
+        """The claimed peer id ("" for a non-member)."""
+        return self.identity.peer
+
     def _proven_same_host(self) -> None:
         self.same_host = True
 
     async def _verify(self, nonce: bytes, info: f.Info) -> None:
         try:
-            ok = await asyncio.wait_for(self.node.verify(self.peer, nonce), self.timeout_s * 2)
-        except (KvmeshError, asyncio.TimeoutError):
-            ok = False
+            ok = await within(self.node.verify(self.peer, nonce), self.timeout_s * 2)
+        except (KvmeshError, asyncio.TimeoutError) as exc:  # gone, or unreachable from here
+            log.info("closing a connection that claims to be %s: could not ask it (%s)",
+                     self.peer, exc)
+            ok = None
         if not ok:
-            log.warning("closing a connection that claims to be %s: that peer does not vouch "
-                        "for it", self.peer)
+            if ok is not None:
+                log.warning("closing a connection that claims to be %s: that peer does not "
+                            "vouch for it", self.peer)
+            self.identity.refuted()
             self.conn.close()
             return
-        self.verified = True
+        self.identity.confirmed()
         self.node.on_member(self.peer, info)
-        held, self.held, self.held_keys = self.held, [], 0
-        for frame in held:
-            self._apply(frame)
 
     async def run(self) -> None:
         while True:
@@ -201,18 +241,7 @@ class _Session:
         if not self.peer or frame.holder != self.peer:
             raise ProtocolError(f"{type(frame).__name__.upper()} for {frame.holder[:80]!r} on "
                                 f"a connection of {self.peer or 'a non-member'!r}")
-        if self.verified:
-            self._apply(frame)
-        elif self.held_keys + len(frame.keys) <= MAX_HELD_KEYS:
-            self.held.append(frame)
-            self.held_keys += len(frame.keys)
-        # else dropped: a stale directory until the holder's next rebalance
-
-    def _apply(self, frame: f.Advertise | f.Withdraw) -> None:
-        if isinstance(frame, f.Advertise):
-            self.node.on_advertise(self.peer, frame.keys)
-        else:
-            self.node.on_withdraw(self.peer, frame.keys)
+        self.identity.change(frame)
 
     def _answer_now(self, frame: f.Lookup | f.Ping | f.Vouch) -> f.Frame:
         if isinstance(frame, f.Lookup):
@@ -239,7 +268,7 @@ class _Session:
             self.conn.close()
 
     async def _fetch(self, frame: f.Fetch) -> f.Frame:
-        if not self.verified:
+        if not self.identity.verified:
             return f.Error(frame.request_id, "FETCH is for verified members only")
         return f.Fetched(frame.request_id, await self.node.fetch(frame.keys, PeerId(frame.holder)))
 

@@ -35,7 +35,7 @@ from typing import Awaitable, Callable, Sequence
 
 from kvmesh.config import TlsConfig
 from kvmesh.errors import TransferError, ConfigError, HandshakeError
-from kvmesh.transfer.streams import (Stream, StreamClosed, TcpStream, close_socket,
+from kvmesh.transfer.streams import (SocketLife, Stream, StreamClosed, TcpStream,
                                      configure_socket, connect_socket)
 
 log = logging.getLogger(__name__)
@@ -134,7 +134,7 @@ async def serve_accepted(sock: socket.socket, ctx: ssl.SSLContext | None, timeou
 
 # ---- the stream -------------------------------------------------------------------
 
-class TlsStream:
+class TlsStream(SocketLife):
     """A TLS 1.3 connection over a non-blocking TCP socket; the `Stream` protocol.
 
     One reader and one writer may run at once (the framed connection's read
@@ -147,8 +147,7 @@ class TlsStream:
     def __init__(self, sock: socket.socket, ctx: ssl.SSLContext, server_side: bool) -> None:
         """Takes ownership of `sock`; `accept` or `connect` do the handshake."""
         configure_socket(sock)
-        self._sock = sock
-        self._loop = asyncio.get_running_loop()
+        self._own(sock)
         self._incoming, self._outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
         self._tls = ctx.wrap_bio(self._incoming, self._outgoing, server_side=server_side)
         self._rbuf = memoryview(bytearray(RECV_BUFFER_BYTES))
@@ -232,7 +231,11 @@ class TlsStream:
             try:
                 n = self._sock.recv_into(self._rbuf)
             except (BlockingIOError, InterruptedError):
-                n = await self._loop.sock_recv_into(self._sock, self._rbuf)
+                self._waiting()
+                try:
+                    n = await self._loop.sock_recv_into(self._sock, self._rbuf)
+                finally:
+                    self._waited()
         except OSError as exc:  # reset, or closed under us
             raise StreamClosed(f"connection lost: {exc}") from None
         if n == 0:
@@ -260,12 +263,14 @@ class TlsStream:
             except (BlockingIOError, InterruptedError):
                 sent = 0
             if sent < len(data):
-                await self._loop.sock_sendall(self._sock, memoryview(data)[sent:])
+                self._waiting()
+                try:
+                    await self._loop.sock_sendall(self._sock, memoryview(data)[sent:])
+                finally:
+                    self._waited()
         except OSError as exc:  # EPIPE, reset, or closed under us
             raise StreamClosed(f"connection lost: {exc}") from None
 
-    def close(self) -> None:
-        close_socket(self._sock)
 
 
 def _why(exc: ssl.SSLError) -> str:

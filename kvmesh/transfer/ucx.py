@@ -67,6 +67,7 @@ def _import_ucxx():
 
 class UcxStream:
     kind = "ucx"
+    remote = ""  # ucxx does not tell the other end's address: per-address caps do not apply
 
     def __init__(self, endpoint) -> None:
         self._ep = endpoint

@@ -586,3 +586,21 @@ TestStoreProperties = StoreMachine.TestCase
 TestStoreProperties.settings = settings(max_examples=40, stateful_step_count=40, deadline=None, database=None)
 TestMemoryOnlyStoreProperties = MemoryOnlyMachine.TestCase
 TestMemoryOnlyStoreProperties.settings = settings(max_examples=30, stateful_step_count=40, deadline=None, database=None)
+
+
+def test_prepare_load_in_cpu_never_touches_the_disk(store, disk_store, monkeypatch):
+    assert disk_store.has_disk_tier and not store.has_disk_tier
+    put(disk_store, 0)
+    put(disk_store, 1)
+    assert disk_store.move(key(0), "disk")
+    monkeypatch.setattr("kvmesh.store.disk_tier.DiskTier.read_into",
+                        lambda *a: pytest.fail("read the disk"))
+    before = disk_store.stats()
+    assert disk_store.prepare_load_in_cpu(key(0)) is None  # on disk only
+    after = disk_store.stats()
+    assert (after.hits, after.misses, after.pinned) == (before.hits, before.misses, before.pinned)
+    ticket = disk_store.prepare_load_in_cpu(key(1))
+    assert bytes(ticket.view) == data(1) and disk_store.stats().hits == before.hits + 1
+    disk_store.complete_load(ticket)
+    with pytest.raises(ChunkMissingError):
+        disk_store.prepare_load_in_cpu(key(9))

@@ -197,3 +197,21 @@ def test_random_garbage_never_crashes_differently(data):
     assert all(isinstance(fr, f.Holders) for fr in frames)
     for fr in frames:
         assert all(isinstance(p, str) for holders in fr.holders for p in holders)
+
+
+def test_caps_set_between_frames_bound_what_a_prefix_may_announce():
+    decoder = codec.FrameDecoder()
+    decoder.set_caps(64, 0)
+    assert decoder.receive_data(codec.encode_bytes(f.Ping(1))) == [f.Ping(1)]
+    with pytest.raises(RemoteProtocolError, match=r"outside \(0, 64\]"):
+        decoder.receive_data(prefix(ftype=f.FrameType.PING, header_len=65))
+    lifted = codec.FrameDecoder(max_header=64, max_payload=0)
+    lifted.set_caps(f.MAX_HEADER_BYTES * 2, f.MAX_PAYLOAD_BYTES * 2)  # never past the protocol's
+    with pytest.raises(RemoteProtocolError, match="outside"):
+        lifted.receive_data(prefix(ftype=f.FrameType.PING, header_len=f.MAX_HEADER_BYTES + 1))
+
+
+def test_a_payload_past_the_cap_is_refused_before_allocation():
+    decoder = codec.FrameDecoder(max_payload=0)
+    with pytest.raises(RemoteProtocolError, match="exceeds the cap 0"):
+        decoder.receive_data(codec.encode_bytes(chunk(1, 0, b"abc")))

@@ -49,3 +49,35 @@ async def test_a_closed_peer_wakes_a_reader_waiting_for_a_big_buffer():
     with pytest.raises(StreamClosed):
         await read
     reader.close()
+
+
+@pytest.mark.parametrize("waiting", ["recv", "send"])
+async def test_close_wakes_a_receive_or_send_waiting_on_the_socket(waiting):
+    """Closing the socket under a waiting asyncio receive used to leave it
+    waiting for ever, and the task that owned it with it."""
+    a, b = _tcp_pair()
+    stream = TcpStream(b)
+    if waiting == "recv":
+        pending = asyncio.ensure_future(stream.recv_into(memoryview(bytearray(64))))
+    else:  # more than both socket buffers hold, and nobody reads
+        pending = asyncio.ensure_future(stream.send([bytes(64 << 20)]))
+    await asyncio.sleep(0.05)
+    assert not pending.done()
+    stream.close()
+    with pytest.raises(StreamClosed):
+        await asyncio.wait_for(pending, 2)
+    assert b.fileno() == -1  # and the descriptor is closed once they let go
+    with pytest.raises(StreamClosed):
+        await stream.recv_into(memoryview(bytearray(1)))
+    a.close()
+
+
+def test_an_accepted_stream_knows_its_remote_address():
+    async def remote() -> str:
+        a, b = _tcp_pair()
+        stream = TcpStream(a)
+        stream.close()
+        b.close()
+        return stream.remote
+
+    assert asyncio.run(remote()) == "127.0.0.1"
