@@ -28,12 +28,19 @@ Buffers: ticket views and tensors alias a slot of the store's pool. They are
 valid until commit_store / complete_load, which release the ticket's view; a
 tensor or a view derived from it must not be used after that either.
 
-`ChunkStore` is the front; its parts, one file each, share its one lock:
+`ChunkStore` is the one front: other packages use it, and besides it only
+the types in `records`, the event kinds in `events` and
+`slab_pool.map_shared_fd` (a same-host reader's mapping). Behind it, one
+file each:
+- `index`: the one lock and everything it guards (records, LRU, slot and
+  file accounting, events, counters), changed only through its named
+  operations; `stats`: the counters and StoreStats snapshots; `metadata`:
+  what the bookkeeping costs per chunk;
+- `tiers`: making room, and the disk I/O of spills, promotions back to CPU
+  and moves;
+- `actions`: the operator's pin, unpin, remove, clear and move;
 - `records`: the tickets, the per-chunk record and StoreStats;
-- `index`: the records, the LRU, events, counters and stats under
-  the lock; `metadata`: what that bookkeeping costs per chunk;
-- `tiers`: spills to disk, promotions back to CPU, moves;
-- `events`: the event queue.
+- `events`: the event queue; `slab_pool`, `disk_tier`: the two tiers.
 """
 
 from __future__ import annotations
@@ -44,15 +51,15 @@ import xxhash
 
 from kvmesh.config import StoreConfig
 from kvmesh.errors import StoreError
+from kvmesh.store.actions import OperatorActions
 from kvmesh.store.disk_tier import DiskTier
 from kvmesh.store.slab_pool import SlabPool
-from kvmesh.store.events import REMOVED, STORED, StoreEvent
+from kvmesh.store.events import StoreEvent
 from kvmesh.store.index import ChunkIndex
-from kvmesh.store.records import ChunkRecord, LoadTicket, StoreStats, StoreTicket, release_view
+from kvmesh.store.records import LoadTicket, StoreStats, StoreTicket, release_view
 from kvmesh.store.tiers import TierMover
 from kvmesh.types import ChunkKey, key_hex
 
-TIERS = ("cpu", "disk")
 MAX_PENDING_EVENTS = 1 << 16
 
 __all__ = ["ChunkStore", "LoadTicket", "StoreEvent", "StoreStats", "StoreTicket"]
@@ -71,9 +78,9 @@ class ChunkStore:
             self._pool.close()
             raise
         self._index = ChunkIndex(self._pool, self._disk, max_pending_events)
-        self._lock = self._index.lock  # the one store lock, shared with the parts
-        self._chunks = self._index.chunks  # the same dict: never rebound
-        self._tiers = TierMover(self._index)
+        self._lock = self._index.locked()  # the one store lock, shared with the parts
+        self._tiers = TierMover(self._index, self._pool, self._disk)
+        self._actions = OperatorActions(self._index, self._tiers)
         if self._disk is not None:
             self._index.adopt_disk_chunks(slot_bytes)
 
@@ -114,26 +121,23 @@ class ChunkStore:
         None: the key is already committed or being stored. StoreFullError:
         every slot is pinned or in flight; nothing was changed.
         """
+        ix = self._index
         with self._lock:
-            self._index.check_open()
-            if key in self._chunks:
+            chunk = ix.reserve(key)  # pinned, with a slot unless every one is taken
+            if chunk is None:
                 return None
-            spill = self._tiers.make_room(key)  # the common case evicts without I/O, right here
-            chunk = self._chunks[key] = ChunkRecord(key)
-            chunk.pins = 1
-            if spill is None:
-                chunk.slot = self._pool.alloc()
-        if chunk.slot is None:
+            # no slot free: make room; the common case evicts without I/O, right here
+            spill = None if chunk.slot is not None else self._tiers.room_for(chunk)
+        if spill is not None:
             try:
                 self._tiers.write_spill(*spill, drop_if_pinned=False)
                 slot = self._tiers.take_slot(key)
             except BaseException:
                 with self._lock:
-                    if self._chunks.get(key) is chunk:
-                        del self._chunks[key]
+                    ix.abandon(chunk)
                 raise
             with self._lock:
-                chunk.slot = slot
+                ix.place(chunk, slot)
         return StoreTicket(key, chunk.slot, self._pool.view(chunk.slot), self._pool.tensor(chunk.slot), chunk)
 
     def commit_store(self, ticket: StoreTicket, ok: bool = True, length: int | None = None,
@@ -157,20 +161,13 @@ class ChunkStore:
         chunk = ticket._chunk
         ix = self._index
         with self._lock:
-            if ix.closed:
+            # each changes nothing unless the ticket's record is still in flight
+            if checksum is not None and (ix.publish(chunk, length, checksum) if ok else ix.abandon(chunk)):
+                release_view(ticket.view)
+                return ok
+            if ix.closed:  # close() forgot every record
                 return False
-            if self._chunks.get(ticket.key) is not chunk or chunk.committed or checksum is None:
-                raise StoreError(f"store ticket for {key_hex(ticket.key)} was already committed or abandoned")
-            release_view(ticket.view)
-            if not ok:
-                del self._chunks[ticket.key]
-                self._pool.free(chunk.slot)
-                return False
-            chunk.length, chunk.checksum, chunk.committed = length, checksum, True
-            chunk.pins -= 1
-            ix.refresh(chunk)
-            ix.events.put(STORED, ticket.key)
-            return True
+            raise StoreError(f"store ticket for {key_hex(ticket.key)} was already committed or abandoned")
 
     # -- load ------------------------------------------------------------
 
@@ -197,130 +194,80 @@ class ChunkStore:
                 raise StoreError(f"complete_load called twice for chunk {key_hex(ticket.key)}")
             ticket._done = True
             release_view(ticket.view)
-            if not self._index.closed:
-                ticket._chunk.pins -= 1
-                self._index.refresh(ticket._chunk)
+            self._index.unpin(ticket._chunk)  # a no-op once closed
 
     # -- queries ---------------------------------------------------------
 
     def contains(self, key: ChunkKey) -> bool:
-        chunk = self._chunks.get(key)
-        return chunk is not None and chunk.committed
+        return self._index.contains(key)
 
     def tier_of(self, key: ChunkKey) -> str | None:
         """The fastest tier holding a committed chunk: "cpu", "disk", or None."""
         with self._lock:
-            chunk = self._chunks.get(key)
-            if chunk is None or not chunk.committed:
+            chunk = self._index.committed(key)
+            if chunk is None:
                 return None
             return "cpu" if chunk.slot is not None else "disk"
 
     def leading_hits(self, keys: Iterable[ChunkKey]) -> int:
         """How many of `keys`, from the first, are committed in any tier."""
         with self._lock:
-            n = 0
-            for key in keys:
-                chunk = self._chunks.get(key)
-                if chunk is None or not chunk.committed:
-                    break
-                n += 1
-            return n
+            return self._index.leading_hits(keys)
 
     def checksum(self, key: ChunkKey) -> int | None:
         with self._lock:
-            chunk = self._chunks.get(key)
-            return chunk.checksum if chunk is not None and chunk.committed else None
+            chunk = self._index.committed(key)
+            return chunk.checksum if chunk is not None else None
 
     def keys(self) -> list[ChunkKey]:
         with self._lock:
-            return [key for key, chunk in self._chunks.items() if chunk.committed]
+            return self._index.committed_keys()
 
     # -- operator actions ------------------------------------------------
 
     def pin(self, key: ChunkKey) -> bool:
         """Add an operator pin; False if the chunk is not committed here."""
-        with self._lock:
-            chunk = self._chunks.get(key)
-            if chunk is None or not chunk.committed:
-                return False
-            chunk.held += 1
-            self._index.refresh(chunk)
-            return True
+        return self._actions.pin(key)
 
     def unpin(self, key: ChunkKey) -> bool:
         """Drop one operator pin; False if unknown or not pinned by an operator."""
-        with self._lock:
-            chunk = self._chunks.get(key)
-            if chunk is None or chunk.held == 0:
-                return False
-            chunk.held -= 1
-            self._index.refresh(chunk)
-            return True
+        return self._actions.unpin(key)
 
     def remove(self, key: ChunkKey) -> bool:
         """Drop a chunk from every tier; False if unknown, pinned or in flight."""
-        with self._lock:
-            chunk = self._chunks.get(key)
-            if chunk is None or not chunk.committed or chunk.pinned:
-                return False
-            self._index.forget(chunk, REMOVED)
-            return True
+        return self._actions.remove(key)
 
     def clear(self, tier: str | None = None) -> list[ChunkKey]:
         """Drop every unpinned committed chunk from `tier` (None: all tiers).
 
         Returns the keys dropped from that tier. A chunk cleared from one tier
         but still held in the other stays visible ("spilled" when only its disk
-        copy is left); one held nowhere any more is "removed".
+        copy is left); one held nowhere any more is "removed". ValueError for
+        another tier name.
         """
-        if tier is not None and tier not in TIERS:
-            raise ValueError(f"tier must be one of {TIERS} or None, got {tier!r}")
-        ix = self._index
-        with self._lock:
-            ix.check_open()
-            cleared = []
-            for chunk in [c for c in self._chunks.values() if c.committed and not c.pinned]:
-                in_cpu, in_disk = chunk.slot is not None, chunk.on_disk
-                if tier == "cpu" and in_cpu and in_disk:
-                    ix.drop_from_cpu(chunk)  # still held on disk
-                elif tier == "disk" and in_disk and in_cpu:
-                    self._disk.remove(chunk.key)  # still held in CPU
-                    chunk.on_disk = False
-                elif tier is None or (in_cpu if tier == "cpu" else in_disk):
-                    ix.forget(chunk, REMOVED)
-                else:
-                    continue
-                cleared.append(chunk.key)
-            return cleared
+        return self._actions.clear(tier)
 
     def move(self, key: ChunkKey, tier: str) -> bool:
         """Move a committed chunk to "cpu" or "disk"; True if it is now there.
 
         False if unknown, in flight, or the target tier has no room (or there is
         no disk tier). Operator pins do not prevent a move. Moving to "disk"
-        frees the CPU slot; moving to "cpu" keeps the disk copy.
+        frees the CPU slot; moving to "cpu" keeps the disk copy. ValueError
+        for another tier name.
         """
-        if tier not in TIERS:
-            raise ValueError(f"tier must be one of {TIERS}, got {tier!r}")
-        if tier == "cpu":
-            try:
-                self.complete_load(self._tiers.load(key, count=False))
-            except StoreError:
-                return False
-            return True
-        return self._tiers.move_to_disk(key)
+        return self._actions.move(key, tier)
 
     def set_event_listener(self, listener: Callable[[str], None] | None) -> None:
         """Have `listener(kind)` called on each event as it is queued: under the
         store lock, on whichever thread changed the store, so it must return at
         once and must not call back into the store."""
         with self._lock:
-            self._index.events.listener = listener
+            self._index.set_listener(listener)
 
     def take_events(self) -> list[StoreEvent]:
         """Every change since the last call, coalesced per key (see events)."""
         with self._lock:
-            return self._index.events.take()
+            return self._index.take_events()
 
     def stats(self) -> StoreStats:
         with self._lock:
@@ -334,10 +281,8 @@ class ChunkStore:
         with self._lock:
             if self._index.closed:
                 return
-            self._index.closed = True
+            self._index.close()
             self._tiers.promoted.notify_all()
-            self._chunks.clear()
-            self._index.lru.clear()
             self._pool.close()
             if self._disk is not None:
                 self._disk.close()

@@ -1,15 +1,13 @@
 """The disk tier: one file per chunk, crash-safe writes, LRU under a byte cap.
 
-A chunk lives in `<key hex>.kvc`: a 48-byte header, then the payload.
-
-    magic b"KVMESHC\\0" | version u16 | 6 reserved bytes | key (16) | length u64 | xxh3_64 u64
-
-A write goes to a hidden temp file that is flushed and fsync'ed, then renamed
-into place, so a crash never leaves a half-written chunk visible. On start,
-leftover temp files are deleted and chunk files are indexed (their headers
-checked; payload checksums are checked on every read), oldest mtime first in
-the LRU, so chunks survive a restart. The directory is not fsync'ed after a
-rename: a crash may forget a chunk, never corrupt one.
+A chunk lives in `<key hex>.kvc`, a header then the payload (the format and
+the file operations: `chunk_file`). A write goes to a hidden temp file that
+is flushed and fsync'ed, then renamed into place, so a crash never leaves a
+half-written chunk visible. On start, leftover temp files are deleted and
+chunk files are indexed (their headers checked; payload checksums are
+checked on every read), oldest mtime first in the LRU, so chunks survive a
+restart. The directory is not fsync'ed after a rename: a crash may forget a
+chunk, never corrupt one.
 
 The byte cap counts whole files (header included). Writes evict least recently
 used unpinned files to fit and return the evicted keys, so the caller can
@@ -23,36 +21,21 @@ process or another) until `close()`.
 
 from __future__ import annotations
 
-import fcntl
 import os
 import secrets
-import struct
 import threading
 import weakref
 from collections import OrderedDict
-from dataclasses import dataclass
 from pathlib import Path
 
 import xxhash
 
 from kvmesh.errors import ChunkMissingError, StoreError, StoreFullError
-from kvmesh.types import CHUNK_KEY_BYTES, ChunkKey, key_hex
+from kvmesh.store.chunk_file import (HEADER, SUFFIX, TMP_SUFFIX, DiskEntry, key_from_name, lock_directory,
+                                     pack_header, parse_header, read_exact, unlink, write_file)
+from kvmesh.types import ChunkKey, key_hex
 
-MAGIC = b"KVMESHC\0"
-VERSION = 1
-HEADER = struct.Struct("<8sH6x16sQQ")  # magic, version, key, length, checksum
-SUFFIX = ".kvc"
-TMP_SUFFIX = ".tmp"
-
-
-@dataclass(frozen=True, slots=True)
-class DiskEntry:
-    length: int  # payload bytes
-    checksum: int  # xxh3_64 of the payload
-
-    @property
-    def file_bytes(self) -> int:
-        return HEADER.size + self.length
+__all__ = ["HEADER", "DiskEntry", "DiskTier"]
 
 
 class DiskTier:
@@ -62,7 +45,7 @@ class DiskTier:
         self.directory = Path(directory)
         self.cap_bytes = cap_bytes
         self.directory.mkdir(parents=True, exist_ok=True)
-        self._lock_fd = _lock_directory(self.directory)
+        self._lock_fd = lock_directory(self.directory)
         self._closer = weakref.finalize(self, os.close, self._lock_fd)
         self._lock = threading.Lock()
         self._entries: dict[ChunkKey, DiskEntry] = {}
@@ -136,18 +119,18 @@ class DiskTier:
         final = self._path(key)
         tmp = self.directory / f".{key_hex(key)}.{secrets.token_hex(4)}{TMP_SUFFIX}"
         try:
-            _write_file(tmp, HEADER.pack(MAGIC, VERSION, bytes(key), payload.nbytes, checksum), payload)
+            write_file(tmp, pack_header(key, payload.nbytes, checksum), payload)
         except BaseException:
             with self._lock:
                 self._reserved -= need
-            _unlink(tmp)
+            unlink(tmp)
             raise
         with self._lock:
             self._reserved -= need
             try:
                 os.replace(tmp, final)  # atomic: readers see the old file or the new one
             except BaseException:
-                _unlink(tmp)
+                unlink(tmp)
                 raise
             old = self._entries.get(key)
             if old is not None:
@@ -182,8 +165,8 @@ class DiskTier:
         try:
             with open(self._path(key), "rb", buffering=0) as f:
                 header = bytearray(HEADER.size)
-                intact = (_read_exact(f, memoryview(header)) and _parse_header(header, key) == entry
-                          and _read_exact(f, payload) and not f.read(1))
+                intact = (read_exact(f, memoryview(header)) and parse_header(header, key) == entry
+                          and read_exact(f, payload) and not f.read(1))
         except FileNotFoundError:
             self._forget(key, entry)
             raise ChunkMissingError(f"chunk file for {key_hex(key)} vanished") from None
@@ -232,7 +215,7 @@ class DiskTier:
         entry = self._entries.pop(key)
         self._lru.pop(key, None)
         self._used -= entry.file_bytes
-        _unlink(self._path(key))
+        unlink(self._path(key))
 
     def _forget(self, key: ChunkKey, entry: DiskEntry, delete: bool = False) -> None:
         with self._lock:
@@ -249,19 +232,19 @@ class DiskTier:
         for path in self.directory.iterdir():
             name = path.name
             if name.startswith(".") and name.endswith(TMP_SUFFIX):
-                _unlink(path)  # a write that never finished
+                unlink(path)  # a write that never finished
                 continue
-            key = _key_from_name(name)
+            key = key_from_name(name)
             if key is None:
                 continue  # not ours
             try:
                 stat = path.stat()
                 with open(path, "rb") as f:
-                    entry = _parse_header(f.read(HEADER.size), key)
+                    entry = parse_header(f.read(HEADER.size), key)
             except OSError:
                 continue
             if entry is None or entry.file_bytes != stat.st_size:
-                _unlink(path)
+                unlink(path)
                 continue
             found.append((stat.st_mtime_ns, key, entry))
         for _, key, entry in sorted(found, key=lambda item: item[0]):
@@ -270,60 +253,3 @@ class DiskTier:
             self._used += entry.file_bytes
         while self._used > self.cap_bytes:  # the cap shrank since the last run
             self._drop(next(iter(self._lru)))
-
-
-def _lock_directory(directory: Path) -> int:
-    fd = os.open(directory / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise StoreError(f"disk tier directory {directory} is in use by another store") from None
-    return fd
-
-
-def _key_from_name(name: str) -> ChunkKey | None:
-    if not name.endswith(SUFFIX) or len(name) != 2 * CHUNK_KEY_BYTES + len(SUFFIX):
-        return None
-    try:
-        return ChunkKey(bytes.fromhex(name[:-len(SUFFIX)]))
-    except ValueError:
-        return None
-
-
-def _parse_header(raw: bytes | memoryview, key: ChunkKey) -> DiskEntry | None:
-    if len(raw) != HEADER.size:
-        return None
-    magic, version, raw_key, length, checksum = HEADER.unpack(raw)
-    if magic != MAGIC or version != VERSION or raw_key != key:
-        return None
-    return DiskEntry(length, checksum)
-
-
-def _write_file(path: Path, header: bytes, payload: memoryview) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-    try:
-        for data in (memoryview(header), payload):
-            while data:
-                data = data[os.write(fd, data):]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _read_exact(f, out: memoryview) -> bool:
-    """Fill `out` from `f`; False on a short read (EOF first)."""
-    done = 0
-    while done < len(out):
-        n = f.readinto(out[done:])
-        if not n:
-            return False
-        done += n
-    return True
-
-
-def _unlink(path: Path) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass

@@ -5,17 +5,19 @@ pattern, every time: under the index lock pick the chunk and pin it (a spill
 victim also gets its disk bytes reserved), release the lock for the I/O,
 retake it to publish the outcome. A pinned chunk is never evicted, so the
 record stays valid while the lock is dropped; the store may be closed
-meanwhile, which every retake checks.
+meanwhile, which every retake checks. Every change to the bookkeeping goes
+through the index's operations; the mover itself reads and writes payloads.
 
 - `make_room` (lock held): free a CPU slot by dropping the LRU chunk, or
   hand back a victim whose spill the caller writes with `write_spill`
-  (lock not held), which then drops it from CPU.
-- `take_slot` (lock not held): both, in a loop, until a slot is the
-  caller's.
+  (lock not held), which then drops it from CPU; `room_for` (lock held)
+  does it for a record the index reserved without a slot.
+- `take_slot` (lock not held): make_room and write_spill, in a loop, until
+  a slot is the caller's.
 - `load` (lock not held): pin a committed chunk and return a LoadTicket,
   reading a disk-only chunk back into a slot first (one reader per chunk;
   the others wait on `promoted`).
-- `move_to_disk` (lock not held): the operator's move to "disk".
+- `move_to_cpu`, `move_to_disk` (lock not held): the operator's moves.
 
 Calls that may do I/O block on the lock and on the disk: with a disk tier,
 call them from a worker thread, never from an event loop.
@@ -27,24 +29,32 @@ import logging
 import threading
 
 from kvmesh.errors import ChunkMissingError, StoreError, StoreFullError
-from kvmesh.store.events import EVICTED
+from kvmesh.store.disk_tier import DiskTier
 from kvmesh.store.index import ChunkIndex
 from kvmesh.store.records import ChunkRecord, LoadTicket, release_view
+from kvmesh.store.slab_pool import SlabPool
 from kvmesh.types import ChunkKey, key_hex
 
 log = logging.getLogger(__name__)
+
+Spill = tuple[ChunkRecord, memoryview]  # a victim pinned in CPU, its disk bytes reserved; its payload
 
 
 class TierMover:
     """Spills, promotions and moves for one store's index; see the module docstring.
 
+    `pool` and `disk` are the index's tiers, used here for payload I/O only
+    (views, reads, reserved writes, deleting a file that reads back wrong).
     `promoted` is a condition on the index lock, notified whenever a
     promotion ends (and by the store's close()).
     """
 
-    def __init__(self, index: ChunkIndex) -> None:
+    def __init__(self, index: ChunkIndex, pool: SlabPool, disk: DiskTier | None) -> None:
         self._index = index
-        self.promoted = threading.Condition(index.lock)
+        self._lock = index.locked()
+        self._pool = pool
+        self._disk = disk
+        self.promoted = threading.Condition(self._lock)
 
     # -- loading ---------------------------------------------------------
 
@@ -54,72 +64,68 @@ class TierMover:
         gets no slot. promote=False: None for a disk-only chunk (no I/O, no
         pin, not counted)."""
         ix = self._index
-        with ix.lock:
-            ix.check_open()
-            chunk = ix.chunks.get(key)
-            if chunk is None or not chunk.committed:
-                ix.misses += count
+        with self._lock:
+            if not promote:
+                held = ix.committed(key)
+                if held is not None and held.slot is None:
+                    return None  # on disk only: the caller reads it back elsewhere
+            chunk = ix.start_load(key, count)  # pinned; counted unless on disk only
+            if chunk is None:
                 raise ChunkMissingError(f"chunk {key_hex(key)} is not in this store")
-            if chunk.slot is None and not promote:
-                return None
-            chunk.pins += 1
-            ix.refresh(chunk)
             if chunk.slot is not None:
-                ix.hits += count
                 return self._load_ticket(chunk, "cpu")
         try:
             self._promote(chunk)
         except BaseException:
-            with ix.lock:
-                ix.misses += count
-                if not ix.closed:
-                    chunk.pins -= 1
-                    ix.refresh(chunk)
+            with self._lock:
+                if count:
+                    ix.miss()
+                ix.unpin(chunk)
             raise
-        with ix.lock:
-            ix.hits += count
+        with self._lock:
+            if count:
+                ix.hit()
             return self._load_ticket(chunk, "disk")
 
     def _promote(self, chunk: ChunkRecord) -> None:
         """Read a pinned disk-only chunk into a slot; one reader at a time per chunk."""
         ix = self._index
-        with ix.lock:
+        with self._lock:
             while chunk.promoting:
                 self.promoted.wait()
             ix.check_open()
             if chunk.slot is not None:
                 return  # another loader brought it in while we waited
-            if ix.chunks.get(chunk.key) is not chunk:
+            if ix.record(chunk.key) is not chunk:
                 raise ChunkMissingError(f"chunk {key_hex(chunk.key)} is not in this store")
-            chunk.promoting = True
+            ix.set_promoting(chunk, True)
         slot = None
         try:
             slot = self.take_slot(chunk.key)
-            view = ix.pool.view(slot)
-            _, checksum = ix.disk.read_into(chunk.key, view)
+            view = self._pool.view(slot)
+            _, checksum = self._disk.read_into(chunk.key, view)
             release_view(view)
             if checksum != chunk.checksum:
-                ix.disk.remove(chunk.key)
+                self._disk.remove(chunk.key)
                 raise ChunkMissingError(f"chunk file for {key_hex(chunk.key)} holds other bytes; deleted")
         except BaseException as exc:
-            with ix.lock:
-                chunk.promoting = False
+            with self._lock:
+                ix.set_promoting(chunk, False)
                 self.promoted.notify_all()
                 if not ix.closed:
                     if slot is not None:
-                        ix.pool.free(slot)
-                    if isinstance(exc, ChunkMissingError) and ix.chunks.get(chunk.key) is chunk:
-                        chunk.on_disk = False  # the disk tier already dropped the file
-                        ix.forget(chunk, EVICTED)
+                        ix.free_slot(slot)
+                    if isinstance(exc, ChunkMissingError) and ix.record(chunk.key) is chunk:
+                        ix.disk_copy_lost(chunk)  # the disk tier already dropped the file
             raise
-        with ix.lock:
-            chunk.promoting = False
+        with self._lock:
+            ix.set_promoting(chunk, False)
             self.promoted.notify_all()
             ix.check_open()
-            chunk.slot = slot
+            ix.place(chunk, slot)
 
     def _load_ticket(self, chunk: ChunkRecord, tier: str) -> LoadTicket:
-        view = self._index.pool.view(chunk.slot)[:chunk.length]
+        view = self._pool.view(chunk.slot)[:chunk.length]
         return LoadTicket(chunk.key, chunk.slot, view, chunk.length, chunk.checksum, tier, chunk)
 
     # -- making room -----------------------------------------------------
@@ -132,82 +138,93 @@ class TierMover:
         """
         ix = self._index
         while True:
-            with ix.lock:
+            with self._lock:
                 ix.check_open()
                 spill = self.make_room(for_key)
                 if spill is None:
-                    return ix.pool.alloc()
+                    return ix.alloc_slot()
             self.write_spill(*spill, drop_if_pinned=False)
 
-    def make_room(self, for_key: ChunkKey) -> tuple[ChunkRecord, memoryview] | None:
+    def make_room(self, for_key: ChunkKey) -> Spill | None:
         """Free slots until one is free; or return a victim whose spill must be written first.
         Lock held. The victim comes back pinned, its disk bytes reserved."""
         ix = self._index
-        while ix.pool.free_slots == 0:
-            if not ix.lru:
+        while ix.cpu_full():
+            victim = ix.lru_victim()
+            if victim is None:
                 raise StoreFullError(
-                    f"cannot place chunk {key_hex(for_key)}: all {ix.pool.num_slots} CPU slots "
+                    f"cannot place chunk {key_hex(for_key)}: all {self._pool.num_slots} CPU slots "
                     "are pinned or in flight")
-            victim = next(iter(ix.lru.values()))
-            if ix.disk is None or victim.on_disk:
+            if self._disk is None or victim.on_disk:
                 ix.drop_from_cpu(victim)
                 continue
             try:
-                for key in ix.disk.reserve(victim.length):
-                    ix.lost_disk_copy(key)
+                ix.reserve_disk(victim.length)
             except StoreFullError:
-                ix.forget(victim, EVICTED)  # nowhere to spill it
+                ix.evict(victim)  # nowhere to spill it
                 continue
-            victim.pins += 1
-            ix.refresh(victim)
-            return victim, ix.pool.view(victim.slot)[:victim.length]
+            ix.pin(victim)
+            return victim, self._pool.view(victim.slot)[:victim.length]
         return None
+
+    def room_for(self, chunk: ChunkRecord) -> Spill | None:
+        """Lock held: give a reserved record that got no slot one, evicting LRU
+        chunks for it; or return the spill to write first (then take_slot).
+        If that raises (StoreFullError), the record is abandoned."""
+        try:
+            spill = self.make_room(chunk.key)
+        except BaseException:
+            self._index.abandon(chunk)
+            raise
+        if spill is None:
+            self._index.place(chunk, self._index.alloc_slot())
+        return spill
 
     def write_spill(self, chunk: ChunkRecord, view: memoryview, drop_if_pinned: bool) -> None:
         """Write a chunk reserved on disk, then free its slot unless it got pinned
         meanwhile (`drop_if_pinned`: operator pins do not keep it in CPU).
         Lock not held; drops the pin make_room (or move_to_disk) took."""
-        ix = self._index
         try:
-            ix.disk.write_reserved(chunk.key, view, chunk.checksum, pinned=True)
+            self._disk.write_reserved(chunk.key, view, chunk.checksum, pinned=True)
             written = True
         except (OSError, StoreError) as exc:
             log.warning("spilling chunk %s to disk failed: %s", key_hex(chunk.key), exc)
             written = False
         finally:
             release_view(view)
-        with ix.lock:
-            if ix.closed:
-                return
-            chunk.pins -= 1
-            chunk.on_disk = written
-            if chunk.pins > 0 or (chunk.held > 0 and not drop_if_pinned):
-                ix.refresh(chunk)  # still wanted in CPU
-            elif written:
-                ix.drop_from_cpu(chunk)
-            else:
-                ix.forget(chunk, EVICTED)
+        with self._lock:
+            self._index.end_spill(chunk, written, drop_if_pinned)
+
+    def move_to_cpu(self, key: ChunkKey) -> bool:
+        """The store's move(key, "cpu"): a load that counts as neither hit nor
+        miss, ended at once; True if the chunk is now in CPU."""
+        try:
+            ticket = self.load(key, count=False)
+        except StoreError:
+            return False
+        with self._lock:
+            release_view(ticket.view)
+            self._index.unpin(ticket._chunk)
+        return True
 
     def move_to_disk(self, key: ChunkKey) -> bool:
         """The store's move(key, "disk"): True if the chunk is now on disk only."""
         ix = self._index
-        with ix.lock:
+        with self._lock:
             ix.check_open()
-            chunk = ix.chunks.get(key)
-            if chunk is None or not chunk.committed or ix.disk is None or chunk.pins > 0:
+            chunk = ix.committed(key)
+            if chunk is None or self._disk is None or chunk.pins > 0:
                 return False
             if chunk.slot is None or chunk.on_disk:
                 if chunk.slot is not None:
                     ix.drop_from_cpu(chunk)
                 return True
             try:
-                for victim in ix.disk.reserve(chunk.length):
-                    ix.lost_disk_copy(victim)
+                ix.reserve_disk(chunk.length)
             except StoreFullError:
                 return False
-            chunk.pins += 1
-            ix.refresh(chunk)
-            view = ix.pool.view(chunk.slot)[:chunk.length]
+            ix.pin(chunk)
+            view = self._pool.view(chunk.slot)[:chunk.length]
         self.write_spill(chunk, view, drop_if_pinned=True)
-        with ix.lock:
+        with self._lock:
             return chunk.slot is None and chunk.on_disk
