@@ -7,7 +7,8 @@ prefix_caching, mp (scheduler and worker in separate processes), corrupt
 (test build: flip every loaded chunk after its checksum was verified), linger
 (keep the engine and its peer alive until stdin closes), wait_for_go (print a
 ready line once the engine is up, then wait for a line on stdin before
-generating). Prints one JSON line
+generating; the line comes once the peer's directory holds entries, i.e.
+what the mesh's other engines advertised to it). Prints one JSON line
 with each prompt's tokens, logprobs and cached tokens, plus the peer's
 counters; a lingering engine then waits for stdin to close.
 """
@@ -71,6 +72,7 @@ def main() -> None:
               kv_cache_memory_bytes=64 << 20, enable_prefix_caching=spec.get("prefix_caching", False),
               max_model_len=1024, seed=0, kv_transfer_config=transfer, **extra)
     if spec.get("wait_for_go"):
+        wait_for_directory(spec)
         print(MARK + json.dumps({"ready": True}), flush=True)
         sys.stdin.readline()
     params = SamplingParams(temperature=0.0, max_tokens=spec.get("max_tokens", 8), logprobs=1)
@@ -86,8 +88,8 @@ def main() -> None:
     llm.llm_engine.engine_core.shutdown()
 
 
-def peer_counters(spec: dict) -> dict:
-    """The embedded peer's counters (from its control API: it may live in a worker process)."""
+def peer_status(spec: dict) -> dict:
+    """The embedded peer's /status (from its control API: it may live in a worker process)."""
     import glob
     import urllib.request
 
@@ -97,9 +99,22 @@ def peer_counters(spec: dict) -> dict:
     for path in glob.glob(os.path.join(run_dir, f"{spec['engine_id']}-rank0.json")):
         url = json.load(open(path))["control_url"]
         with urllib.request.urlopen(url + "/status", timeout=5) as reply:
-            status = json.load(reply)
-        return {**status["counters"], "peer_id": status["peer_id"]}
+            return json.load(reply)
     return {}
+
+
+def peer_counters(spec: dict) -> dict:
+    status = peer_status(spec)
+    return {**status["counters"], "peer_id": status["peer_id"]} if status else {}
+
+
+def wait_for_directory(spec: dict, timeout_s: float = 30.0) -> None:
+    """Until the peer's directory holds an entry: the others' advertisements reached it."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and not peer_status(spec).get("directory_keys"):
+        time.sleep(0.1)
 
 
 if __name__ == "__main__":
