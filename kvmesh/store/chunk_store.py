@@ -41,7 +41,8 @@ file each:
   and moves;
 - `actions`: the operator's pin, unpin, remove, clear and move;
 - `records`: the tickets, the per-chunk record and StoreStats;
-- `events`: the event queue; `slab_pool`, `disk_tier`: the two tiers.
+- `events`: the event queue; `slab_pool`, `disk_tier`: the two tiers;
+  `pool_info`: the store's `pool`, the CPU pool as the peer sees it.
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ from kvmesh.store.disk_tier import DiskTier
 from kvmesh.store.slab_pool import SlabPool
 from kvmesh.store.events import StoreEvent
 from kvmesh.store.index import ChunkIndex
+from kvmesh.store.pool_info import PoolInfo
 from kvmesh.store.records import LoadTicket, StoreStats, StoreTicket, release_view
 from kvmesh.store.tiers import TierMover
 from kvmesh.types import ChunkKey, key_hex
@@ -67,12 +69,18 @@ __all__ = ["ChunkStore", "LoadTicket", "StoreEvent", "StoreStats", "StoreTicket"
 
 
 class ChunkStore:
-    """The store front; contracts, threading included, in the module docstring."""
+    """The store front; contracts, threading included, in the module docstring.
+
+    Fixed at construction: `slot_bytes`, and `pool`, what the peer may know
+    of the CPU pool (its slot count, sharing it with same-host peers, slot
+    offsets: see `pool_info`).
+    """
 
     def __init__(self, config: StoreConfig, slot_bytes: int, shared: bool = True, *,
                  max_pending_events: int = MAX_PENDING_EVENTS) -> None:
         self.slot_bytes = slot_bytes
         self._pool = SlabPool(slot_bytes, config.cpu_bytes, shared, config.prefault)
+        self.pool = PoolInfo(self._pool)
         try:
             self._disk = DiskTier(config.disk_dir, config.disk_bytes) if config.disk_dir else None
         except BaseException:
@@ -87,33 +95,9 @@ class ChunkStore:
             self._index.adopt_disk_chunks(slot_bytes)
 
     @property
-    def cpu_slots(self) -> int:
-        return self._pool.num_slots
-
-    @property
     def has_disk_tier(self) -> bool:
         """With a disk tier, loads and stores may do disk I/O: keep them off event loops."""
         return self._disk is not None
-
-    @property
-    def shares_pool(self) -> bool:
-        """Whether same-host peers may map the CPU pool (see SlabPool)."""
-        return self._pool.shared
-
-    @property
-    def pool_proc_path(self) -> str | None:
-        """The shared pool as this process sees it (/proc/<pid>/fd/<n>): for
-        tests and debugging on this host only; never sent to anyone."""
-        return self._pool.proc_path
-
-    def share_pool_fd(self) -> tuple[int, int]:
-        """(a new read-only descriptor of the CPU pool, its size), for a
-        same-host peer; the caller closes the descriptor once it is sent."""
-        return self._pool.share_fd(), self._pool.size
-
-    def offset(self, slot: int) -> int:
-        """Byte offset of `slot` in the shared CPU pool."""
-        return self._pool.offset(slot)
 
     # -- store -----------------------------------------------------------
 
