@@ -117,8 +117,8 @@ class Peer:
         self.pool = ConnectionPool(self.config, self.namespace, self._hello, self._info,
                                    self._network, self._host_id, self._note_control_port)
         run_dir = private_dir(self.config.run_dir)
-        if self.store.shares_pool:
-            self._door = PoolDoor(door_path(run_dir, self.peer_id), self.store.share_pool_fd, timeout)
+        if self.store.pool.shared:
+            self._door = PoolDoor(door_path(run_dir, self.peer_id), self.store.pool.share_fd, timeout)
             await self._door.open()
         parts = (self.peer_id, mesh, timeout, self.store, self.directory, self.membership,
                  self.pool, self.stats)

@@ -72,7 +72,7 @@ class ServingAdapter:
         self._directory = directory
         self._door = door
         self._stats = stats
-        self.pins = PinBudget.for_slots(store.cpu_slots)
+        self.pins = PinBudget.for_slots(store.pool.slots)
 
     def identity(self) -> ServingIdentity:
         """What the handshake tells a connecting peer (read once per connection)."""
@@ -133,7 +133,7 @@ class ServingAdapter:
             return None
         self._stats.bytes_served += ticket.length
         return ServedChunk(ticket, ticket.view, ticket.length, ticket.checksum,
-                           self._store.offset(ticket.slot))
+                           self._store.pool.offset(ticket.slot))
 
     def close_chunk(self, served: ServedChunk) -> None:
         self._store.complete_load(served.ticket)

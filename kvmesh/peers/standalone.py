@@ -174,7 +174,7 @@ class StandaloneNode:
         return {"peer_id": peer.peer_id, "members": list(status.members),
                 "member_states": member_states(status),
                 "control_url": peer.control_url, "stats": status.counters,
-                "pool_path": peer.store.pool_proc_path, "slot_bytes": peer.slot_bytes,
+                "pool_path": peer.store.pool.proc_path, "slot_bytes": peer.slot_bytes,
                 "transports": status.transports}
 
 

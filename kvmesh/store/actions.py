@@ -2,8 +2,8 @@
 
 What an operator (the control API) does to a store by hand, beside the
 engine's two-step I/O. `ChunkStore` exposes each under the same name and
-states its contract; this module composes them from the index's operations
-and the tier mover, and is reached only through the store.
+states its contract; this module composes them from the operations of the
+index's parts (`index`) and the tier mover, and is reached only through the store.
 
 Threading: pin, unpin, remove and clear take the store lock once, briefly
 (clear walks every record: O(chunks)). move does disk I/O outside the lock
@@ -23,35 +23,35 @@ class OperatorActions:
     """The store's pin, unpin, remove, clear and move; see the store's docstrings."""
 
     def __init__(self, index: ChunkIndex, tiers: TierMover) -> None:
-        self._index = index
+        self._records = index.records
+        self._book = index.book
         self._lock = index.locked()
         self._tiers = tiers
 
     def pin(self, key: ChunkKey) -> bool:
-        ix = self._index
+        rec = self._records
         with self._lock:
-            chunk = ix.committed(key)
+            chunk = rec.committed(key)
             if chunk is None:
                 return False
-            ix.operator_pin(chunk)
+            rec.operator_pin(chunk)
             return True
 
     def unpin(self, key: ChunkKey) -> bool:
-        ix = self._index
+        rec = self._records
         with self._lock:
-            chunk = ix.record(key)
+            chunk = rec.record(key)
             if chunk is None or chunk.held == 0:
                 return False
-            ix.operator_unpin(chunk)
+            rec.operator_unpin(chunk)
             return True
 
     def remove(self, key: ChunkKey) -> bool:
-        ix = self._index
         with self._lock:
-            chunk = ix.committed(key)
+            chunk = self._records.committed(key)
             if chunk is None or chunk.pinned:
                 return False
-            ix.remove(chunk)
+            self._book.remove(chunk)
             return True
 
     def clear(self, tier: str | None) -> list[ChunkKey]:
@@ -59,18 +59,18 @@ class OperatorActions:
         in the other tier keeps its record; one held nowhere is "removed"."""
         if tier is not None and tier not in TIERS:
             raise ValueError(f"tier must be one of {TIERS} or None, got {tier!r}")
-        ix = self._index
+        rec, book = self._records, self._book
         with self._lock:
-            ix.check_open()
+            rec.check_open()
             cleared = []
-            for chunk in ix.unpinned_committed():
+            for chunk in rec.unpinned_committed():
                 in_cpu, in_disk = chunk.slot is not None, chunk.on_disk
                 if tier == "cpu" and in_cpu and in_disk:
-                    ix.drop_from_cpu(chunk)  # still held on disk: "spilled"
+                    book.drop_from_cpu(chunk)  # still held on disk: "spilled"
                 elif tier == "disk" and in_disk and in_cpu:
-                    ix.drop_from_disk(chunk)  # still held in CPU
+                    book.drop_from_disk(chunk)  # still held in CPU
                 elif tier is None or (in_cpu if tier == "cpu" else in_disk):
-                    ix.remove(chunk)
+                    book.remove(chunk)
                 else:
                     continue
                 cleared.append(chunk.key)

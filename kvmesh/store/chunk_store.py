@@ -32,15 +32,17 @@ tensor or a view derived from it must not be used after that either.
 the types in `records`, the event kinds in `events` and
 `slab_pool.map_shared_fd` (a same-host reader's mapping). Behind it, one
 file each:
-- `index`: the one lock and everything it guards (records, LRU, slot and
-  file accounting, events, counters), changed only through its named
-  operations; `stats`: the counters and StoreStats snapshots; `metadata`:
+- `index`: the one lock and the three parts it guards, each changed only
+  through its named operations: `record_table` (the records and their
+  lifecycle), `tier_book` (slot and file accounting, the LRU, moves between
+  tiers), `stats` (events, counters, StoreStats snapshots); `metadata`:
   what the bookkeeping costs per chunk;
 - `tiers`: making room, and the disk I/O of spills, promotions back to CPU
   and moves;
 - `actions`: the operator's pin, unpin, remove, clear and move;
 - `records`: the tickets, the per-chunk record and StoreStats;
-- `events`: the event queue; `slab_pool`, `disk_tier`: the two tiers.
+- `events`: the event queue; `slab_pool`, `disk_tier`: the two tiers;
+  `pool_info`: the store's `pool`, the CPU pool as the peer sees it.
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ from kvmesh.store.disk_tier import DiskTier
 from kvmesh.store.slab_pool import SlabPool
 from kvmesh.store.events import StoreEvent
 from kvmesh.store.index import ChunkIndex
+from kvmesh.store.pool_info import PoolInfo
 from kvmesh.store.records import LoadTicket, StoreStats, StoreTicket, release_view
 from kvmesh.store.tiers import TierMover
 from kvmesh.types import ChunkKey, key_hex
@@ -66,12 +69,18 @@ __all__ = ["ChunkStore", "LoadTicket", "StoreEvent", "StoreStats", "StoreTicket"
 
 
 class ChunkStore:
-    """The store front; contracts, threading included, in the module docstring."""
+    """The store front; contracts, threading included, in the module docstring.
+
+    Fixed at construction: `slot_bytes`, and `pool`, what the peer may know
+    of the CPU pool (its slot count, sharing it with same-host peers, slot
+    offsets: see `pool_info`).
+    """
 
     def __init__(self, config: StoreConfig, slot_bytes: int, shared: bool = True, *,
                  max_pending_events: int = MAX_PENDING_EVENTS) -> None:
         self.slot_bytes = slot_bytes
         self._pool = SlabPool(slot_bytes, config.cpu_bytes, shared, config.prefault)
+        self.pool = PoolInfo(self._pool)
         try:
             self._disk = DiskTier(config.disk_dir, config.disk_bytes) if config.disk_dir else None
         except BaseException:
@@ -79,39 +88,16 @@ class ChunkStore:
             raise
         self._index = ChunkIndex(self._pool, self._disk, max_pending_events)
         self._lock = self._index.locked()  # the one store lock, shared with the parts
+        self._records, self._book, self._log = self._index.records, self._index.book, self._index.log
         self._tiers = TierMover(self._index, self._pool, self._disk)
         self._actions = OperatorActions(self._index, self._tiers)
         if self._disk is not None:
             self._index.adopt_disk_chunks(slot_bytes)
 
     @property
-    def cpu_slots(self) -> int:
-        return self._pool.num_slots
-
-    @property
     def has_disk_tier(self) -> bool:
         """With a disk tier, loads and stores may do disk I/O: keep them off event loops."""
         return self._disk is not None
-
-    @property
-    def shares_pool(self) -> bool:
-        """Whether same-host peers may map the CPU pool (see SlabPool)."""
-        return self._pool.shared
-
-    @property
-    def pool_proc_path(self) -> str | None:
-        """The shared pool as this process sees it (/proc/<pid>/fd/<n>): for
-        tests and debugging on this host only; never sent to anyone."""
-        return self._pool.proc_path
-
-    def share_pool_fd(self) -> tuple[int, int]:
-        """(a new read-only descriptor of the CPU pool, its size), for a
-        same-host peer; the caller closes the descriptor once it is sent."""
-        return self._pool.share_fd(), self._pool.size
-
-    def offset(self, slot: int) -> int:
-        """Byte offset of `slot` in the shared CPU pool."""
-        return self._pool.offset(slot)
 
     # -- store -----------------------------------------------------------
 
@@ -121,9 +107,9 @@ class ChunkStore:
         None: the key is already committed or being stored. StoreFullError:
         every slot is pinned or in flight; nothing was changed.
         """
-        ix = self._index
+        rec = self._records
         with self._lock:
-            chunk = ix.reserve(key)  # pinned, with a slot unless every one is taken
+            chunk = rec.reserve(key)  # pinned, with a slot unless every one is taken
             if chunk is None:
                 return None
             # no slot free: make room; the common case evicts without I/O, right here
@@ -134,10 +120,10 @@ class ChunkStore:
                 slot = self._tiers.take_slot(key)
             except BaseException:
                 with self._lock:
-                    ix.abandon(chunk)
+                    rec.abandon(chunk)
                 raise
             with self._lock:
-                ix.place(chunk, slot)
+                self._book.place(chunk, slot)
         return StoreTicket(key, chunk.slot, self._pool.view(chunk.slot), self._pool.tensor(chunk.slot), chunk)
 
     def commit_store(self, ticket: StoreTicket, ok: bool = True, length: int | None = None,
@@ -159,13 +145,13 @@ class ChunkStore:
         except ValueError:  # the view was released: this ticket already ended
             checksum = None
         chunk = ticket._chunk
-        ix = self._index
+        rec = self._records
         with self._lock:
             # each changes nothing unless the ticket's record is still in flight
-            if checksum is not None and (ix.publish(chunk, length, checksum) if ok else ix.abandon(chunk)):
+            if checksum is not None and (rec.publish(chunk, length, checksum) if ok else rec.abandon(chunk)):
                 release_view(ticket.view)
                 return ok
-            if ix.closed:  # close() forgot every record
+            if rec.closed:  # close() forgot every record
                 return False
             raise StoreError(f"store ticket for {key_hex(ticket.key)} was already committed or abandoned")
 
@@ -194,17 +180,17 @@ class ChunkStore:
                 raise StoreError(f"complete_load called twice for chunk {key_hex(ticket.key)}")
             ticket._done = True
             release_view(ticket.view)
-            self._index.unpin(ticket._chunk)  # a no-op once closed
+            self._records.unpin(ticket._chunk)  # a no-op once closed
 
     # -- queries ---------------------------------------------------------
 
     def contains(self, key: ChunkKey) -> bool:
-        return self._index.contains(key)
+        return self._records.contains(key)
 
     def tier_of(self, key: ChunkKey) -> str | None:
         """The fastest tier holding a committed chunk: "cpu", "disk", or None."""
         with self._lock:
-            chunk = self._index.committed(key)
+            chunk = self._records.committed(key)
             if chunk is None:
                 return None
             return "cpu" if chunk.slot is not None else "disk"
@@ -212,16 +198,16 @@ class ChunkStore:
     def leading_hits(self, keys: Iterable[ChunkKey]) -> int:
         """How many of `keys`, from the first, are committed in any tier."""
         with self._lock:
-            return self._index.leading_hits(keys)
+            return self._records.leading_hits(keys)
 
     def checksum(self, key: ChunkKey) -> int | None:
         with self._lock:
-            chunk = self._index.committed(key)
+            chunk = self._records.committed(key)
             return chunk.checksum if chunk is not None else None
 
     def keys(self) -> list[ChunkKey]:
         with self._lock:
-            return self._index.committed_keys()
+            return self._records.committed_keys()
 
     # -- operator actions ------------------------------------------------
 
@@ -262,12 +248,12 @@ class ChunkStore:
         store lock, on whichever thread changed the store, so it must return at
         once and must not call back into the store."""
         with self._lock:
-            self._index.set_listener(listener)
+            self._log.set_listener(listener)
 
     def take_events(self) -> list[StoreEvent]:
         """Every change since the last call, coalesced per key (see events)."""
         with self._lock:
-            return self._index.take_events()
+            return self._log.take_events()
 
     def stats(self) -> StoreStats:
         with self._lock:
@@ -279,7 +265,7 @@ class ChunkStore:
         complete_load and commit_store are no-ops, and every other call raises
         StoreError. Safe to call twice."""
         with self._lock:
-            if self._index.closed:
+            if self._records.closed:
                 return
             self._index.close()
             self._tiers.promoted.notify_all()

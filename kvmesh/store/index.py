@@ -1,72 +1,77 @@
-"""The chunk store's bookkeeping: chunk records, the LRU, events, counters.
+"""The chunk store's index: one lock, and the three parts it guards.
 
-`ChunkIndex` owns the store's one lock and everything it guards: the record
-of every chunk (committed or in flight), the LRU of chunks that may make
-room, the CPU pool's slot accounting, the disk tier's pins and reservations,
-the event queue and the counters. That state is private: the store's parts
-(`chunk_store`, `tiers`, `actions`) change it only through the operations
-below, each of which leaves records, LRU, tiers and events consistent.
-They may read `ChunkRecord` fields; only this module writes them.
+Each part owns its own state and changes it only through its named
+operations; the others (and the store's front, `tiers`, `actions`) may read
+`ChunkRecord` fields but reach a part only through those operations:
+- `records` (`RecordTable`, in `record_table`): the record of every chunk,
+  committed or in flight, and its lifecycle: reserve, publish, abandon,
+  load pins, operator pins, lookups;
+- `book` (`TierBook`, in `tier_book`): where each record lies: the CPU
+  pool's slot accounting, the disk tier's reservations, pins and files, the
+  LRU, and the moves: spills, drops, evictions, removals;
+- `log` (`StoreLog`, in `stats`): the event queue and the counters.
+Records and book call each other (a publish refreshes the LRU, an eviction
+drops a record); both write to the log, which calls neither. Only those two
+parts write ChunkRecord fields: the table its lifecycle fields, the book
+where it lies and a spill's pin.
 
-The lock: hold `locked()` around every operation but the lock-free two,
-`locked()` itself and `contains(key)` (one dict lookup); a Condition may
-wait on it. No operation takes it (it is not reentrant), does I/O on
-payloads or blocks; the event listener runs inside them (see events).
+The lock: one `threading.Lock`, made here and handed out by `locked()`
+(lock-free); the parts have no lock of their own and never take this one
+(it is not reentrant). Whoever calls an operation of a part, or the
+index's stats() or close(), holds it, except for the lock-free
+`records.contains(key)` (one dict lookup); so a part calls another part's
+operations freely, inside its own. A Condition
+may wait on it. No operation blocks or does I/O on payloads; the event
+listener runs inside them (see events).
+
 After close() the records are gone and the pool may be closed: `unpin`,
-`end_spill` and `abandon`, which ticket holders still reach, are no-ops then
-(`place` only notes a slot); others need `check_open()` or `closed` first.
+`end_spill` and `abandon`, which ticket holders still reach, are no-ops
+then (`place` only notes a slot); others need `check_open()` or `closed`
+first.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterable
 
-from kvmesh.errors import StoreError
 from kvmesh.store.disk_tier import DiskTier
-from kvmesh.store.events import EVICTED, REMOVED, SPILLED, STORED, EventQueue, StoreEvent
-from kvmesh.store.eviction import EvictionOrder
-from kvmesh.store.records import ChunkRecord, StoreStats
+from kvmesh.store.record_table import RecordTable
+from kvmesh.store.records import StoreStats
 from kvmesh.store.slab_pool import SlabPool
-from kvmesh.store.stats import StoreCounters, snapshot
-from kvmesh.types import ChunkKey
-
-CLOSED = "the chunk store is closed"
+from kvmesh.store.stats import StoreLog
+from kvmesh.store.tier_book import TierBook
 
 
 class ChunkIndex:
-    """See the module docstring. `disk` is None without a disk tier; payload
-    I/O on `pool` and `disk` is the caller's."""
+    """The lock and the parts; see the module docstring. `disk` is None
+    without a disk tier; payload I/O on `pool` and `disk` is the caller's."""
+
+    __slots__ = ("_book", "_disk", "_lock", "_log", "_pool", "_records")
 
     def __init__(self, pool: SlabPool, disk: DiskTier | None, max_pending_events: int) -> None:
         self._lock = threading.Lock()
         self._pool = pool
         self._disk = disk
-        self._chunks: dict[ChunkKey, ChunkRecord] = {}
-        self._eviction = EvictionOrder(disk)  # the LRU, and the disk tier's pins
-        self._events = EventQueue(max_pending_events)
-        self._counters = StoreCounters()
-        self._closed = False
-
-    # -- lifecycle ---------------------------------------------------------
+        self._log = StoreLog(max_pending_events)
+        self._book = TierBook(pool, disk, self._log)
+        self._records = RecordTable(self._book, self._log)
+        self._book.attach(self._records)
 
     def locked(self) -> threading.Lock:
         """Lock-free: the store lock, the same object every time (a part may keep it)."""
         return self._lock
 
     @property
-    def closed(self) -> bool:
-        return self._closed
+    def records(self) -> RecordTable:
+        return self._records
 
-    def check_open(self) -> None:
-        if self._closed:
-            raise StoreError(CLOSED)
+    @property
+    def book(self) -> TierBook:
+        return self._book
 
-    def close(self) -> None:
-        """Mark closed and forget every record; the caller closes the tiers."""
-        self._closed = True
-        self._chunks.clear()
-        self._eviction.clear()
+    @property
+    def log(self) -> StoreLog:
+        return self._log
 
     def adopt_disk_chunks(self, slot_bytes: int) -> None:
         """Index chunks a previous run left on disk, reported as stored; once, from
@@ -75,230 +80,13 @@ class ChunkIndex:
         for key in disk.keys():
             entry = disk.entry(key)
             if entry is not None and entry.length <= slot_bytes:
-                self._chunks[key] = ChunkRecord(key, None, entry.length, entry.checksum, committed=True, on_disk=True)
-                self._events.put(STORED, key)
-
-    # -- lookups -----------------------------------------------------------
-
-    def contains(self, key: ChunkKey) -> bool:
-        """Lock-free (one dict lookup): whether `key` is committed."""
-        chunk = self._chunks.get(key)
-        return chunk is not None and chunk.committed
-
-    def record(self, key: ChunkKey) -> ChunkRecord | None:
-        """The record of `key`, committed or in flight; None if not indexed."""
-        return self._chunks.get(key)
-
-    def committed(self, key: ChunkKey) -> ChunkRecord | None:
-        chunk = self._chunks.get(key)
-        return chunk if chunk is not None and chunk.committed else None
-
-    def committed_keys(self) -> list[ChunkKey]:
-        return [key for key, chunk in self._chunks.items() if chunk.committed]
-
-    def unpinned_committed(self) -> list[ChunkRecord]:
-        return [c for c in self._chunks.values() if c.committed and not c.pinned]
-
-    def leading_hits(self, keys: Iterable[ChunkKey]) -> int:
-        """How many of `keys`, from the first, are committed in any tier."""
-        n = 0
-        for key in keys:
-            chunk = self._chunks.get(key)
-            if chunk is None or not chunk.committed:
-                break
-            n += 1
-        return n
-
-    # -- storing -----------------------------------------------------------
-
-    def reserve(self, key: ChunkKey) -> ChunkRecord | None:
-        """A new record for `key`, pinned in flight, with a slot if one is free
-        (else the caller makes room and `place`s one, or `abandon`s it). None
-        if `key` is indexed (committed or in flight). StoreError once closed."""
-        if self._closed:
-            raise StoreError(CLOSED)
-        if key in self._chunks:
-            return None
-        chunk = self._chunks[key] = ChunkRecord(key)
-        chunk.pins = 1
-        if self._pool.free_slots:
-            chunk.slot = self._pool.alloc()
-        return chunk
-
-    def cpu_full(self) -> bool:
-        return self._pool.free_slots == 0
-
-    def lru_victim(self) -> ChunkRecord | None:
-        """The least recently used unpinned chunk in CPU; None if there is none."""
-        return self._eviction.oldest()
-
-    def alloc_slot(self) -> int:
-        """A slot, the caller's until `place`d or freed; only if not cpu_full()."""
-        return self._pool.alloc()
-
-    def place(self, chunk: ChunkRecord, slot: int) -> None:
-        """Give a pinned record the slot the caller filled (or will fill)."""
-        chunk.slot = slot
-
-    def free_slot(self, slot: int) -> None:
-        self._pool.free(slot)
-
-    def publish(self, chunk: ChunkRecord, length: int, checksum: int) -> bool:
-        """Commit a reserved record: it becomes visible, unpinned, "stored".
-        False, changing nothing, unless it is the in-flight record of its key
-        (its store already ended, or the store was closed)."""
-        if self._chunks.get(chunk.key) is not chunk or chunk.committed:
-            return False
-        chunk.length, chunk.checksum, chunk.committed = length, checksum, True
-        chunk.pins -= 1
-        self._eviction.refresh(chunk)
-        self._events.put(STORED, chunk.key)
-        return True
-
-    def abandon(self, chunk: ChunkRecord) -> bool:
-        """Forget a reserved record and free its slot. False, changing nothing,
-        unless it is the in-flight record of its key (as for publish)."""
-        if self._chunks.get(chunk.key) is not chunk or chunk.committed:
-            return False
-        del self._chunks[chunk.key]
-        if chunk.slot is not None:
-            self._pool.free(chunk.slot)
-        return True
-
-    # -- pins --------------------------------------------------------------
-
-    def start_load(self, key: ChunkKey, count: bool) -> ChunkRecord | None:
-        """Pin the committed chunk of `key` for a load; None if none (a miss, if
-        `count`). One in CPU is a hit (if `count`); for one on disk only, the
-        caller counts the read back's outcome. StoreError once closed."""
-        if self._closed:
-            raise StoreError(CLOSED)
-        chunk = self._chunks.get(key)
-        if chunk is None or not chunk.committed:
-            self._counters.misses += count
-            return None
-        chunk.pins += 1
-        self._eviction.refresh(chunk)
-        if chunk.slot is not None:
-            self._counters.hits += count
-        return chunk
-
-    def pin(self, chunk: ChunkRecord) -> None:
-        """Pin a chunk in flight (a load, a spill): it stays where it is."""
-        chunk.pins += 1
-        self._eviction.refresh(chunk)
-
-    def unpin(self, chunk: ChunkRecord) -> None:
-        """Drop one in-flight pin; a no-op once the store is closed."""
-        if not self._closed:
-            chunk.pins -= 1
-            self._eviction.refresh(chunk)
-
-    def operator_pin(self, chunk: ChunkRecord) -> None:
-        chunk.held += 1
-        self._eviction.refresh(chunk)
-
-    def operator_unpin(self, chunk: ChunkRecord) -> None:
-        """Drop one operator pin; the caller checked that `chunk.held` > 0."""
-        chunk.held -= 1
-        self._eviction.refresh(chunk)
-
-    def set_promoting(self, chunk: ChunkRecord, promoting: bool) -> None:
-        """Mark a pinned disk-only chunk as being read back into a slot (or no longer)."""
-        chunk.promoting = promoting
-
-    # -- tiers -------------------------------------------------------------
-
-    def reserve_disk(self, length: int) -> None:
-        """Hold disk bytes for one spill, reporting the files evicted for them.
-        StoreFullError (evicting nothing) when they cannot fit."""
-        for key in self._disk.reserve(length):
-            self._lost_disk_copy(key)
-
-    def end_spill(self, chunk: ChunkRecord, written: bool, drop_if_pinned: bool) -> None:
-        """Publish a spill's outcome and drop its pin: free the slot unless the
-        chunk got pinned meanwhile (`drop_if_pinned`: operator pins do not keep
-        it in CPU). A no-op once the store is closed."""
-        if self._closed:
-            return
-        chunk.pins -= 1
-        chunk.on_disk = written
-        if chunk.pins > 0 or (chunk.held > 0 and not drop_if_pinned):
-            self._eviction.refresh(chunk)  # still wanted in CPU
-        elif written:
-            self.drop_from_cpu(chunk)
-        else:
-            self._forget(chunk, EVICTED)
-
-    def drop_from_cpu(self, chunk: ChunkRecord) -> None:
-        """Free the slot of a chunk with no pins in flight: "spilled" if it has a disk copy, else "evicted"."""
-        if not chunk.on_disk:
-            self._forget(chunk, EVICTED)
-            return
-        self._pool.free(chunk.slot)
-        chunk.slot = None
-        self._eviction.refresh(chunk)
-        self._counters.spills += 1
-        self._events.put(SPILLED, chunk.key)
-
-    def disk_copy_lost(self, chunk: ChunkRecord) -> None:
-        """Forget a chunk whose read back found its file gone or corrupt (the disk
-        tier dropped it already), "evicted"."""
-        chunk.on_disk = False
-        self._forget(chunk, EVICTED)
-
-    def drop_from_disk(self, chunk: ChunkRecord) -> None:
-        """Delete the disk copy of an unpinned chunk that is also in CPU."""
-        self._disk.remove(chunk.key)
-        chunk.on_disk = False
-
-    def evict(self, chunk: ChunkRecord) -> None:
-        """Drop an unpinned chunk from every tier for lack of room, "evicted"."""
-        self._forget(chunk, EVICTED)
-
-    def remove(self, chunk: ChunkRecord) -> None:
-        """The operator's remove: drop an unpinned chunk from every tier, "removed"."""
-        self._forget(chunk, REMOVED)
-
-    def _lost_disk_copy(self, key: ChunkKey) -> None:
-        """The disk tier evicted `key`'s file. (A chunk being read back is
-        disk-pinned, so this never races a promotion; if it did, the failed
-        read would forget the chunk.)"""
-        chunk = self._chunks.get(key)
-        if chunk is None or not chunk.on_disk:
-            return
-        chunk.on_disk = False
-        if chunk.slot is None and not chunk.promoting:
-            self._forget(chunk, EVICTED)
-
-    def _forget(self, chunk: ChunkRecord, kind: str) -> None:
-        """Drop a chunk from every tier and report it."""
-        del self._chunks[chunk.key]
-        self._eviction.discard(chunk.key)
-        if chunk.slot is not None:
-            self._pool.free(chunk.slot)
-            chunk.slot = None
-        if chunk.on_disk:
-            self._disk.remove(chunk.key)
-            chunk.on_disk = False
-        self._counters.evictions += kind == EVICTED
-        self._events.put(kind, chunk.key)
-
-    # -- counters and events -----------------------------------------------
-
-    def hit(self) -> None:
-        self._counters.hits += 1
-
-    def miss(self) -> None:
-        self._counters.misses += 1
-
-    def set_listener(self, listener: Callable[[str], None] | None) -> None:
-        self._events.listener = listener
-
-    def take_events(self) -> list[StoreEvent]:
-        return self._events.take()
+                self._records.adopt(key, entry.length, entry.checksum)
 
     def stats(self, slot_bytes: int) -> StoreStats:
         """A snapshot for the store's stats(); walks every record (O(chunks))."""
-        return snapshot(self._chunks.values(), self._pool, self._disk, slot_bytes, self._counters,
-                        self._events.dropped)
+        return self._log.stats(self._records.every_record(), self._pool, self._disk, slot_bytes)
+
+    def close(self) -> None:
+        """Mark closed and forget every record; the caller closes the tiers."""
+        self._records.close()
+        self._book.clear()

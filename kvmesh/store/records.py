@@ -6,7 +6,8 @@ complete_load exactly once. Its view (and tensor) alias a slot of the
 store's pool and are released when the ticket ends (`release_view`).
 
 ChunkRecord is the store's own metadata for one chunk: written only by the
-store's index (`index`), under the store lock; the store's parts read it.
+index's record table and tier book (see `index`), under the store lock; the
+store's other parts read it.
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ class StoreStats:
 
 
 class ChunkRecord:
-    """Per-chunk metadata. Written only by the index, under the store lock."""
+    """Per-chunk metadata. Written only by the index's parts, under the store lock."""
 
     __slots__ = ("key", "slot", "length", "checksum", "committed", "on_disk", "pins", "held", "promoting")
 

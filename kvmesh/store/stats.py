@@ -1,19 +1,27 @@
-"""The chunk store's counters and its StoreStats snapshots.
+"""The chunk store's counters and events, and its StoreStats snapshots.
 
-`StoreCounters` are the running hit/miss/eviction/spill counts; `snapshot`
-builds a StoreStats from them, the records and both tiers. Only the index
-calls either, under the store lock (see `index`).
+`StoreLog` is what the store tells the world about its changes: the event
+queue the directory is fed from (see `events`) and the running hit, miss,
+eviction and spill counts. The index's parts write to it as they change the
+store; the front takes events and snapshots from it. `snapshot` builds a
+StoreStats from the counters, the records and both tiers.
+
+Not thread-safe: only the index's parts and the front call it, under the
+store lock (see `index`); the event listener runs inside `stored`, `spilled`
+and `gone`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 from kvmesh.store.disk_tier import DiskTier
+from kvmesh.store.events import EVICTED, SPILLED, STORED, EventQueue, StoreEvent
 from kvmesh.store.metadata import metadata_bytes_per_chunk
 from kvmesh.store.records import ChunkRecord, StoreStats
 from kvmesh.store.slab_pool import SlabPool
+from kvmesh.types import ChunkKey
 
 
 @dataclass(slots=True)
@@ -22,6 +30,48 @@ class StoreCounters:
     misses: int = 0
     evictions: int = 0  # chunks no longer held in any tier for lack of room
     spills: int = 0  # chunks moved from CPU to disk
+
+
+class StoreLog:
+    """The store's events and counters; see the module docstring."""
+
+    __slots__ = ("_counters", "_events")
+
+    def __init__(self, max_pending_events: int) -> None:
+        self._events = EventQueue(max_pending_events)
+        self._counters = StoreCounters()
+
+    def hit(self, n: int = 1) -> None:
+        """Count `n` loads that found their chunk (n=0 or False: count nothing)."""
+        self._counters.hits += n
+
+    def miss(self, n: int = 1) -> None:
+        self._counters.misses += n
+
+    def stored(self, key: ChunkKey) -> None:
+        """`key` is now held: advertise it."""
+        self._events.put(STORED, key)
+
+    def spilled(self, key: ChunkKey) -> None:
+        """`key` left CPU and is still held on disk."""
+        self._counters.spills += 1
+        self._events.put(SPILLED, key)
+
+    def gone(self, key: ChunkKey, kind: str) -> None:
+        """`key` is held in no tier any more: EVICTED (counted) or REMOVED."""
+        self._counters.evictions += kind == EVICTED
+        self._events.put(kind, key)
+
+    def set_listener(self, listener: Callable[[str], None] | None) -> None:
+        self._events.listener = listener
+
+    def take_events(self) -> list[StoreEvent]:
+        return self._events.take()
+
+    def stats(self, records: Collection[ChunkRecord], pool: SlabPool, disk: DiskTier | None,
+              slot_bytes: int) -> StoreStats:
+        """A snapshot of these counters, `records` and both tiers; O(records)."""
+        return snapshot(records, pool, disk, slot_bytes, self._counters, self._events.dropped)
 
 
 def snapshot(records: Collection[ChunkRecord], pool: SlabPool, disk: DiskTier | None, slot_bytes: int,

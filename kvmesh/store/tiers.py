@@ -6,7 +6,8 @@ victim also gets its disk bytes reserved), release the lock for the I/O,
 retake it to publish the outcome. A pinned chunk is never evicted, so the
 record stays valid while the lock is dropped; the store may be closed
 meanwhile, which every retake checks. Every change to the bookkeeping goes
-through the index's operations; the mover itself reads and writes payloads.
+through the operations of the index's parts (`index`): the record table, the
+tier book and the log; the mover itself reads and writes payloads.
 
 - `make_room` (lock held): free a CPU slot by dropping the LRU chunk, or
   hand back a victim whose spill the caller writes with `write_spill`
@@ -35,7 +36,7 @@ from kvmesh.store.records import ChunkRecord, LoadTicket, release_view
 from kvmesh.store.slab_pool import SlabPool
 from kvmesh.types import ChunkKey, key_hex
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 Spill = tuple[ChunkRecord, memoryview]  # a victim pinned in CPU, its disk bytes reserved; its payload
 
@@ -50,7 +51,9 @@ class TierMover:
     """
 
     def __init__(self, index: ChunkIndex, pool: SlabPool, disk: DiskTier | None) -> None:
-        self._index = index
+        self._records = index.records
+        self._book = index.book
+        self._log = index.log
         self._lock = index.locked()
         self._pool = pool
         self._disk = disk
@@ -63,13 +66,13 @@ class TierMover:
         Raises ChunkMissingError, or StoreFullError when a disk-only chunk
         gets no slot. promote=False: None for a disk-only chunk (no I/O, no
         pin, not counted)."""
-        ix = self._index
+        rec = self._records
         with self._lock:
             if not promote:
-                held = ix.committed(key)
+                held = rec.committed(key)
                 if held is not None and held.slot is None:
                     return None  # on disk only: the caller reads it back elsewhere
-            chunk = ix.start_load(key, count)  # pinned; counted unless on disk only
+            chunk = rec.start_load(key, count)  # pinned; counted unless on disk only
             if chunk is None:
                 raise ChunkMissingError(f"chunk {key_hex(key)} is not in this store")
             if chunk.slot is not None:
@@ -79,26 +82,26 @@ class TierMover:
         except BaseException:
             with self._lock:
                 if count:
-                    ix.miss()
-                ix.unpin(chunk)
+                    self._log.miss()
+                rec.unpin(chunk)
             raise
         with self._lock:
             if count:
-                ix.hit()
+                self._log.hit()
             return self._load_ticket(chunk, "disk")
 
     def _promote(self, chunk: ChunkRecord) -> None:
         """Read a pinned disk-only chunk into a slot; one reader at a time per chunk."""
-        ix = self._index
+        rec, book = self._records, self._book
         with self._lock:
             while chunk.promoting:
                 self.promoted.wait()
-            ix.check_open()
+            rec.check_open()
             if chunk.slot is not None:
                 return  # another loader brought it in while we waited
-            if ix.record(chunk.key) is not chunk:
+            if rec.record(chunk.key) is not chunk:
                 raise ChunkMissingError(f"chunk {key_hex(chunk.key)} is not in this store")
-            ix.set_promoting(chunk, True)
+            book.set_promoting(chunk, True)
         slot = None
         try:
             slot = self.take_slot(chunk.key)
@@ -110,19 +113,19 @@ class TierMover:
                 raise ChunkMissingError(f"chunk file for {key_hex(chunk.key)} holds other bytes; deleted")
         except BaseException as exc:
             with self._lock:
-                ix.set_promoting(chunk, False)
+                book.set_promoting(chunk, False)
                 self.promoted.notify_all()
-                if not ix.closed:
+                if not rec.closed:
                     if slot is not None:
-                        ix.free_slot(slot)
-                    if isinstance(exc, ChunkMissingError) and ix.record(chunk.key) is chunk:
-                        ix.disk_copy_lost(chunk)  # the disk tier already dropped the file
+                        book.free_slot(slot)
+                    if isinstance(exc, ChunkMissingError) and rec.record(chunk.key) is chunk:
+                        book.disk_copy_lost(chunk)  # the disk tier already dropped the file
             raise
         with self._lock:
-            ix.set_promoting(chunk, False)
+            book.set_promoting(chunk, False)
             self.promoted.notify_all()
-            ix.check_open()
-            ix.place(chunk, slot)
+            rec.check_open()
+            book.place(chunk, slot)
 
     def _load_ticket(self, chunk: ChunkRecord, tier: str) -> LoadTicket:
         view = self._pool.view(chunk.slot)[:chunk.length]
@@ -136,34 +139,32 @@ class TierMover:
         Called without the lock; spills are written between lock holds.
         Raises StoreFullError when every slot is pinned or in flight.
         """
-        ix = self._index
         while True:
             with self._lock:
-                ix.check_open()
+                self._records.check_open()
                 spill = self.make_room(for_key)
                 if spill is None:
-                    return ix.alloc_slot()
+                    return self._book.alloc_slot()
             self.write_spill(*spill, drop_if_pinned=False)
 
     def make_room(self, for_key: ChunkKey) -> Spill | None:
         """Free slots until one is free; or return a victim whose spill must be written first.
         Lock held. The victim comes back pinned, its disk bytes reserved."""
-        ix = self._index
-        while ix.cpu_full():
-            victim = ix.lru_victim()
+        book = self._book
+        while book.cpu_full():
+            victim = book.lru_victim()
             if victim is None:
                 raise StoreFullError(
                     f"cannot place chunk {key_hex(for_key)}: all {self._pool.num_slots} CPU slots "
                     "are pinned or in flight")
             if self._disk is None or victim.on_disk:
-                ix.drop_from_cpu(victim)
+                book.drop_from_cpu(victim)
                 continue
             try:
-                ix.reserve_disk(victim.length)
+                book.start_spill(victim)  # disk bytes reserved, pinned in flight
             except StoreFullError:
-                ix.evict(victim)  # nowhere to spill it
+                book.evict(victim)  # nowhere to spill it
                 continue
-            ix.pin(victim)
             return victim, self._pool.view(victim.slot)[:victim.length]
         return None
 
@@ -174,10 +175,10 @@ class TierMover:
         try:
             spill = self.make_room(chunk.key)
         except BaseException:
-            self._index.abandon(chunk)
+            self._records.abandon(chunk)
             raise
         if spill is None:
-            self._index.place(chunk, self._index.alloc_slot())
+            self._book.place(chunk, self._book.alloc_slot())
         return spill
 
     def write_spill(self, chunk: ChunkRecord, view: memoryview, drop_if_pinned: bool) -> None:
@@ -188,12 +189,12 @@ class TierMover:
             self._disk.write_reserved(chunk.key, view, chunk.checksum, pinned=True)
             written = True
         except (OSError, StoreError) as exc:
-            log.warning("spilling chunk %s to disk failed: %s", key_hex(chunk.key), exc)
+            logger.warning("spilling chunk %s to disk failed: %s", key_hex(chunk.key), exc)
             written = False
         finally:
             release_view(view)
         with self._lock:
-            self._index.end_spill(chunk, written, drop_if_pinned)
+            self._book.end_spill(chunk, written, drop_if_pinned)
 
     def move_to_cpu(self, key: ChunkKey) -> bool:
         """The store's move(key, "cpu"): a load that counts as neither hit nor
@@ -204,26 +205,25 @@ class TierMover:
             return False
         with self._lock:
             release_view(ticket.view)
-            self._index.unpin(ticket._chunk)
+            self._records.unpin(ticket._chunk)
         return True
 
     def move_to_disk(self, key: ChunkKey) -> bool:
         """The store's move(key, "disk"): True if the chunk is now on disk only."""
-        ix = self._index
+        book = self._book
         with self._lock:
-            ix.check_open()
-            chunk = ix.committed(key)
+            self._records.check_open()
+            chunk = self._records.committed(key)
             if chunk is None or self._disk is None or chunk.pins > 0:
                 return False
             if chunk.slot is None or chunk.on_disk:
                 if chunk.slot is not None:
-                    ix.drop_from_cpu(chunk)
+                    book.drop_from_cpu(chunk)
                 return True
             try:
-                ix.reserve_disk(chunk.length)
+                book.start_spill(chunk)  # disk bytes reserved, pinned in flight
             except StoreFullError:
                 return False
-            ix.pin(chunk)
             view = self._pool.view(chunk.slot)[:chunk.length]
         self.write_spill(chunk, view, drop_if_pinned=True)
         with self._lock:

@@ -361,9 +361,9 @@ def test_same_host_process_reads_a_committed_chunk(store):
         "off, n = int(sys.argv[2]), int(sys.argv[3])\n"
         "sys.stdout.write(m[off:off + n].hex())\n"
     )
-    fd, size = store.share_pool_fd()
+    fd, size = store.pool.share_fd()
     try:
-        args = [str(fd), str(store.offset(ticket.slot)), str(ticket.length)]
+        args = [str(fd), str(store.pool.offset(ticket.slot)), str(ticket.length)]
         out = subprocess.run([sys.executable, "-c", script, *args], pass_fds=(fd,),
                              capture_output=True, text=True, check=True, timeout=60)
     finally:

@@ -1,10 +1,14 @@
-"""The store's shape: one front for other packages, an index only its own operations change."""
+"""The store's shape: one front for other packages; an index whose parts only their own operations change."""
 
 import ast
 from pathlib import Path
 
 import kvmesh
 from kvmesh.store.index import ChunkIndex
+from kvmesh.store.record_table import RecordTable
+from kvmesh.store.records import ChunkRecord
+from kvmesh.store.stats import StoreLog
+from kvmesh.store.tier_book import TierBook
 
 ROOT = Path(kvmesh.__file__).parent
 STORE = ROOT / "store"
@@ -43,23 +47,66 @@ def test_other_packages_use_only_the_store_front():
     assert offending == {}
 
 
-def index_uses(tree: ast.AST) -> set[str]:
-    """Attributes read off the index: `ix.<name>` or `<anything>._index.<name>`."""
+# the names the store's modules give the index and its parts (`x` or `<anything>.x`), and what each names
+PART_NAMES = {"ix": ChunkIndex, "index": ChunkIndex, "_index": ChunkIndex,
+              "rec": RecordTable, "records": RecordTable, "_records": RecordTable,
+              "book": TierBook, "_book": TierBook, "_log": StoreLog}
+# the only modules that write a ChunkRecord's fields (records.py: its constructor)
+RECORD_WRITERS = {"records.py", "record_table.py", "tier_book.py"}
+
+
+def operations(cls: type) -> set[str]:
+    return {name for name, value in vars(cls).items()
+            if not name.startswith("_") and (callable(value) or isinstance(value, property))}
+
+
+def part_uses(tree: ast.AST) -> set[tuple[type, str]]:
+    """(part, attribute) for every attribute read off a name of the index or a part."""
     uses = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Attribute):
             base = node.value
-            if (isinstance(base, ast.Name) and base.id == "ix") or (
-                    isinstance(base, ast.Attribute) and base.attr == "_index"):
-                uses.add(node.attr)
+            name = base.id if isinstance(base, ast.Name) else base.attr if isinstance(base, ast.Attribute) else None
+            if name in PART_NAMES:
+                uses.add((PART_NAMES[name], node.attr))
     return uses
 
 
 def test_the_stores_parts_reach_the_index_only_through_its_operations():
-    operations = {name for name, value in vars(ChunkIndex).items()
-                  if not name.startswith("_") and (callable(value) or isinstance(value, property))}
     for path in STORE.glob("*.py"):
-        if path.name == "index.py":
+        uses = part_uses(ast.parse(path.read_text()))
+        bad = sorted(f"{part.__name__}.{name}" for part, name in uses if name not in operations(part))
+        assert bad == [], f"{path.name} reaches into the index: {bad}"
+
+
+def test_the_index_is_reached_through_each_of_its_parts():
+    """The check above sees the parts: the store's modules use every part by one of its names."""
+    used = set()
+    for path in STORE.glob("*.py"):
+        used |= {part for part, _ in part_uses(ast.parse(path.read_text()))}
+    assert used == {ChunkIndex, RecordTable, TierBook, StoreLog}
+
+
+def assigned(node: ast.AST) -> list[ast.expr]:
+    """What an assignment statement writes, tuple targets unpacked."""
+    targets = node.targets if isinstance(node, ast.Assign) else (
+        [node.target] if isinstance(node, (ast.AugAssign, ast.AnnAssign)) else [])
+    flat = []
+    while targets:
+        target = targets.pop()
+        if isinstance(target, (ast.Tuple, ast.List)):
+            targets.extend(target.elts)
+        else:
+            flat.append(target.value if isinstance(target, ast.Starred) else target)
+    return flat
+
+
+def test_only_the_record_table_and_the_tier_book_write_records():
+    fields = set(ChunkRecord.__slots__)
+    for path in STORE.glob("*.py"):
+        if path.name in RECORD_WRITERS:
             continue
-        uses = index_uses(ast.parse(path.read_text()))
-        assert uses <= operations, f"{path.name} reaches into the index: {sorted(uses - operations)}"
+        for node in ast.walk(ast.parse(path.read_text())):
+            for target in assigned(node):
+                assert not (isinstance(target, ast.Attribute) and target.attr in fields), (
+                    f"{path.name}:{target.lineno} writes a record's {target.attr}")
