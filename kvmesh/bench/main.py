@@ -21,6 +21,7 @@ BENCHMARKS = {
 # Robustness runs, by name only: `all` leaves them out (each takes many minutes at its defaults).
 CHECKS = {
     "fuzz": "kvmesh.bench.fuzz",
+    "soak": "kvmesh.bench.soak",
 }
 
 
