@@ -2,8 +2,9 @@
 
 Two apps (one with a mesh secret, one without) run on one event loop, each
 over its own `FuzzPeer`; every input is one request from
-`fuzz_api_requests`, sent through aiohttp's test client or, for some, as
-mutated raw bytes over a socket. Whatever arrives, the API must not answer
+`fuzz_api_requests`, sent through an aiohttp client session or, for some, as
+mutated raw bytes over a socket. (Not aiohttp's TestClient: it keeps every
+response until it is closed, which over 10^5 requests reads as a leak.) Whatever arrives, the API must not answer
 5xx (a 502 from a failed move cannot happen here: the stand-in's pushes
 succeed). Each request is bounded by the hang limit (asyncio.wait_for); the
 tracebacks the app logs for a 500 are kept with the failing input.
@@ -18,11 +19,16 @@ import random
 import tempfile
 from pathlib import Path
 
-from aiohttp import ClientError
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp import ClientError, ClientSession, DummyCookieJar
+from aiohttp.test_utils import TestServer
 
 from kvmesh.bench.fuzz_api_peer import OTHER, FuzzPeer
-from kvmesh.bench.fuzz_api_requests import ApiRequest, authorization, make_request, raw_bytes
+from kvmesh.bench.fuzz_api_requests import (
+    ApiRequest,
+    authorization,
+    make_request,
+    raw_bytes,
+)
 from kvmesh.bench.fuzz_tally import InputHang
 from kvmesh.config import ControlConfig
 from kvmesh.peers.control_api import build_app
@@ -55,11 +61,12 @@ class ApiSurface:
         self._tmp = tempfile.TemporaryDirectory(prefix="kvmesh-fuzz-api-")
         self.peers = {s: FuzzPeer("127.0.0.1:7001", Path(self._tmp.name) / f"disk{int(s)}",
                                   SECRET if s else None) for s in (False, True)}
-        self.clients = {s: TestClient(TestServer(build_app(p, ControlConfig())), loop=self.loop)
+        self.servers = {s: TestServer(build_app(p, ControlConfig()), loop=self.loop)
                         for s, p in self.peers.items()}
-        for secret, client in self.clients.items():
-            self.loop.run_until_complete(client.start_server())
-            self.peers[secret].control_urls_known[OTHER] = str(client.make_url("")).rstrip("/")
+        for secret, server in self.servers.items():
+            self.loop.run_until_complete(server.start_server())
+            self.peers[secret].control_urls_known[OTHER] = str(server.make_url("")).rstrip("/")
+        self.session = self.loop.run_until_complete(_open_session())
         self.keys = [self.peers[False].random_key_hex(random.Random(i)) for i in range(8)]
         self._errors = _LastError()
         self._saved_loggers = []
@@ -72,8 +79,9 @@ class ApiSurface:
         self.statuses: dict[int, int] = {}  # status -> count; 0: no answer (closed, or unsendable)
 
     def close(self) -> None:
-        for client in self.clients.values():
-            self.loop.run_until_complete(client.close())
+        self.loop.run_until_complete(self.session.close())
+        for server in self.servers.values():
+            self.loop.run_until_complete(server.close())
         self.loop.close()
         for peer in self.peers.values():
             peer.close()
@@ -102,11 +110,11 @@ class ApiSurface:
         return status >= 400, None
 
     async def _send(self, req: ApiRequest) -> int:
-        client = self.clients[req.secret]
-        host = req.host.replace("{port}", str(client.port))
+        server = self.servers[req.secret]
+        host = req.host.replace("{port}", str(server.port))
         headers = {**req.extra, "Host": host}
         if req.origin is not None:
-            headers["Origin"] = req.origin.replace("{port}", str(client.port))
+            headers["Origin"] = req.origin.replace("{port}", str(server.port))
         if req.content_type is not None:
             headers["Content-Type"] = req.content_type
         auth = authorization(req, SECRET if req.secret else b"no secret set", host)
@@ -114,20 +122,20 @@ class ApiSurface:
             headers["Authorization"] = auth
         # A path that starts "//" reads as a URL with a host: only raw bytes send it as it is.
         if req.raw_mutations or req.raw_seed or req.path.startswith("//"):
-            return await self._send_raw(client, raw_bytes(req, headers))
+            return await self._send_raw(server, raw_bytes(req, headers))
         try:
-            async with client.request(req.method, req.path, headers=headers, data=req.body,
-                                      skip_auto_headers=("Content-Type",)) as resp:
+            async with self.session.request(req.method, server.make_url(req.path), headers=headers,
+                                            data=req.body, skip_auto_headers=("Content-Type",)) as resp:
                 await resp.read()
                 return resp.status
         except (ClientError, ValueError):  # the client library refused to send it
             return 0
 
-    async def _send_raw(self, client: TestClient, data: bytes) -> int:
+    async def _send_raw(self, server: TestServer, data: bytes) -> int:
         """Write `data`, read the status line, close. A request the server is still waiting
         on the rest of gets an EOF after RAW_WAIT_S (then the server closes, unanswered: 0).
         Not waiting for the server to close: a mutated Connection header may keep it open."""
-        reader, writer = await asyncio.open_connection(client.host, client.port)
+        reader, writer = await asyncio.open_connection(server.host, server.port)
         try:
             writer.write(data)
             await writer.drain()
@@ -142,6 +150,11 @@ class ApiSurface:
             writer.close()
         parts = line.split()
         return int(parts[1]) if len(parts) >= 2 and parts[1].isdigit() else 0
+
+
+async def _open_session() -> ClientSession:
+    """A session on the running loop that keeps no cookies (the requests carry their own)."""
+    return ClientSession(cookie_jar=DummyCookieJar())
 
 
 class ServerError(Exception):

@@ -67,10 +67,16 @@ class ApiRequest:
         return out
 
 
+_BAD_KEYS = ("", "zz" * 16, "0" * 31, "0" * 33, "A" * 32, 1, None, ["x"])
+
+
 def _key_list(rng: random.Random, keys: list[str]) -> list:
-    pick = lambda: rng.choice(keys) if rng.random() < 0.8 else rng.choice(  # noqa: E731
-        ("", "zz" * 16, "0" * 31, "0" * 33, "A" * 32, 1, None, ["x"]))
-    return [pick() for _ in range(rng.choice((0, 1, 2, 3, 8)))]
+    return [rng.choice(keys) if rng.random() < 0.8 else rng.choice(_BAD_KEYS)
+            for _ in range(rng.choice((0, 1, 2, 3, 8)))]
+
+
+def _text(rng: random.Random, most: int) -> str:
+    return "".join(rng.choice(PRINTABLE) for _ in range(rng.randint(0, most)))
 
 
 def valid_body(rng: random.Random, keys: list[str]) -> tuple[str, dict]:
@@ -128,7 +134,6 @@ _ODD_BODIES = (
 
 
 def _wild_part(rng: random.Random, part: str, keys: list[str]):
-    text = lambda n: "".join(rng.choice(PRINTABLE) for _ in range(rng.randint(0, n)))  # noqa: E731
     if part == "method":
         return rng.choice(METHODS) if rng.random() < 0.8 else "".join(
             rng.choice(string.ascii_uppercase) for _ in range(rng.randint(1, 8)))
@@ -136,16 +141,16 @@ def _wild_part(rng: random.Random, part: str, keys: list[str]):
         return rng.choice(ROUTES) if rng.random() < 0.6 else "/" + "".join(
             rng.choice(string.ascii_letters + string.digits + "-._~/?=&%") for _ in range(rng.randint(0, 24)))
     if part == "host":
-        return rng.choice(BAD_HOSTS) if rng.random() < 0.7 else text(24)
+        return rng.choice(BAD_HOSTS) if rng.random() < 0.7 else _text(rng, 24)
     if part == "origin":
-        return rng.choice(BAD_ORIGINS) if rng.random() < 0.7 else text(24)
+        return rng.choice(BAD_ORIGINS) if rng.random() < 0.7 else _text(rng, 24)
     if part == "content_type":
-        return rng.choice(CONTENT_TYPES) if rng.random() < 0.7 else text(24)
+        return rng.choice(CONTENT_TYPES) if rng.random() < 0.7 else _text(rng, 24)
     if part == "auth":
         return rng.choice(AUTHS)
     if part == "body":
         return wild_body(rng, keys)
-    return {rng.choice(EXTRA_NAMES): text(40) for _ in range(rng.randint(1, 3))}
+    return {rng.choice(EXTRA_NAMES): _text(rng, 40) for _ in range(rng.randint(1, 3))}
 
 
 def make_request(rng: random.Random, keys: list[str]) -> ApiRequest:

@@ -21,7 +21,12 @@ import msgpack
 
 from kvmesh.bench import fuzz_mutate as mut
 from kvmesh.membership.members import MAX_MEMBERS
-from kvmesh.membership.seal import GOSSIP_CONTEXT, SealedTransport, Sealer, gossip_sealer
+from kvmesh.membership.seal import (
+    GOSSIP_CONTEXT,
+    SealedTransport,
+    Sealer,
+    gossip_sealer,
+)
 from kvmesh.membership.sim_network import SimClock, SimNetwork
 from kvmesh.membership.states import INCARNATION_CEILING, MAX_INCARNATION, MemberState
 from kvmesh.membership.swim import Swim
@@ -137,15 +142,16 @@ class GossipSurface:
         self.clock = clock = SimClock(1_000_000.0)
         net = SimNetwork(clock, seed=self._inputs)
         self.engines: list[Swim] = []
+        seals: list[SealedTransport] = []
         for i, addr in enumerate(ADDRS):
-            sealed = SealedTransport(net.endpoint(addr), gossip_sealer(SECRET, NAMESPACE, clock=clock))
-            engine = Swim(addr, addr, sealed, clock, lambda joined, left: None, vnodes=8,
+            seals.append(SealedTransport(net.endpoint(addr), gossip_sealer(SECRET, NAMESPACE, clock=clock)))
+            engine = Swim(addr, addr, seals[-1], clock, lambda joined, left: None, vnodes=8,
                           config=SwimConfig(), rng=random.Random(i))
             engine.preload((a, a) for a in ADDRS)
             engine.start()
             self.engines.append(engine)
-        self.target, self.target_seal = self.engines[0], self.engines[0]._transport
-        self.endpoint = self.target_seal.inner
+        self.target, self.target_seal = self.engines[0], seals[0]
+        self.endpoint = seals[0].inner  # what the network delivers to: the seal's receiver
         self.sealers = {"member": gossip_sealer(SECRET, NAMESPACE, clock=clock),
                         "wrong-key": gossip_sealer(b"not-the-secret", NAMESPACE, clock=clock),
                         "stale": Sealer(SECRET, GOSSIP_CONTEXT + NAMESPACE,
@@ -154,7 +160,7 @@ class GossipSurface:
         clock.run_for(3.0)
 
     def make(self, rng: random.Random) -> GossipInput:
-        if self._inputs and self._inputs % REBUILD_EVERY == 0 or not self.target._running:
+        if self._inputs and self._inputs % REBUILD_EVERY == 0:
             self._build()
         self._inputs += 1
         body = payload(rng)

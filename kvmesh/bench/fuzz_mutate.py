@@ -7,7 +7,8 @@ is reproduced from its bytes alone (the harness saves those, not the seed).
 from __future__ import annotations
 
 import random
-from typing import Callable
+from collections.abc import Callable
+from itertools import pairwise
 
 # Values that sit on the edges of the checks a parser makes.
 INTERESTING_U8 = (0, 1, 0x7F, 0x80, 0xFF)
@@ -99,5 +100,4 @@ def random_splits(rng: random.Random, size: int) -> list[int]:
 
 
 def pieces(data: bytes, cuts: list[int]) -> list[bytes]:
-    bounds = [0, *cuts, len(data)]
-    return [data[a:b] for a, b in zip(bounds, bounds[1:])]
+    return [data[a:b] for a, b in pairwise([0, *cuts, len(data)])]

@@ -123,7 +123,7 @@ class Watchdog:
         self._old_handler = None
         self._thread = threading.Thread(target=self._watch, name="fuzz-watchdog", daemon=True)
 
-    def __enter__(self) -> "Watchdog":
+    def __enter__(self) -> Watchdog:
         if self._can_interrupt:
             self._old_handler = signal.signal(signal.SIGUSR1, self._on_signal)
         self._thread.start()

@@ -27,7 +27,13 @@ import time
 from kvmesh.bench import soak_mesh as sm
 from kvmesh.bench.procs import PeerProcess, wait_for_members
 from kvmesh.bench.report import Table
-from kvmesh.bench.soak_probe import ProcReading, ShmReading, own_pool_inode, read_process, read_shm
+from kvmesh.bench.soak_probe import (
+    ProcReading,
+    ShmReading,
+    own_pool_inode,
+    read_process,
+    read_shm,
+)
 
 MIB = 1 << 20
 RESTART_LIMIT_S = 60.0  # a holder not back within this is killed and started again
@@ -57,7 +63,7 @@ class Soak:
             proc = PeerProcess({**env, **seeds}, self.shape.slot_bytes)
             self.pullers.append(sm.Puller(proc.wait_ready()))
         for i in range(self.args.holders):
-            proc = sm.start_holder(self.shape, i, self.seed_peer).wait_ready()
+            proc = sm.start_holder(self.shape, self.seed_peer).wait_ready()
             self.holders.append(sm.Holder(i, proc, int(proc.peer_id.rsplit(":", 1)[1]), proc.peer_id))
         wait_for_members([p.proc for p in self.pullers] + [h.proc for h in self.holders],
                          self.args.holders + self.args.pullers, timeout=30)
@@ -124,7 +130,12 @@ class Soak:
             self.problems.append(f"puller {p.proc.peer_id} exited with {p.proc.proc.returncode}")
             return
         if p.busy_since is None:
-            p.proc.send("clear", timeout=self.args.hang_s)
+            try:
+                p.proc.send("clear", timeout=self.args.hang_s)
+            except TimeoutError:
+                self.totals["hangs"] += 1
+                self.problems.append(f"puller {p.proc.peer_id}: no answer to a clear")
+                return
             p.proc.write("load", seed=self.rng.choice(self.shape.seeds()), chunks=self.shape.chunks,
                          timeout=self.args.load_timeout)
             p.busy_since, p.flagged_hang = now, False

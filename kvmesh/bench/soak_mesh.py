@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import select
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from kvmesh.bench.procs import PeerProcess
 
@@ -72,10 +72,9 @@ class Puller:
     busy_since: float | None = None  # a load is out
     flagged_hang: bool = False
     seconds_max: float = 0.0
-    replies: list[dict] = field(default_factory=list)
 
 
-def start_holder(shape: MeshShape, index: int, seed_peer: str, port: int = 0) -> PeerProcess:
+def start_holder(shape: MeshShape, seed_peer: str, port: int = 0) -> PeerProcess:
     env = {**shape.env(), "KVMESH_SEEDS": seed_peer, "KVMESH_PORT": str(port)}
     return PeerProcess(env, shape.slot_bytes)
 
@@ -91,7 +90,7 @@ def fill_holder(shape: MeshShape, holder: Holder) -> None:
 def kill_and_restart(shape: MeshShape, holder: Holder, seed_peer: str, now: float) -> None:
     """SIGKILL the holder and start it again on its port (it comes back as the same peer)."""
     holder.proc.kill()
-    holder.proc = start_holder(shape, holder.index, seed_peer, holder.port)
+    holder.proc = start_holder(shape, seed_peer, holder.port)
     holder.state, holder.since = "starting", now
     holder.restarts += 1
 
@@ -101,7 +100,7 @@ def step_restart(shape: MeshShape, holder: Holder, seed_peer: str, now: float) -
     while starting (its port taken) starts again on any port, as a new peer."""
     if holder.state == "starting":
         if holder.proc.proc.poll() is not None:
-            holder.proc = start_holder(shape, holder.index, seed_peer, 0)
+            holder.proc = start_holder(shape, seed_peer, 0)
             holder.new_identity += 1
             holder.port = 0
             return
