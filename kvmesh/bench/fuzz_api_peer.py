@@ -11,7 +11,6 @@ handlers that need chunks. Loop thread only, like a real peer.
 
 from __future__ import annotations
 
-import random
 from pathlib import Path
 
 from kvmesh.config import KvmeshConfig, MeshConfig, StoreConfig
@@ -76,9 +75,6 @@ class FuzzPeer:
                 if ticket is not None:
                     ticket.view[:8] = bytes(range(8))
                     self.store.commit_store(ticket, True, 8)
-
-    def random_key_hex(self, rng: random.Random) -> str:
-        return self.keys[rng.randrange(len(self.keys))].hex()
 
     # ---- the verbs the control API calls ----------------------------------------------
 

@@ -177,6 +177,10 @@ def report(soak: Soak, seconds: float, start: tuple, end: tuple) -> Table:
     table.add("holders / pullers", f"{args.holders} / {args.pullers}")
     table.add("kills (SIGKILL + restart)", t["kills"])
     table.add("restarts that came back on another port", sum(h.new_identity for h in soak.holders))
+    restarts = sorted(s for h in soak.holders for s in h.restart_s)
+    if restarts:
+        table.add("restart s, kill to refilled (median / max)",
+                  f"{restarts[len(restarts) // 2]:.1f} / {restarts[-1]:.1f}")
     table.add("pulls (load ops)", t["pulls"])
     table.add("chunks verified", t["verified"])
     table.add("chunks with wrong bytes", t["wrong"])

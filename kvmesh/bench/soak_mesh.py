@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import select
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from kvmesh.bench.procs import PeerProcess
 
@@ -62,6 +62,7 @@ class Holder:
     state: str = "up"
     since: float = 0.0
     restarts: int = 0
+    restart_s: list[float] = field(default_factory=list)  # kill to refilled, per restart
     new_identity: int = 0  # restarts that could not keep the port (so came back as another peer)
 
 
@@ -118,6 +119,7 @@ def step_restart(shape: MeshShape, holder: Holder, seed_peer: str, now: float) -
             holder.state = "filling own"
         else:
             holder.state = "up"
+            holder.restart_s.append(now - holder.since)
 
 
 def wait_all_up(shape: MeshShape, holders: list[Holder], seed_peer: str, timeout_s: float) -> bool:
