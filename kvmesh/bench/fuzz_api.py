@@ -124,7 +124,8 @@ class ApiSurface:
             headers["Authorization"] = auth
         # A path that starts "//" reads as a URL with a host: only raw bytes send it as it is.
         if req.raw_mutations or req.raw_seed or req.path.startswith("//"):
-            return await self._send_raw(server, raw_bytes(req, headers))
+            req.sent = raw_bytes(req, headers)
+            return await self._send_raw(server, req.sent)
         try:
             async with self.session.request(req.method, server.make_url(req.path), headers=headers,
                                             data=req.body, skip_auto_headers=("Content-Type",)) as resp:

@@ -59,11 +59,14 @@ class ApiRequest:
     extra: dict[str, str] = field(default_factory=dict)
     raw_mutations: int = 0  # >0: sent as raw bytes, mutated this many times (seeded below)
     raw_seed: int = 0
+    sent: bytes = b""  # the raw bytes as written to the socket (raw requests only), for a replay
 
     def as_json(self) -> dict:
-        out = {k: v for k, v in self.__dict__.items() if k != "body"}
+        out = {k: v for k, v in self.__dict__.items() if k not in ("body", "sent")}
         out["body_hex"] = self.body[:4096].hex()
         out["body_bytes"] = len(self.body)
+        if self.sent:
+            out["sent_hex"] = self.sent[:65536].hex()
         return out
 
 

@@ -7,7 +7,8 @@ import time
 
 import pytest
 
-from kvmesh.bench import fuzz, fuzz_api_peer, fuzz_frames, report
+from kvmesh.bench import fuzz, fuzz_api, fuzz_api_peer, fuzz_frames, report
+from kvmesh.bench.fuzz_api_requests import ApiRequest
 from kvmesh.membership.swim import Swim
 from kvmesh.transfer import codec
 
@@ -87,3 +88,21 @@ def test_an_api_500_is_a_crash_with_its_traceback(monkeypatch):
     assert tally.crashes > 0 and extra["statuses"].get(500) == tally.crashes
     failure = tally.failures[0].as_json()
     assert failure["input"]["path"].startswith("/pin") and "RuntimeError: planted" in failure["trace"]
+
+
+def test_a_raw_request_that_fails_is_saved_as_the_bytes_sent(monkeypatch):
+    def buggy(self):
+        raise RuntimeError("planted")
+
+    monkeypatch.setattr(fuzz_api_peer.FuzzPeer, "status", buggy)
+    surface = fuzz_api.ApiSurface(hang_s=2.0)
+    try:
+        req = ApiRequest(secret=True, method="GET", path="/status", content_type=None, body=b"",
+                         raw_seed=7)  # raw, with no mutation
+        with pytest.raises(fuzz_api.ServerError) as failed:
+            surface.run(req)
+    finally:
+        surface.close()
+    assert failed.value.status == 500 and "RuntimeError: planted" in failed.value.trace
+    sent = bytes.fromhex(req.as_json()["sent_hex"])
+    assert sent.startswith(b"GET /status HTTP/1.1\r\n") and b"Authorization: Bearer " in sent
