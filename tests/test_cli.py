@@ -58,9 +58,12 @@ def test_command_help(name, flag, capsys, nothing_starts):
     call_help([name, flag], capsys)
 
 
-@pytest.mark.parametrize("name", sorted(bench_main.BENCHMARKS))
+BENCH_MODULES = {**bench_main.BENCHMARKS, **bench_main.CHECKS}
+
+
+@pytest.mark.parametrize("name", sorted(BENCH_MODULES))
 def test_bench_help(name, capsys, nothing_starts):
-    importlib.import_module(bench_main.BENCHMARKS[name])
+    importlib.import_module(BENCH_MODULES[name])
     assert f"kvmesh bench {name}" in call_help(["bench", name, "--help"], capsys)
 
 
@@ -83,12 +86,20 @@ def test_help_runs_no_benchmark(argv, capsys, bench_runs, nothing_starts):
     out = capsys.readouterr().out
     assert out.startswith("usage:"), out
     if argv[0] == "bench" and argv[1] != "all":
-        assert all(name in out for name in [*bench_main.BENCHMARKS, "all"])
+        assert all(name in out for name in [*BENCH_MODULES, "all"])
 
 
 def test_bench_all_still_runs_every_benchmark(bench_runs):
     assert cli.main(["bench", "all"]) == 0
     assert bench_runs == list(bench_main.BENCHMARKS)
+
+
+def test_bench_all_leaves_the_long_checks_out(monkeypatch, bench_runs):
+    for name, module in bench_main.CHECKS.items():
+        monkeypatch.setattr(importlib.import_module(module), "main",
+                            lambda argv, name=name: bench_runs.append(name) or 0)
+    assert cli.main(["bench", "all"]) == 0
+    assert not set(bench_runs) & set(bench_main.CHECKS)
 
 
 def test_bench_name_gets_its_args_verbatim(monkeypatch):

@@ -1,4 +1,5 @@
-"""`kvmesh bench NAME`: run one benchmark, or `all` of them in turn."""
+"""`kvmesh bench NAME`: run one benchmark, or `all` of them in turn (fuzz and soak, long
+robustness runs, only by name)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,11 @@ BENCHMARKS = {
     "ttft": "kvmesh.bench.ttft",
     "gossip": "kvmesh.bench.gossip",
     "netns": "kvmesh.bench.netns",
+}
+# Robustness runs, by name only: `all` leaves them out (each takes many minutes at its defaults).
+CHECKS = {
+    "fuzz": "kvmesh.bench.fuzz",
+    "soak": "kvmesh.bench.soak",
 }
 
 
@@ -38,13 +44,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(name: str, argv: list[str]) -> int:
-    return int(importlib.import_module(BENCHMARKS[name]).main(argv) or 0)
+    return int(importlib.import_module({**BENCHMARKS, **CHECKS}[name]).main(argv) or 0)
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="kvmesh bench", usage="%(prog)s [-h] NAME [ARGS]",
                                 description=__doc__,
                                 epilog="`kvmesh bench NAME --help` lists NAME's options.")
-    p.add_argument("name", choices=[*BENCHMARKS, "all"], metavar="NAME",
-                   help="{" + ",".join([*BENCHMARKS, "all"]) + "}")
+    names = [*BENCHMARKS, *CHECKS, "all"]
+    p.add_argument("name", choices=names, metavar="NAME",
+                   help="{" + ", ".join(names) + "}")
     return p

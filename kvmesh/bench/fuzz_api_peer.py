@@ -1,0 +1,121 @@
+"""A stand-in peer for fuzzing the control API in-process: the verbs the API calls, over a
+real `ChunkStore`, with no network.
+
+Like the tests' fake (tests/peers/control_fakes.py), which a benchmark in
+the package cannot import: the API's handlers run for real against a real
+store (pins, tiers, a disk directory), and a member named OTHER stands in for
+the rest of the mesh (moves "to" it are counted, not sent). `restock()` puts
+every key back, so a fuzz run that cleared the store keeps reaching the
+handlers that need chunks. Loop thread only, like a real peer.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from kvmesh.config import KvmeshConfig, MeshConfig, StoreConfig
+from kvmesh.directory.shard import Directory
+from kvmesh.hashring.keys import ChunkHasher, KeyNamespace
+from kvmesh.membership.swim import Swim
+from kvmesh.peers.stats import PeerStats
+from kvmesh.peers.status import PeerStatus
+from kvmesh.store.chunk_store import ChunkStore
+from kvmesh.types import ChunkKey, PeerId
+
+SLOT_BYTES = 64
+CHUNK_TOKENS = 4
+STOCK_CHUNKS = 8
+OTHER = "127.0.0.1:7002"  # a member that is not running
+
+
+class _Quiet:
+    """Transport and clock of a membership that is read, never started."""
+
+    def send(self, addr: str, data: bytes) -> None:
+        pass
+
+    def set_receiver(self, receive) -> None:
+        pass
+
+    def time(self) -> float:
+        return 0.0
+
+    def call_later(self, delay, callback):
+        raise RuntimeError("the stand-in peer's membership runs no timers")
+
+
+class FuzzPeer:
+    """The peer surface `control_api.build_app` uses; see the module docstring."""
+
+    def __init__(self, peer_id: str, disk_dir: Path, secret: bytes | None) -> None:
+        self.peer_id = PeerId(peer_id)
+        store = StoreConfig(cpu_bytes=SLOT_BYTES * 32, disk_dir=disk_dir, disk_bytes=1 << 20)
+        self.config = KvmeshConfig(chunk_tokens=CHUNK_TOKENS, store=store,
+                                   mesh=MeshConfig(secret=secret))
+        self.hasher = ChunkHasher(KeyNamespace("m", "fp16", 1, 1, 8, CHUNK_TOKENS, "fuzz"))
+        self.store = ChunkStore(self.config.store, SLOT_BYTES, shared=False)
+        self.stats = PeerStats()
+        self.membership = Swim(self.peer_id, self.peer_id, _Quiet(), _Quiet(), lambda j, l: None,
+                               vnodes=16)
+        self.membership.preload([(OTHER, OTHER)])
+        self.directory = Directory()
+        self.control_urls_known: dict[str, str] = {}  # set to fan `scope=mesh` out for real
+        self.keys: list[ChunkKey] = self.hasher.keys(list(range(STOCK_CHUNKS * CHUNK_TOKENS)))
+        self.pushed = 0
+
+    def restock(self) -> None:
+        """Every stock key back in the CPU tier, none pinned."""
+        for key in self.keys:
+            while self.store.unpin(key):
+                pass
+            if self.store.tier_of(key) == "disk":
+                self.store.move(key, "cpu")
+            if self.store.tier_of(key) is None:
+                ticket = self.store.prepare_store(key)
+                if ticket is not None:
+                    ticket.view[:8] = bytes(range(8))
+                    self.store.commit_store(ticket, True, 8)
+
+    # ---- the verbs the control API calls ----------------------------------------------
+
+    async def lookup_prefix(self, keys) -> int:
+        self.stats.lookups += 1
+        return self.store.leading_hits(keys)
+
+    async def find_holders(self, keys) -> list[tuple[str, ...]]:
+        return [(self.peer_id,) if self.store.tier_of(k) else () for k in keys]
+
+    def held_prefix(self, keys) -> int:
+        return self.store.leading_hits(keys)
+
+    def pin(self, keys) -> list[bool]:
+        return [self.store.pin(k) for k in keys]
+
+    def unpin(self, keys) -> list[bool]:
+        return [self.store.unpin(k) for k in keys]
+
+    async def move(self, keys, tier) -> list[bool]:
+        return [self.store.move(k, tier) for k in keys]
+
+    async def remove(self, keys) -> list[bytes]:
+        return [k for k in keys if self.store.remove(k)]
+
+    async def clear(self, tier=None) -> list[bytes]:
+        return self.store.clear(tier)
+
+    async def push(self, keys, target: str) -> int:
+        self.pushed += len(keys)
+        return len(keys)
+
+    def members(self):
+        return self.membership.members
+
+    async def control_urls(self, peers) -> dict[str, str]:
+        return {p: self.control_urls_known[p] for p in peers if p in self.control_urls_known}
+
+    def status(self) -> PeerStatus:
+        return PeerStatus.of(self.peer_id, self.store.stats(), self.stats, self.membership,
+                             {OTHER: "tcp"}, len(self.directory))
+
+    def close(self) -> None:
+        self.store.close()
