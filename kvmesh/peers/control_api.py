@@ -87,15 +87,24 @@ def build_app(peer, config: ControlConfig) -> web.Application:
     app = web.Application(client_max_size=schema.MAX_BODY_BYTES, middlewares=middlewares)
     app[PEER] = peer
     app[REGISTRY] = peer_registry(peer)
-    app.router.add_get("/health", health)
-    app.router.add_get("/status", status)
-    app.router.add_get("/metrics", metrics)
-    app.router.add_post("/lookup", lookup)
-    app.router.add_post("/pin", pin)
-    app.router.add_post("/unpin", unpin)
-    app.router.add_post("/clear", clear)
-    app.router.add_post("/move", move)
+    for path, handler in (("/health", health), ("/status", status), ("/metrics", metrics)):
+        app.router.add_get(path, handler, expect_handler=_expect)
+    for path, handler in (("/lookup", lookup), ("/pin", pin), ("/unpin", unpin),
+                          ("/clear", clear), ("/move", move)):
+        app.router.add_post(path, handler, expect_handler=_expect)
     return app
+
+
+async def _expect(request: web.Request) -> web.StreamResponse | None:
+    """`Expect: 100-continue` goes on as HTTP says; anything else is a JSON 417.
+
+    aiohttp's own handler runs before every middleware and echoed the header
+    into a text reply, which a byte that is not UTF-8 turned into a 500.
+    """
+    if request.headers.get("Expect", "").lower() == "100-continue":
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        return None
+    return _error(417, "unsupported Expect header")
 
 
 # ---- middlewares ----------------------------------------------------------------
