@@ -20,9 +20,10 @@ Starting is three calls: `open` builds the parts and starts listening;
 `open_control` starts the control API over the front (it serves the front's
 verbs, so the front must be bound to the parts first); `join` joins the mesh,
 last, once everything that answers others is up. `close` tears down what was
-built, whatever step failed: gossip first (leave the mesh), then what takes
-work in (inbound, sync, control, UCX), then what work goes out on (the pool,
-the door), the sockets last. A part is None until it is built.
+built, whatever step failed: gossip first (leave the mesh), then the parts
+that take or make work (inbound, sync, control, UCX), then the connections
+that work went out on, the door, and the sockets last. A part is None until
+it is built.
 
 Loop thread.
 """

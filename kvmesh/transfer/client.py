@@ -162,9 +162,9 @@ class PeerClient:
                 raise
             finally:
                 # Landed chunks are reported, copies drained, then the rest fail.
-                await self._pulls.end(rid, state)
-                if state.leases and not self.closed:
-                    await self._release(state.leases, timeout_s)
+                leases = await self._pulls.end(rid, state)
+                if leases and not self.closed:
+                    await self._release(leases, timeout_s)
 
     def close(self) -> None:
         self._reader.cancel()

@@ -51,7 +51,9 @@ _WAITING, _LANDING, _LANDED, _COPYING, _DONE = (
 
 
 @dataclass
-class _PullState:
+class PullState:
+    """One pull in flight: `PullReceiver.begin` makes it, `end` finishes it."""
+
     keys: tuple[ChunkKey, ...]
     dest: DestFn
     done: DoneFn
@@ -84,8 +86,8 @@ class PullReceiver:
         self._remote = remote  # named in errors
         self._shm: SharedCopier | None = None  # set when pulls use the holder's shared pool
         self._pool_map: PoolMapping | None = None
-        self._pulls: dict[int, _PullState] = {}
-        self._landed: list[tuple[_PullState, f.Chunk]] = []  # to report, see REPORT_BATCH_BYTES
+        self._pulls: dict[int, PullState] = {}
+        self._landed: list[tuple[PullState, f.Chunk]] = []  # to report, see REPORT_BATCH_BYTES
         self._landed_bytes = 0
 
     def use_pool(self, mapping: PoolMapping, copier: SharedCopier) -> None:
@@ -102,17 +104,18 @@ class PullReceiver:
         return bool(self._pulls)
 
     def begin(self, rid: int, keys: tuple[ChunkKey, ...], dest: DestFn, done: DoneFn,
-              reader: ChunkReader | None) -> _PullState:
+              reader: ChunkReader | None) -> PullState:
         """Expect the chunks of pull `rid`; call it just before the PULL is
         sent (its lease deadline counts from now)."""
-        state = _PullState(keys, dest, done, PullTable(len(keys)),
+        state = PullState(keys, dest, done, PullTable(len(keys)),
                            asyncio.get_running_loop().create_future(),
                            SharedCopier.lease_deadline(time.monotonic()), reader=reader)
         self._pulls[rid] = state
         return state
 
-    async def end(self, rid: int, state: _PullState) -> None:
-        """Stop taking frames for pull `rid`, and report every chunk still open.
+    async def end(self, rid: int, state: PullState) -> set[int]:
+        """Stop taking frames for pull `rid`, and report every chunk still open;
+        the holder's leases the pull was given, for the caller to RELEASE.
 
         Landed chunks are reported as they are (landed and verified: not
         failures); copies in flight are waited for, even through a
@@ -123,6 +126,7 @@ class PullReceiver:
         await _drain(state.copies)
         for index in state.table.not_done():
             state.resolve(index, False, 0)
+        return state.leases
 
     def sink(self, chunk: f.Chunk) -> memoryview | None:
         """The decoder's payload sink: the buffer a CHUNK's payload lands in,
@@ -219,7 +223,7 @@ class PullReceiver:
             state.copies.add(fut)
             fut.add_done_callback(lambda done, part=part: _copied(state, part, done))
 
-    def _copy_part(self, state: _PullState, part: list) -> list[bool]:
+    def _copy_part(self, state: PullState, part: list) -> list[bool]:
         """On a copy thread: copy or read each chunk of `part`; whether each is good."""
         shm, deadline, reader = self._shm, state.lease_deadline, state.reader
         if reader is not None:
@@ -227,7 +231,7 @@ class PullReceiver:
         return [shm.copy(out, src, ref.checksum, deadline) for ref, out, src in part]
 
 
-async def await_progress(state: _PullState, timeout_s: float, stall_s: float) -> None:
+async def await_progress(state: PullState, timeout_s: float, stall_s: float) -> None:
     """Wait for the pull to finish; raise TimeoutError on the budget or a stall
     (`stall_s` without a single chunk done), or the connection's failure."""
     loop = asyncio.get_running_loop()
@@ -242,7 +246,7 @@ async def await_progress(state: _PullState, timeout_s: float, stall_s: float) ->
     state.finished.result()  # re-raise a connection failure
 
 
-def _copied(state: _PullState, jobs: list, done: asyncio.Future) -> None:
+def _copied(state: PullState, jobs: list, done: asyncio.Future) -> None:
     """A batch of shared-memory copies ended (on the loop): report each chunk."""
     state.copies.discard(done)
     oks = done.result() if not done.cancelled() and done.exception() is None else []
