@@ -3,10 +3,12 @@
 `DirectorySync` owns the advertise/withdraw outbox and the three loops that
 feed it:
 
-- saves and pulls call `advertise(keys)`; evictions and removals reach the
-  event pump through the store's event listener and become `withdraw(keys)`;
-  both are queued per ring owner and flushed in one batch per owner at the
-  end of the loop turn (keys this peer owns go straight into its own shard);
+- saves (`saved(key)`) and pulls call `advertise(keys)`; evictions and
+  removals reach the event pump through the store's event listener and
+  become `withdraw(keys)` (an operator's removals go at once:
+  `withdraw_gone`); both are queued per ring owner and flushed in one batch
+  per owner at the end of the loop turn (keys this peer owns go straight
+  into its own shard);
 - a ring change (`ring_changed()`) wakes the rebalance loop, which
   re-advertises held keys to the owners that change made new for them and,
   once the ring has been quiet for PRUNE_AFTER_PROBES periods, forgets the
@@ -96,6 +98,17 @@ class DirectorySync:
 
     def withdraw(self, keys: Sequence[ChunkKey]) -> None:
         self._queue(keys, withdraw=True)
+
+    def saved(self, key: ChunkKey) -> None:
+        """The engine saved and committed `key`: count it and advertise it."""
+        self._stats.chunks_saved += 1
+        self.advertise([key])
+
+    def withdraw_gone(self, removed: Sequence[ChunkKey]) -> None:
+        """Withdraw those of `removed` (an operator's removal) no tier holds any more."""
+        gone = [k for k in removed if self._store.tier_of(k) is None]
+        if gone:
+            self.withdraw(gone)
 
     def ring_changed(self) -> None:
         """Membership changed: rebalance soon (changes arriving meanwhile fold in)."""

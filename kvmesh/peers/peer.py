@@ -4,7 +4,9 @@
 
 - the store (`kvmesh.store.ChunkStore`) and the network
   (`kvmesh.peers.network`), both passed in or built from the config;
+- `PeerParts` (`assembly.py`): builds the parts below in order, and closes them;
 - `MeshGossip`: SWIM membership and discovery (the ring);
+- `Contacts`: what this peer tells in handshakes, and members' control URLs;
 - `DirectorySync`: advertise/withdraw batches, rebalancing, the event pump;
 - `HolderLookup`: prefix lookups and holder queries, with their cache;
 - `ChunkLoader`: local tiers, then pulls from holders;
@@ -27,38 +29,26 @@ Data flow:
 from __future__ import annotations
 
 import asyncio
-import logging
 from typing import Sequence
 
 from kvmesh.config import KvmeshConfig
 from kvmesh.directory.shard import Directory
 from kvmesh.hashring.keys import ChunkHasher
 from kvmesh.membership.swim import Swim
+from kvmesh.peers.assembly import PeerParts
 from kvmesh.peers.connections import ConnectionPool
+from kvmesh.peers.contacts import Contacts
 from kvmesh.peers.directory_sync import DirectorySync
-from kvmesh.peers.exposure import enforce_exposure
-from kvmesh.peers.gossip import MeshGossip
 from kvmesh.peers.holder_lookup import Holders, HolderLookup
-from kvmesh.peers.inbound import InboundConnections
 from kvmesh.peers.loader import ChunkLoader, ResultFn
-from kvmesh.peers.network import Endpoint, Network, ReadyStream, TcpNetwork
-from kvmesh.peers.serving import PeerCalls, ServingAdapter, ServingIdentity
+from kvmesh.peers.network import Network, TcpNetwork
 from kvmesh.peers.stats import PeerStats
 from kvmesh.peers.status import PeerStatus
 from kvmesh.store import ChunkStore
 from kvmesh.store.records import LoadTicket, StoreTicket
 from kvmesh.transfer import frames as f
-from kvmesh.transfer import handshake
-from kvmesh.transfer.admission import Admission, ConnectionGate
-from kvmesh.transfer.limits import ConnectionCaps, ServerLimits
-from kvmesh.transfer.pool_door import PoolDoor, door_path, private_dir
 from kvmesh.transfer.reader import ChunkReader
-from kvmesh.transfer.server import serve_connection
-from kvmesh.transfer.shm import host_id
-from kvmesh.transfer.tls import control_scheme
-from kvmesh.types import ChunkKey, PeerAddress, PeerId
-
-log = logging.getLogger(__name__)
+from kvmesh.types import ChunkKey, PeerId
 
 # Bytes/s a move to another peer is budgeted at, on top of the timeout.
 PUSH_BUDGET_BANDWIDTH = 50 << 20
@@ -77,78 +67,38 @@ class Peer:
         self.directory = Directory()
         self.peer_id = PeerId("")
         self.control_url = ""
-        self._network = network if network is not None else TcpNetwork(config.tls)
+        self._parts = PeerParts(config, self.namespace, self.store, self.directory, self.stats,
+                                network if network is not None else TcpNetwork(config.tls))
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._host_id = host_id()
-        self._ucx_port = 0
-        self._control_port = 0
-        self._control_urls: dict[PeerId, str] = {}
-        self._endpoint: Endpoint | None = None
-        self._gossip: MeshGossip | None = None
+        # The parts the verbs speak to, bound once `start` has built them.
         self.membership: Swim | None = None
         self.pool: ConnectionPool | None = None
+        self._contacts: Contacts | None = None
         self._sync: DirectorySync | None = None
         self._lookup: HolderLookup | None = None
         self._loader: ChunkLoader | None = None
-        self._serving: ServingAdapter | None = None
-        self._door: PoolDoor | None = None
-        self._ucx_listener = None
-        self._control = None
-        self._inbound: InboundConnections | None = None
 
     # ---- lifecycle -------------------------------------------------------------
 
     async def start(self) -> None:
+        """Build the parts, start listening, then join the mesh; on any failure,
+        `stop` what was built and re-raise."""
+        parts = self._parts
         try:
-            await self._start()
+            self._loop = asyncio.get_running_loop()
+            await parts.open(self.fetch)
+            # Bound before the loop runs again: the accept loop's first
+            # connection may already ask for the verbs that use them.
+            self.peer_id, self.membership, self.pool = (parts.endpoint.peer_id,
+                                                        parts.gossip.membership, parts.pool)
+            self._contacts, self._sync, self._lookup, self._loader = (
+                parts.contacts, parts.sync, parts.lookup, parts.loader)
+            if self.config.control.enabled:
+                self.control_url = await parts.open_control(self)
+            await parts.join()
         except BaseException:
             await self.stop()
             raise
-
-    async def _start(self) -> None:
-        enforce_exposure(self.config)  # no listener off loopback without the secret
-        mesh, timeout = self.config.mesh, self.config.transfer.timeout_s
-        self._loop = asyncio.get_running_loop()
-        self._endpoint = await self._network.open(mesh, timeout)
-        self.peer_id = self._endpoint.peer_id
-        self._gossip = MeshGossip(self._endpoint, mesh, self.namespace, self._on_membership_change,
-                                  timeout)
-        self.membership = self._gossip.membership
-        self.pool = ConnectionPool(self.config, self.namespace, self._hello, self._info,
-                                   self._network, self._host_id, self._note_control_port)
-        run_dir = private_dir(self.config.run_dir)
-        if self.store.pool.shared:
-            self._door = PoolDoor(door_path(run_dir, self.peer_id), self.store.pool.share_fd, timeout)
-            await self._door.open()
-        parts = (self.peer_id, mesh, timeout, self.store, self.directory, self.membership,
-                 self.pool, self.stats)
-        self._sync = DirectorySync(*parts)
-        self._lookup = HolderLookup(*parts)
-        self._loader = ChunkLoader(self.peer_id, self.store, self.pool, self._lookup.find_holders,
-                                   self._sync.advertise, timeout, self.stats,
-                                   is_member=lambda peer: peer in self.membership.members)
-        self._serving = ServingAdapter(
-            PeerCalls(self._identity, self.membership.state_of, lambda: self.membership.members,
-                      self._lookup.matched, self.fetch, self._verify, self.pool.opened,
-                      self._on_member),
-            self.store, self.directory, self._door, self.stats)
-        gate = ConnectionGate(ConnectionCaps.for_this_process())
-        self._inbound = InboundConnections(self._serve, gate, self.stats, timeout)
-        if self.config.transfer.transport == "ucx":
-            from kvmesh.transfer.ucx import UcxListener  # noqa: PLC0415 - optional extra
-
-            self._ucx_listener = UcxListener(
-                lambda stream: self._inbound.serve(ReadyStream(stream)))
-            self._ucx_port = self._ucx_listener.port
-        self._sync.start()
-        self._inbound.start(self._endpoint)
-        if self.config.control.enabled:
-            from kvmesh.peers.control_api import start_control_api  # noqa: PLC0415
-
-            self._control, self.control_url = await start_control_api(self, self.config.control)
-            self._control_port = int(self.control_url.rsplit(":", 1)[1])
-            self._control_urls[self.peer_id] = self.control_url
-        await self._gossip.join()
 
     async def stop(self, graceful: bool = True) -> None:
         """Leave the mesh (graceful: tell the others now) and release everything.
@@ -157,22 +107,7 @@ class Peer:
         holders re-advertise the keys whose owners changed: that is the
         hand-off. Chunks held only here are lost to the mesh (no push).
         """
-        if self._gossip is not None:
-            await self._gossip.close(graceful)
-        if self._inbound is not None:
-            await self._inbound.close()
-        if self._sync is not None:
-            await self._sync.stop()
-        if self._control is not None:
-            await self._control.cleanup()
-        if self._ucx_listener is not None:
-            self._ucx_listener.close()
-        if self.pool is not None:
-            await self.pool.close()
-        if self._door is not None:
-            await self._door.close()
-        if self._endpoint is not None:
-            self._endpoint.close()
+        await self._parts.close(graceful)
         self.store.close()
 
     # ---- lookups and loads (loop thread unless marked) ---------------------------
@@ -233,7 +168,7 @@ class Peer:
         """Publish the chunk (then advertise it, on the loop) or drop it."""
         committed = self.store.commit_store(ticket, ok, length)
         if committed and ok:
-            self._loop.call_soon_threadsafe(self._saved, ticket.key)
+            self._loop.call_soon_threadsafe(self._sync.saved, ticket.key)
         return committed
 
     def open_loaded(self, key: ChunkKey) -> LoadTicket:
@@ -250,10 +185,6 @@ class Peer:
 
     def close_loaded(self, ticket: LoadTicket) -> None:
         self.store.complete_load(ticket)
-
-    def _saved(self, key: ChunkKey) -> None:
-        self.stats.chunks_saved += 1
-        self._sync.advertise([key])
 
     # ---- the store, for operators (loop thread; disk I/O goes to a worker thread) -----
 
@@ -275,19 +206,14 @@ class Peer:
     async def remove(self, keys: Sequence[ChunkKey]) -> list[ChunkKey]:
         """Drop these chunks from every tier (pinned ones stay) and withdraw them."""
         removed = await asyncio.to_thread(lambda: [k for k in keys if self.store.remove(k)])
-        self._withdraw_gone(removed)
+        self._sync.withdraw_gone(removed)
         return removed
 
     async def clear(self, tier: str | None = None) -> list[ChunkKey]:
         """Drop every unpinned chunk from `tier` (None: all) and withdraw what is gone."""
         removed = await asyncio.to_thread(self.store.clear, tier)
-        self._withdraw_gone(removed)
+        self._sync.withdraw_gone(removed)
         return removed
-
-    def _withdraw_gone(self, removed: list[ChunkKey]) -> None:
-        gone = [k for k in removed if self.store.tier_of(k) is None]
-        if gone:
-            self._sync.withdraw(gone)
 
     # ---- views ------------------------------------------------------------------------
 
@@ -302,54 +228,4 @@ class Peer:
     async def control_urls(self, peers: Sequence[PeerId]) -> dict[PeerId, str]:
         """Control API base URLs of these members; dials (bounded) those whose
         URL we lack, since their handshake tells it. Unknown ones are left out."""
-        unknown = [p for p in peers if p not in self._control_urls and p != self.peer_id]
-        await asyncio.gather(*(self.pool.get(p) for p in unknown), return_exceptions=True)
-        return {p: self._control_urls[p] for p in peers if p in self._control_urls}
-
-    # ---- internals ---------------------------------------------------------------------
-
-    def _identity(self) -> ServingIdentity:
-        return ServingIdentity(self.peer_id, self.namespace, self._host_id, self._ucx_port,
-                               self._control_port)
-
-    def _hello(self) -> f.Hello:
-        return f.Hello(self.peer_id, f.MIN_PROTOCOL_VERSION, f.PROTOCOL_VERSION, self.namespace,
-                       "", "", handshake.new_nonce())
-
-    def _info(self) -> f.Info:
-        """What we tell a server once both proofs are done (our pool we share
-        only as a server, through our own door)."""
-        return f.Info(self._host_id, self._ucx_port, self._control_port, b"")
-
-    async def _serve(self, stream, admission: Admission) -> str:
-        timeout = self.config.transfer.timeout_s
-        return await serve_connection(stream, self._serving, self.config.mesh.secret, timeout,
-                                      ServerLimits.default(timeout), admission)
-
-    def _on_membership_change(self, joined: set[PeerId], left: set[PeerId]) -> None:
-        """Swim's callback (loop thread, must not block): forget the gone, rebalance later."""
-        log.info("mesh change at %s: joined %s, left %s", self.peer_id, sorted(joined), sorted(left))
-        for peer in left:
-            self.directory.drop_holder(peer)
-            if self.pool is not None:
-                self.pool.drop(peer)
-        self._lookup.ring_changed()
-        self._sync.ring_changed()
-
-    async def _verify(self, claimed: PeerId, nonce: bytes) -> bool:
-        """Ask `claimed`, over our own connection to it, whether it opened the
-        connection whose HELLO carried `nonce` (see transfer.server)."""
-        client = await self.pool.get(claimed)
-        reply = await client.request(lambda rid: f.Vouch(rid, nonce), self.config.transfer.timeout_s)
-        return reply.mine
-
-    def _on_member(self, peer: PeerId, info: f.Info) -> None:
-        """A member proved its peer id on an inbound connection."""
-        self._gossip.learn(peer)
-        self._note_control_port(peer, info.control_port)
-
-    def _note_control_port(self, peer: PeerId, port: int) -> None:
-        if port:
-            host = PeerAddress.parse(peer).host
-            scheme = control_scheme(self.config.tls)
-            self._control_urls[peer] = f"{scheme}://{f'[{host}]' if ':' in host else host}:{port}"
+        return await self._contacts.control_urls(peers)

@@ -6,10 +6,10 @@
     any state --MISS, failure, timeout--> DONE
 
 LANDED means the bytes are in (verified or not) and the report waits for the
-next batch (see `client.REPORT_BATCH_BYTES`); DONE means `done` was called,
+next batch (see `pull_receiver.REPORT_BATCH_BYTES`); DONE means `done` was called,
 exactly once. A frame that would move a chunk any other way (a second CHUNK
 for one index, a CHUNK_REF for a chunk already landing) is ignored by the
-client before it gets here: the holder may be hostile, but an illegal move
+receiver before it gets here: the holder may be hostile, but an illegal move
 asked of the table is a bug of ours and raises.
 """
 

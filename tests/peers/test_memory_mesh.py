@@ -47,6 +47,16 @@ async def wait_for(cond, what: str, timeout_s: float = 10.0) -> None:
         await asyncio.sleep(0.02)
 
 
+async def wait_until_async(ask, want, timeout_s: float = 10.0) -> None:
+    """Until `await ask()` gives `want` (asserted, with the last answer, at the deadline)."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    got = await ask()
+    while got != want and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.05)
+        got = await ask()
+    assert got == want, f"still {got!r} after {timeout_s}s"
+
+
 def save(peer: Peer, chunks: int, seed: int = 0) -> list[bytes]:
     tokens = np.random.default_rng(seed).integers(0, 1 << 20, chunks * 16, dtype=np.int32)
     keys = peer.hasher.keys(tokens)
@@ -85,16 +95,18 @@ async def test_eight_peers_share_chunks_in_one_process(net, transport):
     peers = await start_mesh(net, 8, transport)
     net.started += peers
     keys = save(peers[0], 12)
-    await asyncio.sleep(0.2)  # the advertise batches reach the owners
-    for peer in peers[1:]:
-        assert await peer.lookup_prefix(keys) == 12
+    for peer in peers[1:]:  # once the advertise batches reach the owners
+        await wait_until_async(lambda: peer.lookup_prefix(keys), 12)
     assert await load(peers[5], keys) == [True] * 12
     # On one host (one process here) the holder's door hands over its pool.
     assert peers[5].status().transports[peers[0].peer_id] == ("shm" if transport == "auto" else "tcp")
     # The puller now holds a copy and advertised it: a second source.
-    await asyncio.sleep(0.2)
-    holders = await peers[3].find_holders(keys, fresh=True)
-    assert all(set(h) == {peers[0].peer_id, peers[5].peer_id} for h in holders)
+    both = {peers[0].peer_id, peers[5].peer_id}
+
+    async def holders_are_both() -> bool:
+        return all(set(h) == both for h in await peers[3].find_holders(keys, fresh=True))
+
+    await wait_until_async(holders_are_both, True)
 
 
 async def test_a_killed_holder_becomes_a_miss_then_is_forgotten(net):

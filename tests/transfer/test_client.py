@@ -1,10 +1,10 @@
-"""Client internals that a pull's safety rests on."""
+"""Pull internals that a pull's safety rests on."""
 
 import asyncio
 
 import pytest
 
-from kvmesh.transfer.client import _drain
+from kvmesh.transfer.pull_receiver import _drain
 
 
 async def test_drain_waits_for_copies_through_a_cancellation():
