@@ -138,8 +138,12 @@ class PeerParts:
         self.pool = ConnectionPool(self._config, self._namespace, contacts.hello, contacts.info,
                                    self._network, contacts.host_id, contacts.note_control_port)
         run_dir = private_dir(self._config.run_dir)
-        if self._store.pool.shared:
-            self.door = PoolDoor(door_path(run_dir, peer_id), self._store.pool.share_fd, timeout)
+        path = door_path(run_dir, peer_id)
+        if path is None and self._store.pool.shared:
+            log.warning("KVMESH_RUN_DIR %s is too long for a Unix socket path: this peer shares "
+                        "no pool with same-host peers (they pull over TCP)", run_dir)
+        elif self._store.pool.shared:
+            self.door = PoolDoor(path, self._store.pool.share_fd, timeout)
             await self.door.open()
 
     def _build_workers(self, fetch: FetchFn) -> None:

@@ -74,13 +74,13 @@ def private_dir(path: Path) -> Path:
     return path
 
 
-def door_path(run_dir: Path, peer_id: PeerId) -> Path:
+def door_path(run_dir: Path, peer_id: PeerId) -> Path | None:
     """Where the peer `peer_id` of this host keeps its door (hex only: no
-    part of the path comes from the peer id's characters)."""
-    path = run_dir / f"pool-{xxhash.xxh3_128_hexdigest(peer_id.encode())}.sock"
-    if len(os.fsencode(path)) > MAX_UNIX_PATH:
-        raise ConfigError(f"KVMESH_RUN_DIR {run_dir} is too long for a Unix socket path")
-    return path
+    part of the path comes from the peer id's characters); None when the run
+    dir is too long for a Unix socket path (then no pool is shared: pulls go
+    over TCP)."""
+    path = run_dir / f"pool-{xxhash.xxh3_64_hexdigest(peer_id.encode())}.sock"
+    return path if len(os.fsencode(path)) <= MAX_UNIX_PATH else None
 
 
 def _mac(key: bytes, role: bytes, nonce: bytes) -> bytes:
@@ -202,7 +202,7 @@ async def _recv_exact(conn: socket.socket, n: int) -> bytes:
     return data
 
 
-async def knock(path: Path, token: bytes, timeout_s: float) -> mmap.mmap:
+async def knock(path: Path | None, token: bytes, timeout_s: float) -> mmap.mmap:
     """The puller's side: the holder's pool, mapped read-only, or TransferError.
 
     Runs the exchange on a worker thread (a blocking socket under a timeout:
@@ -210,6 +210,8 @@ async def knock(path: Path, token: bytes, timeout_s: float) -> mmap.mmap:
     """
     if len(token) != TOKEN_BYTES:
         raise TransferError("the holder's pool token has the wrong size")
+    if path is None:
+        raise TransferError("the run dir is too long for a Unix socket path")
     try:
         return await asyncio.to_thread(_knock, path, token, timeout_s)
     except (OSError, ValueError) as exc:
