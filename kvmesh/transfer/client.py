@@ -50,6 +50,7 @@ class PeerClient:
         self._conn = conn
         self._pulls = PullReceiver(remote.peer_id)
         self._on_close: list[Callable[[], None]] = []
+        self._releasing: set[asyncio.Task] = set()  # RELEASEs on their way
         self._ids = itertools.count(1)
         self._replies: dict[int, asyncio.Future] = {}
         self._slots = asyncio.Semaphore(max_inflight)
@@ -148,7 +149,8 @@ class PeerClient:
         """
         async with self._slots:
             rid = next(self._ids)
-            state = self._pulls.begin(rid, keys, dest, done, reader)
+            state = self._pulls.begin(rid, keys, dest, done, reader,
+                                      lambda lease: self._release_soon(lease, timeout_s))
             try:
                 await within(self._conn.send(f.Pull(rid, keys, self._pulls.shares_pool)), timeout_s)
                 await await_progress(state, timeout_s, stall_s or timeout_s)
@@ -165,6 +167,14 @@ class PeerClient:
                 leases = await self._pulls.end(rid, state)
                 if leases and not self.closed:
                     await self._release(leases, timeout_s)
+
+    def _release_soon(self, lease: int, timeout_s: float) -> None:
+        """Send RELEASE for one lease (from a copy's callback, on the loop)."""
+        if self.closed:
+            return
+        task = asyncio.get_running_loop().create_task(self._release({lease}, timeout_s))
+        self._releasing.add(task)
+        task.add_done_callback(self._releasing.discard)
 
     def close(self) -> None:
         self._reader.cancel()

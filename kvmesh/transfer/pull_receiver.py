@@ -19,6 +19,12 @@ The contracts the caller's buffers rest on:
 - no payload lands in a slot the caller already gave back: the owner closes
   the connection whole (its reader gone) before it ends a pull that failed.
 
+Leases: the holder pins each CHUNK_REFS frame's chunks under a lease of
+their own. A lease is released (`release(lease)`, which sends RELEASE) as
+soon as every copy of its chunks has ended, not at the pull's end: the
+holder lends each peer only part of its pool at once (`pin_budget`), so a
+pull larger than that part goes on only as earlier batches come back.
+
 Loop thread, except `_copy_part`, which runs on a copy thread.
 """
 
@@ -61,8 +67,18 @@ class PullState:
     finished: asyncio.Future
     lease_deadline: float = 0.0  # time.monotonic() by which shared copies must end
     copies: set[asyncio.Future] = field(default_factory=set)  # copy batches in flight
-    leases: set[int] = field(default_factory=set)  # the holder's lease ids, to RELEASE
+    leases: dict[int, int] = field(default_factory=dict)  # lease -> copies of it in flight
     reader: ChunkReader | None = None  # consumes shared chunks in place of `dest`
+    release: Callable[[int], None] = lambda lease: None  # sends RELEASE for a lease
+
+    def copied(self, lease: int, count: int) -> None:
+        """`count` copies of `lease` ended: release it once none is left."""
+        left = self.leases.get(lease, 0) - count
+        if left > 0:
+            self.leases[lease] = left
+        elif lease in self.leases:
+            del self.leases[lease]
+            self.release(lease)
 
     def at(self, index: int) -> ChunkState | None:
         """The chunk's state, or None for an index no key of this pull has
@@ -104,18 +120,20 @@ class PullReceiver:
         return bool(self._pulls)
 
     def begin(self, rid: int, keys: tuple[ChunkKey, ...], dest: DestFn, done: DoneFn,
-              reader: ChunkReader | None) -> PullState:
+              reader: ChunkReader | None, release: Callable[[int], None]) -> PullState:
         """Expect the chunks of pull `rid`; call it just before the PULL is
-        sent (its lease deadline counts from now)."""
+        sent (its lease deadline counts from now). `release(lease)` is called
+        for each of the holder's leases once its copies have ended."""
         state = PullState(keys, dest, done, PullTable(len(keys)),
                            asyncio.get_running_loop().create_future(),
-                           SharedCopier.lease_deadline(time.monotonic()), reader=reader)
+                           SharedCopier.lease_deadline(time.monotonic()), reader=reader,
+                           release=release)
         self._pulls[rid] = state
         return state
 
     async def end(self, rid: int, state: PullState) -> set[int]:
         """Stop taking frames for pull `rid`, and report every chunk still open;
-        the holder's leases the pull was given, for the caller to RELEASE.
+        the holder's leases not yet released, for the caller to RELEASE.
 
         Landed chunks are reported as they are (landed and verified: not
         failures); copies in flight are waited for, even through a
@@ -126,7 +144,7 @@ class PullReceiver:
         await _drain(state.copies)
         for index in state.table.not_done():
             state.resolve(index, False, 0)
-        return state.leases
+        return set(state.leases)
 
     def sink(self, chunk: f.Chunk) -> memoryview | None:
         """The decoder's payload sink: the buffer a CHUNK's payload lands in,
@@ -198,9 +216,11 @@ class PullReceiver:
         state = self._pulls.get(frame.request_id)
         if state is None:
             return
-        state.leases.add(frame.lease)  # released at the pull's end, whatever comes of it
+        # Released once its copies end, or at the pull's end, whatever comes of it.
+        state.leases[frame.lease] = state.leases.get(frame.lease, 0)
         if self._pool_map is None:
-            return  # refs for a pull we did not ask to share: its chunks stay misses
+            state.copied(frame.lease, 0)  # refs for a pull we did not ask to share: misses
+            return
         jobs = []
         for ref in frame.refs():
             if state.at(ref.index) is not _WAITING:
@@ -214,14 +234,16 @@ class PullReceiver:
                 continue
             state.table.move(ref.index, _COPYING)
             jobs.append((ref, out, src))
+        state.leases[frame.lease] += len(jobs)
         if not jobs:
+            state.copied(frame.lease, 0)
             return
         loop = asyncio.get_running_loop()
         parts = min(len(jobs), COPY_THREADS)  # every copy thread gets a share of the frame
         for part in (jobs[i::parts] for i in range(parts)):
             fut = loop.run_in_executor(self._shm.copier, self._copy_part, state, part)
             state.copies.add(fut)
-            fut.add_done_callback(lambda done, part=part: _copied(state, part, done))
+            fut.add_done_callback(lambda done, part=part: _copied(state, frame.lease, part, done))
 
     def _copy_part(self, state: PullState, part: list) -> list[bool]:
         """On a copy thread: copy or read each chunk of `part`; whether each is good."""
@@ -246,12 +268,14 @@ async def await_progress(state: PullState, timeout_s: float, stall_s: float) -> 
     state.finished.result()  # re-raise a connection failure
 
 
-def _copied(state: PullState, jobs: list, done: asyncio.Future) -> None:
-    """A batch of shared-memory copies ended (on the loop): report each chunk."""
+def _copied(state: PullState, lease: int, jobs: list, done: asyncio.Future) -> None:
+    """A batch of shared-memory copies ended (on the loop): report each chunk,
+    then let the holder unpin them if the lease has no copy left."""
     state.copies.discard(done)
     oks = done.result() if not done.cancelled() and done.exception() is None else []
     for i, (ref, _, _) in enumerate(jobs):
         state.resolve(ref.index, i < len(oks) and oks[i], ref.length, ref.checksum)
+    state.copied(lease, len(jobs))
 
 
 async def _drain(copies: set[asyncio.Future]) -> None:

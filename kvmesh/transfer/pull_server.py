@@ -10,12 +10,19 @@ MISS).
   reading is cut off by the connection's send timeout, and its pins go with
   it).
 - Shared (the puller proved through the pool door that it is on this host):
-  chunks are answered with CHUNK_REFS, REFS_PER_FRAME at a time, under a
-  lease whose id the holder picks. The puller copies straight out of the
-  pool, so the pins must outlive anything that happens to the connection:
-  they hold until the puller's RELEASE of that lease id, or SHARED_LEASE_S
-  after the PULL arrived (see `kvmesh.transfer.shm`), whichever comes first.
+  chunks are answered with CHUNK_REFS, REFS_PER_FRAME at a time, each frame
+  under a lease of its own whose id the holder picks. The puller copies
+  straight out of the pool, so the pins must outlive anything that happens
+  to the connection: they hold until the puller's RELEASE of that lease id
+  (sent as soon as it has copied the frame's chunks), or SHARED_LEASE_S
+  after the lease began (see `kvmesh.transfer.shm`), whichever comes first.
   A puller that asks to share without that proof is streamed to instead.
+
+A pin over the budget waits up to `pin_wait_s` for pins to come back, so a
+pull larger than a peer's share of the pool goes on as the puller releases
+its earlier batches; past that wait the chunk is a MISS, and so is every
+later chunk of that pull that finds no room at once (a puller that releases
+nothing costs one wait per pull, not one per chunk).
 
 Loop thread only.
 """
@@ -45,9 +52,10 @@ class ChunkSource(Protocol):
 
 class PullServer:
     def __init__(self, source: ChunkSource, budget: PinBudget, who: Hashable,
-                 send: Callable[[f.Frame], Awaitable[None]]) -> None:
+                 send: Callable[[f.Frame], Awaitable[None]], pin_wait_s: float) -> None:
         self._source = source
         self._budget = budget
+        self._pin_wait_s = pin_wait_s
         self._who = who  # whose pins these are (the connection's peer)
         self._send = send
         self._leases: dict[int, list[Any]] = {}
@@ -72,8 +80,15 @@ class PullServer:
     def leases(self) -> int:
         return len(self._leases)
 
-    async def _open(self, key: ChunkKey) -> Any | None:
-        if not self._budget.take(self._who):
+    async def _open(self, key: ChunkKey, pull: "_PullPins") -> Any | None:
+        """Pin `key` for sending, or None (a MISS). A pull may wait for room
+        until one wait runs out; then it takes only what is free at once."""
+        if pull.may_wait:
+            pinned = await self._budget.take_within(self._who, self._pin_wait_s)
+            pull.may_wait = pinned
+        else:
+            pinned = self._budget.take(self._who)
+        if not pinned:
             return None
         ticket = None
         try:
@@ -88,8 +103,9 @@ class PullServer:
         self._budget.give_back(self._who)
 
     async def _serve_streamed(self, pull: f.Pull) -> None:
+        pins = _PullPins()
         for index, key in enumerate(pull.keys):
-            ticket = await self._open(key)
+            ticket = await self._open(key, pins)
             if ticket is None:
                 await self._send(f.Miss(pull.request_id, index, key))
                 continue
@@ -100,33 +116,41 @@ class PullServer:
                 self._unpin(ticket)
 
     async def _serve_shared(self, pull: f.Pull) -> None:
-        lease = next(self._ids)
-        tickets: list[Any] = []
-        self._leases[lease] = tickets
-        self._timers[lease] = asyncio.get_running_loop().call_later(SHARED_LEASE_S, self.release,
-                                                                    lease)
+        """Refs REFS_PER_FRAME at a time, each frame under a lease of its own."""
         batch: list[tuple[int, ChunkKey, Any]] = []
+        pins = _PullPins()
         for index, key in enumerate(pull.keys):
-            ticket = await self._open(key)
+            ticket = await self._open(key, pins)
             if ticket is None:
                 await self._send(f.Miss(pull.request_id, index, key))
                 continue
-            if lease not in self._leases:  # released under us (the lease ran out): unpin
-                self._unpin(ticket)
-                continue
-            tickets.append(ticket)
             batch.append((index, key, ticket))
             if len(batch) == REFS_PER_FRAME:
-                await self._send(_chunk_refs(pull.request_id, lease, batch))
+                await self._send_refs(pull.request_id, batch)
                 batch = []
         if batch:
-            await self._send(_chunk_refs(pull.request_id, lease, batch))
-        if not tickets:
-            self.release(lease)  # nothing pinned: no RELEASE is needed
+            await self._send_refs(pull.request_id, batch)
+
+    async def _send_refs(self, request_id: int, batch: list[tuple[int, ChunkKey, Any]]) -> None:
+        """Lease the batch's pins (until RELEASE or the lease's end), then send its refs."""
+        lease = next(self._ids)
+        self._leases[lease] = [ticket for *_, ticket in batch]
+        self._timers[lease] = asyncio.get_running_loop().call_later(SHARED_LEASE_S, self.release,
+                                                                    lease)
+        await self._send(_chunk_refs(request_id, lease, batch))
 
     def stop(self) -> None:
         """The connection is gone. Shared leases stay: their timers unpin them
         (the puller may still be copying refs it has read)."""
+
+
+class _PullPins:
+    """One pull's standing with the pin budget."""
+
+    __slots__ = ("may_wait",)
+
+    def __init__(self) -> None:
+        self.may_wait = True
 
 
 def _chunk_refs(request_id: int, lease: int, batch: list[tuple[int, ChunkKey, Any]]) -> f.ChunkRefs:

@@ -158,7 +158,7 @@ class _Session:
         self.token = b""
         self.tasks: set[asyncio.Task] = set()
         self.slots = asyncio.Semaphore(f.MAX_INFLIGHT_REQUESTS)
-        self.pulls = PullServer(node, node.pins, self, conn.send)
+        self.pulls = PullServer(node, node.pins, self, conn.send, pin_wait_s=timeout_s)
 
     async def handshake(self, secret: bytes | None) -> None:
         hello = await self._expect(f.Hello)

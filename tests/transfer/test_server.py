@@ -134,7 +134,7 @@ async def _pull_frames(conn, count: int) -> tuple[list, list, set]:
     return refs, misses, leases
 
 
-async def test_a_shared_pull_is_answered_with_batched_refs_under_one_lease():
+async def test_a_shared_pull_is_answered_with_batched_refs_a_lease_per_frame():
     node, conn, server = await _session()
     keys = _keys(REFS_PER_FRAME + 3)
     keys = keys[:2] + (Node.MISSING,) + keys[2:]
@@ -143,8 +143,12 @@ async def test_a_shared_pull_is_answered_with_batched_refs_under_one_lease():
     assert misses == [2]
     assert [r.index for r in refs] == [i for i in range(len(keys)) if i != 2]
     assert all(r.key == keys[r.index] and r.offset == 4096 * r.key[0] for r in refs)
-    assert node.pinned == len(refs) and len(leases) == 1  # pinned until RELEASE of the lease
-    await conn.send(f.Release(leases.pop()))
+    assert node.pinned == len(refs) and len(leases) == 2  # a lease per frame, until RELEASE
+    first, second = sorted(leases)
+    await conn.send(f.Release(first))
+    await asyncio.sleep(0.05)
+    assert node.pinned == len(refs) - REFS_PER_FRAME  # the first frame's chunks came back
+    await conn.send(f.Release(second))
     await asyncio.sleep(0.05)
     assert node.pinned == 0
     await _close(conn, server)
@@ -199,4 +203,21 @@ async def test_a_hello_with_no_or_a_bad_or_our_own_peer_id(hello_peer):
         assert isinstance(reply, f.Welcome) and info.pool_token == b""
     else:
         assert isinstance(reply, f.Error)
+    await _close(conn, server)
+
+
+async def test_a_pull_larger_than_the_pin_budget_goes_on_as_batches_come_back():
+    node = Node(slots=2 * REFS_PER_FRAME)  # one peer may pin one frame's worth at a time
+    node, conn, server = await _session(node)
+    keys = _keys(3 * REFS_PER_FRAME)
+    await conn.send(f.Pull(11, keys, True))
+    got = 0
+    while got < len(keys):
+        frame = await asyncio.wait_for(conn.read_frame(), 2)
+        assert isinstance(frame, f.ChunkRefs)  # never a MISS: it waits for pins to come back
+        assert node.pinned <= REFS_PER_FRAME
+        got += len(frame.indices)
+        await conn.send(f.Release(frame.lease))  # as a puller does once it has copied them
+    await asyncio.sleep(0.05)
+    assert node.pinned == 0
     await _close(conn, server)
