@@ -67,7 +67,7 @@ class ApiSurface:
                         for s, p in self.peers.items()}
         for secret, server in self.servers.items():
             self.loop.run_until_complete(server.start_server())
-            self.peers[secret].control_urls_known[OTHER] = str(server.make_url("")).rstrip("/")
+            self.peers[secret].known_control_urls[OTHER] = str(server.make_url("")).rstrip("/")
         self.session = self.loop.run_until_complete(_open_session())
         self.keys = [key_hex(k) for k in self.peers[False].keys]  # both stand-ins stock the same
         self._errors = _LastError()

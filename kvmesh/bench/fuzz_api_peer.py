@@ -1,12 +1,12 @@
-"""A stand-in peer for fuzzing the control API in-process: the verbs the API calls, over a
+"""A stand-in peer for the control API in-process: the verbs the API calls, over a
 real `ChunkStore`, with no network.
 
-Like the tests' fake (tests/peers/control_fakes.py), which a benchmark in
-the package cannot import: the API's handlers run for real against a real
-store (pins, tiers, a disk directory), and a member named OTHER stands in for
-the rest of the mesh (moves "to" it are counted, not sent). `restock()` puts
-every key back, so a fuzz run that cleared the store keeps reaching the
-handlers that need chunks. Loop thread only, like a real peer.
+The API's handlers run for real against a real store (pins, tiers, a disk
+directory), and a member named OTHER stands in for the rest of the mesh
+(pushes "to" it are counted, not sent). `FuzzPeer.restock()` puts every key
+back, so a fuzz run that cleared the store keeps reaching the handlers that
+need chunks. The control API's tests build their fake on `StorePeer` too.
+Loop thread only, like a real peer.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ STOCK_CHUNKS = 8
 OTHER = "127.0.0.1:7002"  # a member that is not running
 
 
-class _Quiet:
+class QuietNetwork:
     """Transport and clock of a membership that is read, never started."""
 
     def send(self, addr: str, data: bytes) -> None:
@@ -44,43 +44,37 @@ class _Quiet:
         raise RuntimeError("the stand-in peer's membership runs no timers")
 
 
-class FuzzPeer:
+def store_config(disk_dir: Path | None) -> StoreConfig:
+    return StoreConfig(cpu_bytes=SLOT_BYTES * 32, disk_dir=disk_dir, disk_bytes=1 << 20)
+
+
+def quiet_membership(peer_id: str, others: list[str]) -> Swim:
+    swim = Swim(peer_id, peer_id, QuietNetwork(), QuietNetwork(), lambda j, l: None, vnodes=16)
+    swim.preload((p, p) for p in others)
+    return swim
+
+
+class StorePeer:
     """The peer surface `control_api.build_app` uses; see the module docstring."""
 
-    def __init__(self, peer_id: str, disk_dir: Path, secret: bytes | None) -> None:
+    def __init__(self, peer_id: str, config: KvmeshConfig, namespace: str = "fuzz") -> None:
         self.peer_id = PeerId(peer_id)
-        store = StoreConfig(cpu_bytes=SLOT_BYTES * 32, disk_dir=disk_dir, disk_bytes=1 << 20)
-        self.config = KvmeshConfig(chunk_tokens=CHUNK_TOKENS, store=store,
-                                   mesh=MeshConfig(secret=secret))
-        self.hasher = ChunkHasher(KeyNamespace("m", "fp16", 1, 1, 8, CHUNK_TOKENS, "fuzz"))
-        self.store = ChunkStore(self.config.store, SLOT_BYTES, shared=False)
+        self.config = config
+        self.hasher = ChunkHasher(KeyNamespace("m", "fp16", 1, 1, 8, CHUNK_TOKENS, namespace))
+        self.store = ChunkStore(config.store, SLOT_BYTES, shared=False)
         self.stats = PeerStats()
-        self.membership = Swim(self.peer_id, self.peer_id, _Quiet(), _Quiet(), lambda j, l: None,
-                               vnodes=16)
-        self.membership.preload([(OTHER, OTHER)])
+        self.membership = quiet_membership(self.peer_id, [OTHER])
         self.directory = Directory()
-        self.control_urls_known: dict[str, str] = {}  # set to fan `scope=mesh` out for real
-        self.keys: list[ChunkKey] = self.hasher.keys(list(range(STOCK_CHUNKS * CHUNK_TOKENS)))
-        self.pushed = 0
-
-    def restock(self) -> None:
-        """Every stock key back in the CPU tier, none pinned."""
-        for key in self.keys:
-            while self.store.unpin(key):
-                pass
-            if self.store.tier_of(key) == "disk":
-                self.store.move(key, "cpu")
-            if self.store.tier_of(key) is None:
-                ticket = self.store.prepare_store(key)
-                if ticket is not None:
-                    ticket.view[:8] = bytes(range(8))
-                    self.store.commit_store(ticket, True, 8)
+        self.known_control_urls: dict[str, str] = {}  # set to fan `scope=mesh` out for real
 
     # ---- the verbs the control API calls ----------------------------------------------
 
     async def lookup_prefix(self, keys) -> int:
         self.stats.lookups += 1
-        return self.store.leading_hits(keys)
+        self.stats.lookup_chunks += len(keys)
+        matched = self.store.leading_hits(keys)
+        self.stats.lookup_hit_chunks += matched
+        return matched
 
     async def find_holders(self, keys) -> list[tuple[str, ...]]:
         return [(self.peer_id,) if self.store.tier_of(k) else () for k in keys]
@@ -98,20 +92,23 @@ class FuzzPeer:
         return [self.store.move(k, tier) for k in keys]
 
     async def remove(self, keys) -> list[bytes]:
-        return [k for k in keys if self.store.remove(k)]
+        return self.removed([k for k in keys if self.store.remove(k)])
 
     async def clear(self, tier=None) -> list[bytes]:
-        return self.store.clear(tier)
+        return self.removed(self.store.clear(tier))
+
+    def removed(self, keys: list[bytes]) -> list[bytes]:
+        """Keys the store dropped (a real peer withdraws those gone from every tier)."""
+        return keys
 
     async def push(self, keys, target: str) -> int:
-        self.pushed += len(keys)
         return len(keys)
 
     def members(self):
         return self.membership.members
 
     async def control_urls(self, peers) -> dict[str, str]:
-        return {p: self.control_urls_known[p] for p in peers if p in self.control_urls_known}
+        return {p: self.known_control_urls[p] for p in peers if p in self.known_control_urls}
 
     def status(self) -> PeerStatus:
         return PeerStatus.of(self.peer_id, self.store.stats(), self.stats, self.membership,
@@ -119,3 +116,30 @@ class FuzzPeer:
 
     def close(self) -> None:
         self.store.close()
+
+
+class FuzzPeer(StorePeer):
+    """A `StorePeer` with a stock of keys to put back between fuzz inputs."""
+
+    def __init__(self, peer_id: str, disk_dir: Path, secret: bytes | None) -> None:
+        super().__init__(peer_id, KvmeshConfig(chunk_tokens=CHUNK_TOKENS, store=store_config(disk_dir),
+                                               mesh=MeshConfig(secret=secret)))
+        self.keys: list[ChunkKey] = self.hasher.keys(list(range(STOCK_CHUNKS * CHUNK_TOKENS)))
+        self.pushed = 0
+
+    def restock(self) -> None:
+        """Every stock key back in the CPU tier, none pinned."""
+        for key in self.keys:
+            while self.store.unpin(key):
+                pass
+            if self.store.tier_of(key) == "disk":
+                self.store.move(key, "cpu")
+            if self.store.tier_of(key) is None:
+                ticket = self.store.prepare_store(key)
+                if ticket is not None:
+                    ticket.view[:8] = bytes(range(8))
+                    self.store.commit_store(ticket, True, 8)
+
+    async def push(self, keys, target: str) -> int:
+        self.pushed += len(keys)
+        return len(keys)

@@ -39,6 +39,11 @@ Sans-IO: the engine owns no socket and no timer. Its edges (`edges`):
   nothing here is thread-safe.
 - `GossipTransport.send(addr, data)`: unreliable datagrams; never blocks.
 
+The front has about 25 methods and 300 lines, past the ~20 a class and
+~300 lines a file here aim at: eight are one-line read accessors of the
+consumer surface below, four are timer ticks, and the rest are the lifecycle
+and the dispatch, which belong where the timers and own state are.
+
 Consumer surface (the peer's): `members`, `others()`, `ring`, and
 `on_change(joined, left)`, called synchronously once per batch of changes (one
 datagram or one timer), never re-entrantly; it must not block. Plus

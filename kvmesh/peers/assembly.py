@@ -37,6 +37,7 @@ from kvmesh.config import KvmeshConfig
 from kvmesh.directory.shard import Directory
 from kvmesh.peers.connections import ConnectionPool
 from kvmesh.peers.contacts import Contacts
+from kvmesh.peers.directory_parts import DirectoryParts
 from kvmesh.peers.directory_sync import DirectorySync
 from kvmesh.peers.exposure import enforce_exposure
 from kvmesh.peers.gossip import MeshGossip
@@ -150,10 +151,10 @@ class PeerParts:
         """The parts that keep the directory, find holders, load, and serve others."""
         peer_id, membership, timeout = (self.endpoint.peer_id, self.gossip.membership,
                                         self._config.transfer.timeout_s)
-        parts = (peer_id, self._config.mesh, timeout, self._store, self._directory, membership,
-                 self.pool, self._stats)
-        self.sync = DirectorySync(*parts)
-        self.lookup = HolderLookup(*parts)
+        parts = DirectoryParts(peer_id, self._config.mesh, timeout, self._store, self._directory,
+                               membership, self.pool, self._stats)
+        self.sync = DirectorySync(parts)
+        self.lookup = HolderLookup(parts)
         self.loader = ChunkLoader(peer_id, self._store, self.pool, self.lookup.find_holders,
                                   self.sync.advertise, timeout, self._stats,
                                   is_member=lambda peer: peer in membership.members)

@@ -31,13 +31,9 @@ from typing import Sequence
 from kvmesh.config import MeshConfig
 from kvmesh.directory.placement import replicas
 from kvmesh.directory.rebalance import new_owners, unowned
-from kvmesh.directory.shard import Directory
 from kvmesh.errors import KvmeshError
 from kvmesh.hashring.ring import HashRing
-from kvmesh.membership.swim import Swim
-from kvmesh.peers.connections import ConnectionPool
-from kvmesh.peers.stats import PeerStats
-from kvmesh.store import ChunkStore
+from kvmesh.peers.directory_parts import DirectoryParts
 from kvmesh.store.events import EVICTED, REMOVED
 from kvmesh.transfer import frames as f
 from kvmesh.types import ChunkKey, PeerId
@@ -60,18 +56,9 @@ def directory_replicas(mesh: MeshConfig, ring: HashRing) -> int:
 class DirectorySync:
     """See the module docstring. Built and started on the peer's loop."""
 
-    def __init__(self, self_id: PeerId, mesh: MeshConfig, timeout_s: float, store: ChunkStore,
-                 directory: Directory, membership: Swim, pool: ConnectionPool,
-                 stats: PeerStats) -> None:
-        self._self_id = self_id
-        self._mesh = mesh
-        self._timeout_s = timeout_s
-        self._store = store
-        self._directory = directory
-        self._membership = membership
-        self._pool = pool
-        self._stats = stats
-        self._placed = HashRing([self_id], vnodes=mesh.vnodes)  # the ring our keys were last placed on
+    def __init__(self, parts: DirectoryParts) -> None:
+        self._deps = parts
+        self._placed = HashRing([parts.self_id], vnodes=parts.mesh.vnodes)  # the ring our keys were last placed on
         self._ring_changed = asyncio.Event()
         self._withdrawals_due = asyncio.Event()  # set through on_store_event
         self._withdrawal_noted = False  # a wake-up is on its way to the pump
@@ -81,12 +68,12 @@ class DirectorySync:
 
     def start(self) -> None:
         loop = asyncio.get_running_loop()
-        self._store.set_event_listener(partial(self.on_store_event, loop))
+        self._deps.store.set_event_listener(partial(self.on_store_event, loop))
         self._tasks = [loop.create_task(self._rebalance_loop()),
                        loop.create_task(self._event_pump())]
 
     async def stop(self) -> None:
-        self._store.set_event_listener(None)
+        self._deps.store.set_event_listener(None)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -101,12 +88,12 @@ class DirectorySync:
 
     def saved(self, key: ChunkKey) -> None:
         """The engine saved and committed `key`: count it and advertise it."""
-        self._stats.chunks_saved += 1
+        self._deps.stats.chunks_saved += 1
         self.advertise([key])
 
     def withdraw_gone(self, removed: Sequence[ChunkKey]) -> None:
         """Withdraw those of `removed` (an operator's removal) no tier holds any more."""
-        gone = [k for k in removed if self._store.tier_of(k) is None]
+        gone = [k for k in removed if self._deps.store.tier_of(k) is None]
         if gone:
             self.withdraw(gone)
 
@@ -127,15 +114,15 @@ class DirectorySync:
     # ---- the outbox ----------------------------------------------------------
 
     def _queue(self, keys: Sequence[ChunkKey], withdraw: bool) -> None:
-        ring = self._membership.ring
-        r = directory_replicas(self._mesh, ring)
+        ring = self._deps.membership.ring
+        r = directory_replicas(self._deps.mesh, ring)
         for key in keys:
             for owner in ring.owners(key, r):
                 self._queue_to(owner, [key], withdraw)
 
     def _queue_to(self, owner: PeerId, keys: Sequence[ChunkKey], withdraw: bool) -> None:
-        if owner == self._self_id:
-            (self._directory.remove if withdraw else self._directory.add)(self._self_id, keys)
+        if owner == self._deps.self_id:
+            (self._deps.directory.remove if withdraw else self._deps.directory.add)(self._deps.self_id, keys)
             return
         self._outbox[(owner, withdraw)].extend(keys)
         if not self._flush_scheduled:
@@ -152,12 +139,12 @@ class DirectorySync:
     async def _send_batch(self, owner: PeerId, withdraw: bool, keys: list[ChunkKey]) -> None:
         kind = f.Withdraw if withdraw else f.Advertise
         try:
-            client = await self._pool.get(owner)
+            client = await self._deps.pool.get(owner)
             for start in range(0, len(keys), f.MAX_KEYS_PER_REQUEST):
                 batch = tuple(keys[start:start + f.MAX_KEYS_PER_REQUEST])
-                await client.notify(kind(self._self_id, batch), self._timeout_s)
+                await client.notify(kind(self._deps.self_id, batch), self._deps.timeout_s)
         except KvmeshError as exc:
-            self._stats.note_failure(f"{kind.__name__.lower()} to {owner}: {exc}")
+            self._deps.stats.note_failure(f"{kind.__name__.lower()} to {owner}: {exc}")
 
     # ---- the loops -------------------------------------------------------------
 
@@ -170,14 +157,14 @@ class DirectorySync:
         which compares against the ring the previous one placed keys on.
         Keys are placed in batches so lookups keep flowing meanwhile.
         """
-        quiet_s = PRUNE_AFTER_PROBES * self._mesh.probe_interval_s
+        quiet_s = PRUNE_AFTER_PROBES * self._deps.mesh.probe_interval_s
         while True:
             await self._ring_changed.wait()
             self._ring_changed.clear()
-            old, new = self._placed, self._membership.ring.copy()
+            old, new = self._placed, self._deps.membership.ring.copy()
             self._placed = new
-            r_old, r_new = directory_replicas(self._mesh, old), directory_replicas(self._mesh, new)
-            keys = self._store.keys()
+            r_old, r_new = directory_replicas(self._deps.mesh, old), directory_replicas(self._deps.mesh, new)
+            keys = self._deps.store.keys()
             for start in range(0, len(keys), REBALANCE_BATCH_KEYS):
                 moved = new_owners(keys[start:start + REBALANCE_BATCH_KEYS], old, new, r_old, r_new)
                 for owner, owned in moved.items():
@@ -196,12 +183,12 @@ class DirectorySync:
 
     async def _prune(self) -> None:
         """Forget entries for keys this peer does not own on the current ring."""
-        keys = self._directory.keys()
+        keys = self._deps.directory.keys()
         for start in range(0, len(keys), REBALANCE_BATCH_KEYS):
-            ring = self._membership.ring
+            ring = self._deps.membership.ring
             batch = keys[start:start + REBALANCE_BATCH_KEYS]
-            self._directory.forget(unowned(batch, ring, directory_replicas(self._mesh, ring),
-                                           self._self_id))
+            self._deps.directory.forget(unowned(batch, ring, directory_replicas(self._deps.mesh, ring),
+                                           self._deps.self_id))
             await asyncio.sleep(0)
 
     async def _event_pump(self) -> None:
@@ -212,21 +199,21 @@ class DirectorySync:
         loop = asyncio.get_running_loop()
         incarnation = 0
         while True:
-            timer = loop.call_later(self._mesh.probe_interval_s, self._withdrawals_due.set)
+            timer = loop.call_later(self._deps.mesh.probe_interval_s, self._withdrawals_due.set)
             try:
                 await self._withdrawals_due.wait()
             finally:
                 timer.cancel()
             self._withdrawals_due.clear()
             self._withdrawal_noted = False  # before taking: a later drop wakes us again
-            gone = [k for ev in self._store.take_events() if ev.kind in (EVICTED, REMOVED)
+            gone = [k for ev in self._deps.store.take_events() if ev.kind in (EVICTED, REMOVED)
                     for k in ev.keys]
             if gone:
                 self.withdraw(gone)
-            if self._membership.incarnation != incarnation:
+            if self._deps.membership.incarnation != incarnation:
                 # We refuted a suspicion or a death: whoever buried us dropped our
                 # entries without our ring changing, so advertise everything again.
-                incarnation = self._membership.incarnation
-                self.advertise(self._store.keys())
+                incarnation = self._deps.membership.incarnation
+                self.advertise(self._deps.store.keys())
             if gone:
                 await asyncio.sleep(EVENT_PUMP_INTERVAL_S)  # let the rest of a burst gather

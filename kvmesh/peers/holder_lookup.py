@@ -26,15 +26,10 @@ import time
 from collections import OrderedDict
 from typing import Iterable, Sequence
 
-from kvmesh.config import MeshConfig
 from kvmesh.directory.lookup_plan import plan_queries
-from kvmesh.directory.shard import Directory
 from kvmesh.errors import KvmeshError
-from kvmesh.membership.swim import Swim
-from kvmesh.peers.connections import ConnectionPool
+from kvmesh.peers.directory_parts import DirectoryParts
 from kvmesh.peers.directory_sync import directory_replicas
-from kvmesh.peers.stats import PeerStats
-from kvmesh.store import ChunkStore
 from kvmesh.transfer import frames as f
 from kvmesh.types import ChunkKey, PeerId
 
@@ -45,55 +40,46 @@ Holders = tuple[PeerId, ...]
 
 
 class HolderLookup:
-    def __init__(self, self_id: PeerId, mesh: MeshConfig, timeout_s: float, store: ChunkStore,
-                 directory: Directory, membership: Swim, pool: ConnectionPool,
-                 stats: PeerStats) -> None:
-        self._self_id = self_id
-        self._mesh = mesh
-        self._timeout_s = timeout_s
-        self._store = store
-        self._directory = directory
-        self._membership = membership
-        self._pool = pool
-        self._stats = stats
+    def __init__(self, parts: DirectoryParts) -> None:
+        self._deps = parts
         self._cache: OrderedDict[ChunkKey, tuple[Holders, float]] = OrderedDict()
         # Set on the loop thread at each ring change, read by engine threads.
-        self.owns_whole_directory = mesh.full_directory_upto >= 1
+        self.owns_whole_directory = parts.mesh.full_directory_upto >= 1
 
     def ring_changed(self) -> None:
         """Membership changed: cached answers may name the gone; ownership may differ."""
         self._cache.clear()
-        ring = self._membership.ring
-        self.owns_whole_directory = directory_replicas(self._mesh, ring) >= len(ring)
+        ring = self._deps.membership.ring
+        self.owns_whole_directory = directory_replicas(self._deps.mesh, ring) >= len(ring)
 
     # ---- prefix lookups -----------------------------------------------------
 
     async def matched(self, keys: Sequence[ChunkKey]) -> int:
         """Leading keys held here or anywhere in the mesh (asks the owners afresh)."""
-        self._stats.lookups += 1
-        self._stats.lookup_chunks += len(keys)
-        local = self._store.leading_hits(keys)
+        self._deps.stats.lookups += 1
+        self._deps.stats.lookup_chunks += len(keys)
+        local = self._deps.store.leading_hits(keys)
         matched = local
         if local < len(keys):
             matched += self._held_elsewhere(await self.find_holders(keys[local:], fresh=True))
-        self._stats.lookup_hit_chunks += matched
+        self._deps.stats.lookup_hit_chunks += matched
         return matched
 
     def matched_locally(self, keys: Sequence[ChunkKey]) -> int | None:
         """`matched(keys)` answered on the calling thread, or None when that
         needs the owners. Any thread: the store is thread-safe, and a shard
         read is one dict lookup and one tuple per key, each atomic under the GIL."""
-        local = self._store.leading_hits(keys)
+        local = self._deps.store.leading_hits(keys)
         if local < len(keys) and not self.owns_whole_directory:
             return None
-        return local + self._held_elsewhere(self._directory.holders(k) for k in keys[local:])
+        return local + self._held_elsewhere(self._deps.directory.holders(k) for k in keys[local:])
 
     def _held_elsewhere(self, holder_lists: Iterable[Sequence[PeerId]]) -> int:
         """How many leading entries name a holder other than this peer; stops
         at the first that does not (the iterable may be lazy)."""
         matched = 0
         for holders in holder_lists:
-            if not any(h != self._self_id for h in holders):
+            if not any(h != self._deps.self_id for h in holders):
                 break
             matched += 1
         return matched
@@ -122,15 +108,15 @@ class HolderLookup:
 
     async def _ask_owners(self, keys: list[ChunkKey]) -> list[Holders]:
         """Holders per key, asking as few owners as possible (see lookup_plan)."""
-        ring = self._membership.ring
-        r = directory_replicas(self._mesh, ring)
+        ring = self._deps.membership.ring
+        r = directory_replicas(self._deps.mesh, ring)
         answers: list[Holders] = [()] * len(keys)
         candidates = [ring.owners(k, r) for k in keys]
         todo = list(range(len(keys)))
         while todo:
-            plan = plan_queries([candidates[i] for i in todo], self._self_id)
-            for j in plan.pop(self._self_id, ()):
-                answers[todo[j]] = self._directory.holders(keys[todo[j]])
+            plan = plan_queries([candidates[i] for i in todo], self._deps.self_id)
+            for j in plan.pop(self._deps.self_id, ()):
+                answers[todo[j]] = self._deps.directory.holders(keys[todo[j]])
             asks = [(owner, [todo[j] for j in idx]) for owner, idx in plan.items()]
             coros = [self._ask_owner(owner, [keys[i] for i in idx]) for owner, idx in asks]
             # One owner (the common case for short prompts): no task for gather to make.
@@ -149,17 +135,17 @@ class HolderLookup:
     async def _ask_owner(self, owner: PeerId, keys: list[ChunkKey]) -> list[Holders] | None:
         """The owner's answer, or None if it could not be asked (try the next owner)."""
         try:
-            client = await self._pool.get(owner)
+            client = await self._deps.pool.get(owner)
             out: list[Holders] = []
             for start in range(0, len(keys), f.MAX_KEYS_PER_REQUEST):
                 batch = tuple(keys[start:start + f.MAX_KEYS_PER_REQUEST])
-                reply = await client.request(lambda rid: f.Lookup(rid, batch), self._timeout_s)
+                reply = await client.request(lambda rid: f.Lookup(rid, batch), self._deps.timeout_s)
                 if len(reply.holders) != len(batch):
                     raise KvmeshError(f"{owner} answered {len(reply.holders)} of {len(batch)} keys")
                 out.extend(reply.holders)
             return out
         except KvmeshError as exc:
-            self._stats.note_failure(f"lookup at {owner}: {exc}")
+            self._deps.stats.note_failure(f"lookup at {owner}: {exc}")
             return None
 
     def _remember(self, key: ChunkKey, holders: Holders) -> None:

@@ -17,6 +17,11 @@
 Everything runs on the peer's own event loop, except the verbs marked "any
 thread", which engines call through the sync facade (`facade.py`).
 
+`Peer` has a few more methods than the ~20 a class here aims at: they are
+its public verbs (the control API's, the connectors', the server's), each
+a line or two handing off to one part; splitting the front would split the
+one surface callers need.
+
 Data flow:
   lookup   HolderLookup: local store, then one LOOKUP per ring owner in parallel
   load     ChunkLoader: local tiers, then PULL from holders into store slots

@@ -1,4 +1,5 @@
-"""A fake peer for control API tests: the attributes and methods the API uses, over a real ChunkStore.
+"""A fake peer for control API tests: the verbs the API uses, over a real ChunkStore
+(`StorePeer`, which the control API's fuzz benchmark runs on too).
 
 Shared by tests/peers/test_control_api.py and tests/security/test_control_api_*.py.
 """
@@ -9,107 +10,33 @@ import json
 
 import aiohttp
 
-from kvmesh.config import ControlConfig, KvmeshConfig, MeshConfig, StoreConfig
-from kvmesh.hashring.keys import ChunkHasher, KeyNamespace
-from kvmesh.directory.shard import Directory
-from kvmesh.membership.swim import Swim
-from kvmesh.store.chunk_store import ChunkStore
+from kvmesh.bench.fuzz_api_peer import CHUNK_TOKENS, OTHER, SLOT_BYTES, StorePeer, store_config
+from kvmesh.config import ControlConfig, KvmeshConfig, MeshConfig
 from kvmesh.peers.control_api import start_control_api
-from kvmesh.peers.stats import PeerStats
-from kvmesh.peers.status import PeerStatus
-from kvmesh.types import PeerId
 
-SLOT_BYTES = 64
-CHUNK_TOKENS = 4
 SECRET = b"s3cret"
-OTHER = "127.0.0.1:7002"  # a member with no control API running
+__all__ = ["CHUNK_TOKENS", "OTHER", "SLOT_BYTES", "SECRET", "FakePeer", "make_config", "open_api",
+           "tokens_for"]
 
 
-class NoNetwork:
-    """A gossip transport and clock for a Swim that is only read, never started."""
-
-    def send(self, addr: str, data: bytes) -> None:
-        pass
-
-    def set_receiver(self, receive) -> None:
-        pass
-
-    def time(self) -> float:
-        return 0.0
-
-    def call_later(self, delay, callback):
-        raise AssertionError("the fake peer's membership runs no timers")
-
-
-def fake_membership(peer_id: str, others: list[str]) -> Swim:
-    swim = Swim(peer_id, peer_id, NoNetwork(), NoNetwork(), lambda joined, left: None, vnodes=16)
-    swim.preload((p, p) for p in others)
-    return swim
-
-
-class FakePeer:
-    """The verbs the control API uses, over a real ChunkStore, and nothing else."""
+class FakePeer(StorePeer):
+    """A `StorePeer` that records what the API asked of the mesh: withdrawals and pushes."""
 
     def __init__(self, peer_id: str, config: KvmeshConfig) -> None:
-        self.peer_id = PeerId(peer_id)
-        self.config = config
-        self.hasher = ChunkHasher(KeyNamespace("m", "fp16", 1, 1, 8, CHUNK_TOKENS, "test"))
-        self.store = ChunkStore(config.store, SLOT_BYTES, shared=False)
-        self.stats = PeerStats()
-        self.membership = fake_membership(self.peer_id, [OTHER])
-        self.directory = Directory()
-        self.known_control_urls: dict[str, str] = {}  # the tests set these themselves
+        super().__init__(peer_id, config, namespace="test")
         self.withdrawn: list[bytes] = []
         self.pushed: list[tuple[list[bytes], str]] = []
         self.push_result: int | Exception | None = None  # None: deliver all
 
-    async def lookup_prefix(self, keys) -> int:
-        self.stats.lookups += 1
-        self.stats.lookup_chunks += len(keys)
-        matched = self.store.leading_hits(keys)
-        self.stats.lookup_hit_chunks += matched
-        return matched
-
-    async def find_holders(self, keys) -> list[tuple[str, ...]]:
-        return [(self.peer_id,) if self.store.tier_of(k) else () for k in keys]
-
-    def held_prefix(self, keys) -> int:
-        return self.store.leading_hits(keys)
-
-    def pin(self, keys) -> list[bool]:
-        return [self.store.pin(k) for k in keys]
-
-    def unpin(self, keys) -> list[bool]:
-        return [self.store.unpin(k) for k in keys]
-
-    async def move(self, keys, tier) -> list[bool]:
-        return [self.store.move(k, tier) for k in keys]
-
-    async def remove(self, keys) -> list[bytes]:
-        return self._withdraw_gone([k for k in keys if self.store.remove(k)])
-
-    async def clear(self, tier=None) -> list[bytes]:
-        return self._withdraw_gone(self.store.clear(tier))
-
-    def _withdraw_gone(self, removed) -> list[bytes]:
-        self.withdrawn.extend(k for k in removed if self.store.tier_of(k) is None)
-        return removed
+    def removed(self, keys: list[bytes]) -> list[bytes]:
+        self.withdrawn.extend(k for k in keys if self.store.tier_of(k) is None)
+        return keys
 
     async def push(self, keys, target: str) -> int:
         self.pushed.append((list(keys), target))
         if isinstance(self.push_result, Exception):
             raise self.push_result
         return len(keys) if self.push_result is None else self.push_result
-
-    def members(self):
-        return self.membership.members
-
-    async def control_urls(self, peers) -> dict[str, str]:
-        return {p: self.known_control_urls[p] for p in peers if p in self.known_control_urls}
-
-    def status(self) -> PeerStatus:
-        return PeerStatus.of(self.peer_id, self.store.stats(), self.stats, self.membership,
-                             {OTHER: "tcp"}, len(self.directory))
 
     def put(self, keys) -> None:
         for key in keys:
@@ -124,9 +51,8 @@ class FakePeer:
 
 
 def make_config(tmp_path, secret=None, disk=True) -> KvmeshConfig:
-    store = StoreConfig(cpu_bytes=SLOT_BYTES * 32, disk_dir=tmp_path / "disk" if disk else None,
-                        disk_bytes=1 << 20)
-    return KvmeshConfig(chunk_tokens=CHUNK_TOKENS, store=store, mesh=MeshConfig(secret=secret))
+    return KvmeshConfig(chunk_tokens=CHUNK_TOKENS, store=store_config(tmp_path / "disk" if disk else None),
+                        mesh=MeshConfig(secret=secret))
 
 
 class Api:

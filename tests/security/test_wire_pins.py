@@ -16,7 +16,7 @@ import asyncio
 from kvmesh.transfer import frames as f
 from kvmesh.transfer.pool_door import door_path, knock
 from tests.security.hostile import FakeHolder, HostileClient
-from tests.security.victims import (SLOT, fill, keys_for, namespace, peers,  # noqa: F401
+from tests.security.victims import (fill, keys_for, namespace, peers,  # noqa: F401
                                     wait_until)
 
 SLOTS = 64  # the victims' pools: 4 MiB of 64 KiB slots

@@ -20,6 +20,10 @@ Every wait is bounded. A failed chunk is a cache miss: its blocks, and every
 block after it in the request (a prefix must be contiguous), are reported so
 that vLLM recomputes them. A saved chunk is committed only if the whole gather
 succeeded, so the mesh never holds a partial chunk.
+
+A little over 300 lines: the hooks above share the worker's in-flight
+tables (loads, saves, error blocks) and their locks; split apart they would
+each reach into the others' state.
 """
 
 from __future__ import annotations
