@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from typing import Any, Awaitable, Callable, Hashable, Protocol
+from typing import Any, AsyncIterator, Awaitable, Callable, Hashable, Protocol
 
 from kvmesh.transfer import frames as f
 from kvmesh.transfer.pin_budget import PinBudget
@@ -102,13 +102,19 @@ class PullServer:
         self._source.close_chunk(ticket)
         self._budget.give_back(self._who)
 
-    async def _serve_streamed(self, pull: f.Pull) -> None:
+    async def _pinned(self, pull: f.Pull) -> AsyncIterator[tuple[int, ChunkKey, Any]]:
+        """Each of the pull's chunks that could be pinned, with its ticket, in
+        order; a MISS is sent for each of the others."""
         pins = _PullPins()
         for index, key in enumerate(pull.keys):
             ticket = await self._open(key, pins)
             if ticket is None:
                 await self._send(f.Miss(pull.request_id, index, key))
-                continue
+            else:
+                yield index, key, ticket
+
+    async def _serve_streamed(self, pull: f.Pull) -> None:
+        async for index, key, ticket in self._pinned(pull):
             try:
                 await self._send(f.Chunk(pull.request_id, index, key, ticket.checksum,
                                          ticket.length, ticket.view))
@@ -118,18 +124,18 @@ class PullServer:
     async def _serve_shared(self, pull: f.Pull) -> None:
         """Refs REFS_PER_FRAME at a time, each frame under a lease of its own."""
         batch: list[tuple[int, ChunkKey, Any]] = []
-        pins = _PullPins()
-        for index, key in enumerate(pull.keys):
-            ticket = await self._open(key, pins)
-            if ticket is None:
-                await self._send(f.Miss(pull.request_id, index, key))
-                continue
-            batch.append((index, key, ticket))
-            if len(batch) == REFS_PER_FRAME:
-                await self._send_refs(pull.request_id, batch)
-                batch = []
-        if batch:
-            await self._send_refs(pull.request_id, batch)
+        try:
+            async for pinned in self._pinned(pull):
+                batch.append(pinned)
+                if len(batch) == REFS_PER_FRAME:
+                    sending, batch = batch, []
+                    await self._send_refs(pull.request_id, sending)
+            if batch:
+                sending, batch = batch, []
+                await self._send_refs(pull.request_id, sending)
+        finally:
+            for *_, ticket in batch:  # pinned, never leased (the connection failed, or we were cancelled)
+                self._unpin(ticket)
 
     async def _send_refs(self, request_id: int, batch: list[tuple[int, ChunkKey, Any]]) -> None:
         """Lease the batch's pins (until RELEASE or the lease's end), then send its refs."""

@@ -80,19 +80,6 @@ async def test_mesh_fan_out_never_sends_the_secret(secure):
     assert member.authorizations()[0].startswith(SCHEME + " ")
 
 
-async def test_mesh_fan_out_signature_is_accepted_by_a_secure_member(secure, tmp_path):
-    other = FakePeer(OTHER, make_config(tmp_path / "b", secret=SECRET, disk=False))
-    runner, other_api = await open_api(other)
-    secure.peer.known_control_urls[OTHER] = other_api.url
-    try:
-        _, body = await secure.call("GET", "/status?scope=mesh")
-    finally:
-        await other_api.session.close()
-        await runner.cleanup()
-        other.store.close()
-    assert body["peers"][OTHER]["peer_id"] == OTHER
-
-
 def test_mesh_inspect_never_sends_the_secret(monkeypatch):
     async def run() -> tuple[int, Capture]:
         async with Capture() as member:

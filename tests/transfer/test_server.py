@@ -10,7 +10,7 @@ from kvmesh.transfer import frames as f
 from kvmesh.transfer import handshake
 from kvmesh.transfer.connection import FramedConnection
 from kvmesh.transfer.pin_budget import PinBudget
-from kvmesh.transfer.pull_server import REFS_PER_FRAME
+from kvmesh.transfer.pull_server import REFS_PER_FRAME, PullServer
 from kvmesh.transfer.server import serve_connection
 from kvmesh.transfer.streams import TcpStream
 
@@ -221,3 +221,32 @@ async def test_a_pull_larger_than_the_pin_budget_goes_on_as_batches_come_back():
     await asyncio.sleep(0.05)
     assert node.pinned == 0
     await _close(conn, server)
+
+
+async def test_a_shared_pull_cut_off_mid_batch_leaves_no_pins():
+    """Chunks pinned for a refs frame that was never sent (the serve task was
+    cancelled, e.g. its connection closed) are unpinned, not left to no lease."""
+    node = Node()
+    stuck = asyncio.Event()
+    opened = node.open_chunk
+
+    async def open_chunk(key):
+        if key[0] == 4:  # the fourth chunk (keys count from 1) never comes
+            stuck.set()
+            await asyncio.Event().wait()
+        return await opened(key)
+
+    node.open_chunk = open_chunk
+    sent: list = []
+
+    async def send(frame):
+        sent.append(frame)
+
+    pulls = PullServer(node, node.pins, "c:2", send, pin_wait_s=1.0)
+    task = asyncio.get_running_loop().create_task(pulls.serve(f.Pull(1, _keys(8), True), True))
+    await asyncio.wait_for(stuck.wait(), 2)
+    assert node.pinned == 3 and not sent  # three pinned for a frame not yet sent
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert node.pinned == 0 and node.pins.held() == 0 and pulls.leases == 0
