@@ -1,7 +1,9 @@
 """Peers embedded in engine processes, and how an engine's other processes find them.
 
-The worker process that owns the KV cache runs the peer. It writes a small
-rendezvous file, `<run_dir>/<engine_id>-rank<r>.json`, with its mesh address.
+The worker process that owns the KV cache runs the peer; with tensor
+parallelism each rank's worker runs one, on its rank's ports and in its
+rank's mesh (`kvmesh.peers.rank_config`). It writes a small rendezvous file,
+`<run_dir>/<engine_id>-rank<r>.json`, with its mesh address.
 The engine's scheduler (another process in vLLM's multiprocess mode) asks
 that peer for prefix lookups over the normal wire protocol (PREFIX frames),
 as a client that never joins the mesh. In one process it calls the peer
@@ -17,14 +19,14 @@ import logging
 import os
 import threading
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
 
 from kvmesh.config import KvmeshConfig
-from kvmesh.errors import ConfigError, KvmeshError, TransferError
+from kvmesh.errors import KvmeshError, TransferError
 from kvmesh.hashring.keys import ChunkHasher, KeyNamespace
 from kvmesh.peers.facade import PeerHandle
+from kvmesh.peers.rank_config import rank_config
 from kvmesh.transfer import frames as f
 from kvmesh.transfer import handshake
 from kvmesh.transfer.client import PeerClient
@@ -61,42 +63,29 @@ class EmbeddedPeer(PeerHandle):
         super().close()
 
 
-def rank_config(config: KvmeshConfig, tp_rank: int) -> KvmeshConfig:
-    """The config of TP rank `tp_rank`'s peer: fixed ports move up by the rank.
-
-    Each rank embeds a peer of its own (its KV shard is its own namespace), so
-    with a fixed KVMESH_PORT or KVMESH_CONTROL_PORT the ranks of one engine on
-    one host would all bind the same port. Port 0 (pick a free one) stays 0.
-    """
-    if tp_rank == 0:
-        return config
-
-    def moved(port: int, name: str) -> int:
-        if port and port + tp_rank > 65535:
-            raise ConfigError(f"{name}={port} + TP rank {tp_rank} is past 65535")
-        return port + tp_rank if port else 0
-
-    return replace(config,
-                   mesh=replace(config.mesh, port=moved(config.mesh.port, "KVMESH_PORT")),
-                   control=replace(config.control,
-                                   port=moved(config.control.port, "KVMESH_CONTROL_PORT")))
-
-
 def open_peer(config: KvmeshConfig, namespace: KeyNamespace, slot_bytes: int,
-              engine_id: str) -> EmbeddedPeer:
-    config = rank_config(config, namespace.tp_rank)
+              engine_id: str, tp_rank: int | None = None) -> EmbeddedPeer:
+    """Start the peer of TP rank `tp_rank` and write its rendezvous file.
+
+    `config` is the engine's, as read from the environment: this applies the
+    rank's ports and seeds (`rank_config`), so callers must not. `tp_rank` is
+    the process's rank, `namespace.tp_rank` unless the KV is the same on
+    every rank (then the namespace says rank 0, and all ranks share its mesh).
+    """
+    tp_rank = namespace.tp_rank if tp_rank is None else tp_rank
+    config = rank_config(config, tp_rank, namespace.tp_rank)
     handle = EmbeddedPeer.start(config, ChunkHasher(namespace), slot_bytes)
     handle.engine_id = engine_id
-    path = rendezvous_path(config, engine_id, namespace.tp_rank)
+    path = rendezvous_path(config, engine_id, tp_rank)
     private_dir(path.parent)  # only this user may plant or read rendezvous files
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
     tmp.write_text(json.dumps({"peer_id": handle.peer_id, "pid": os.getpid(),
                                "control_url": handle.peer.control_url}))
     tmp.replace(path)  # readers never see a half-written file
     handle.rendezvous = path
-    if namespace.tp_rank == 0:
+    if tp_rank == 0:
         _in_process[engine_id] = handle
-    log.info("kvmesh peer %s up for engine %s rank %d", handle.peer_id, engine_id, namespace.tp_rank)
+    log.info("kvmesh peer %s up for engine %s rank %d", handle.peer_id, engine_id, tp_rank)
     return handle
 
 

@@ -78,7 +78,8 @@ class KvmeshHiCacheStorage(HiCacheStorage):
         pages = HostPages(mem_pool_host)
         namespace = build_namespace(self.storage_config, mem_pool_host, pages.page_bytes,
                                     self._options.get(MODEL_OPTION))
-        peer = self._open_peer(self._config, namespace, pages.page_bytes, f"sglang-{os.getpid()}")
+        peer = self._open_peer(self._config, namespace, pages.page_bytes, f"sglang-{os.getpid()}",
+                               self.storage_config.tp_rank)
         if peer.slot_bytes < pages.page_bytes:
             peer.close()
             raise ConfigError(f"kvmesh: peer slots of {peer.slot_bytes} bytes cannot hold a "

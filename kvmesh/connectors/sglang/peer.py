@@ -2,20 +2,21 @@
 
 SGLang runs one scheduler process per TP rank, and the HiCache storage
 backend lives in it, so each rank embeds its own peer (its namespace carries
-the rank). Ranks of one engine must not bind the same port: rank r listens on
-`KVMESH_PORT + r` (when a port is set) and joins the seeds at their port + r,
-so rank r of every engine forms its own mesh.
+the rank). `kvmesh.peers.embedded.open_peer` gives rank r its ports and seeds
+(`kvmesh.peers.rank_config`): it listens on `KVMESH_PORT + r` when a port is
+set and joins the seeds at their port + r, so rank r of every engine forms
+its own mesh. MLA KV, the same on every rank, is keyed as rank 0: every rank
+still takes its own port, and all join the seeds' rank-0 mesh.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Callable, Iterator, Protocol, Sequence
 
 from kvmesh.config import KvmeshConfig
 from kvmesh.hashring.keys import KeyNamespace
 from kvmesh.peers.api import ChunkResult, LoadJob, SaveTicket
-from kvmesh.types import ChunkKey, PeerAddress
+from kvmesh.types import ChunkKey
 
 
 class MeshPeer(Protocol):
@@ -37,27 +38,21 @@ class MeshPeer(Protocol):
     def close(self) -> None: ...
 
 
-OpenPeer = Callable[[KvmeshConfig, KeyNamespace, int, str], MeshPeer]
-
-
-def rank_config(config: KvmeshConfig, tp_rank: int) -> KvmeshConfig:
-    """`config` for TP rank `tp_rank`: fixed ports and seed ports shifted by the rank."""
-    if tp_rank == 0:
-        return config
-    mesh, control = config.mesh, config.control
-    seeds = tuple(PeerAddress(s.host, s.port + tp_rank) for s in mesh.seeds)
-    mesh = dataclasses.replace(mesh, port=mesh.port + tp_rank if mesh.port else 0, seeds=seeds)
-    control = dataclasses.replace(control, port=control.port + tp_rank if control.port else 0)
-    return dataclasses.replace(config, mesh=mesh, control=control)
+# (engine's config, namespace, page bytes, engine id, this scheduler's TP rank)
+OpenPeer = Callable[[KvmeshConfig, KeyNamespace, int, str, int], MeshPeer]
 
 
 def open_mesh_peer(config: KvmeshConfig, namespace: KeyNamespace, slot_bytes: int,
-                   engine_id: str) -> MeshPeer:
-    """Start this rank's embedded peer (blocks until it has joined its seeds)."""
+                   engine_id: str, tp_rank: int) -> MeshPeer:
+    """Start this rank's embedded peer (blocks until it has joined its seeds).
+
+    `tp_rank` is the scheduler's own rank, which MLA namespaces (rank 0 on
+    every rank) do not carry: its ports move by it all the same.
+    """
     from kvmesh.peers.embedded import open_peer  # noqa: PLC0415 - starts threads only when used
 
-    return EmbeddedMeshPeer(open_peer(rank_config(config, namespace.tp_rank), namespace,
-                                      slot_bytes, engine_id))
+    # The engine's config as it is: open_peer gives the rank its ports and seeds.
+    return EmbeddedMeshPeer(open_peer(config, namespace, slot_bytes, engine_id, tp_rank))
 
 
 class EmbeddedMeshPeer:

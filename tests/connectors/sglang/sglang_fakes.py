@@ -115,7 +115,7 @@ class FakeMeshPeer:
 def fake_opener(peers: list, **overrides):
     """An `open_peer` that makes a FakeMeshPeer per call and records it in `peers`."""
 
-    def open_peer(config, namespace, slot_bytes, engine_id):
+    def open_peer(config, namespace, slot_bytes, engine_id, tp_rank):
         peer = FakeMeshPeer(slot_bytes=slot_bytes, namespace=namespace, **overrides)
         peers.append(peer)
         return peer

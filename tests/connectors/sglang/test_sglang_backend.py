@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import pytest
@@ -168,7 +169,7 @@ def test_a_wrong_sized_legacy_page_is_refused():
 def test_a_peer_with_small_slots_is_refused_at_registration():
     peers = []
 
-    def small(config, namespace, slot_bytes, engine_id):
+    def small(config, namespace, slot_bytes, engine_id, tp_rank):
         peers.append(FakeMeshPeer(slot_bytes=slot_bytes - 1))
         return peers[-1]
 
@@ -238,3 +239,17 @@ def test_a_crash_while_copying_releases_every_pin(monkeypatch):
     with pytest.raises(RuntimeError):
         backend.batch_get_v1(KEYS, pages_at(pool))
     assert backend.peer.pins == 0
+
+
+@pytest.mark.parametrize("mla", [False, True])
+def test_the_peer_is_opened_for_the_scheduler_rank_even_when_the_namespace_is_rank_zero(mla):
+    opened = []
+
+    def opener(config, namespace, slot_bytes, engine_id, tp_rank):
+        opened.append((namespace.tp_rank, tp_rank))
+        return FakeMeshPeer(slot_bytes=slot_bytes, namespace=namespace)
+
+    storage = dataclasses.replace(sp.storage_config(tp_rank=1, tp_size=2), is_mla_model=mla)
+    backend = KvmeshHiCacheStorage(storage, {}, config=ON, open_peer=opener)
+    backend.register_mem_pool_host(sp.host_pool("page_first"))
+    assert opened == [(0 if mla else 1, 1)]  # MLA KV is keyed as rank 0 on every rank

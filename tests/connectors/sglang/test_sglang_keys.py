@@ -1,4 +1,4 @@
-"""Page keys, namespaces and per-rank configs: pure code, runs without SGLang."""
+"""Page keys and namespaces: pure code, runs without SGLang."""
 
 from __future__ import annotations
 
@@ -8,12 +8,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from kvmesh.config import KvmeshConfig
 from kvmesh.connectors.sglang.namespace import build_namespace, layout_tag
 from kvmesh.connectors.sglang.page_keys import PageKeyMap, page_chunk_key
-from kvmesh.connectors.sglang.peer import rank_config
 from kvmesh.hashring.keys import KeyNamespace
-from kvmesh.types import PeerAddress
 
 NS = KeyNamespace(model="m", dtype="bfloat16", num_layers=2, num_kv_heads=2, head_dim=8,
                   chunk_tokens=16, kv_layout="sglang/MHATokenToKVPoolHost/page_first/page16/2048B")
@@ -81,20 +78,3 @@ def test_mla_kv_is_shared_by_all_ranks_but_shards_are_not():
     tag = layout_tag(fake_pool(), storage_config(pp_rank=1, pp_size=2, attn_cp_rank=0,
                                                  attn_cp_size=2), 2048)
     assert tag.endswith("/pp1of2/cp0of2")
-
-
-def test_rank_zero_keeps_the_config():
-    config = KvmeshConfig()
-    assert rank_config(config, 0) is config
-
-
-def test_other_ranks_shift_fixed_ports_and_seed_ports():
-    base = KvmeshConfig()
-    config = dataclasses.replace(
-        base, mesh=dataclasses.replace(base.mesh, port=7000,
-                                       seeds=(PeerAddress("10.0.0.1", 7000),)),
-        control=dataclasses.replace(base.control, port=0))
-    rank2 = rank_config(config, 2)
-    assert rank2.mesh.port == 7002
-    assert rank2.mesh.seeds == (PeerAddress("10.0.0.1", 7002),)
-    assert rank2.control.port == 0  # a free port stays a free port

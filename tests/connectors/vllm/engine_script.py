@@ -3,14 +3,15 @@
     python engine_script.py SPEC_JSON
 
 SPEC: model_dir, prompts (token id lists), max_tokens, kvmesh (bool), role,
-prefix_caching, mp (scheduler and worker in separate processes), corrupt
+prefix_caching, mp (scheduler and worker in separate processes), tp (tensor
+parallel size: a worker process per rank, each with its own peer), corrupt
 (test build: flip every loaded chunk after its checksum was verified), linger
 (keep the engine and its peer alive until stdin closes), wait_for_go (print a
 ready line once the engine is up, then wait for a line on stdin before
 generating; the line comes once the peer's directory holds entries, i.e.
 what the mesh's other engines advertised to it). Prints one JSON line
 with each prompt's tokens, logprobs and cached tokens, plus the peer's
-counters; a lingering engine then waits for stdin to close.
+counters and each rank's peer id, members and counters; a lingering engine then waits for stdin to close.
 """
 
 from __future__ import annotations
@@ -68,6 +69,8 @@ def main() -> None:
     transfer = KVTransferConfig(kv_connector="KVMeshConnector", kv_role=spec.get("role", "kv_both"),
                                 engine_id=spec.get("engine_id")) if spec.get("kvmesh") else None
     extra = {"distributed_executor_backend": "mp"} if spec.get("mp") else {}
+    if spec.get("tp", 1) > 1:  # one worker process per rank
+        extra = {"distributed_executor_backend": "mp", "tensor_parallel_size": spec["tp"]}
     llm = LLM(model=spec["model_dir"], dtype="float32", enforce_eager=True, block_size=32,
               kv_cache_memory_bytes=64 << 20, enable_prefix_caching=spec.get("prefix_caching", False),
               max_model_len=1024, seed=0, kv_transfer_config=transfer, **extra)
@@ -82,7 +85,8 @@ def main() -> None:
         comp = out.outputs[0]
         results.append({"tokens": list(comp.token_ids), "cached": out.num_cached_tokens,
                         "logprobs": [lp[t].logprob for t, lp in zip(comp.token_ids, comp.logprobs)]})
-    print(MARK + json.dumps({"results": results, "peer": peer_counters(spec)}), flush=True)
+    print(MARK + json.dumps({"results": results, "peer": peer_counters(spec),
+                             "ranks": rank_statuses(spec)}), flush=True)
     if spec.get("linger"):
         sys.stdin.read()
     llm.llm_engine.engine_core.shutdown()
@@ -101,6 +105,23 @@ def peer_status(spec: dict) -> dict:
         with urllib.request.urlopen(url + "/status", timeout=5) as reply:
             return json.load(reply)
     return {}
+
+
+def rank_statuses(spec: dict) -> list[dict]:
+    """Each TP rank's peer: its id, members and counters, rank 0 first."""
+    import urllib.request
+
+    statuses = []
+    for rank in range(spec.get("tp", 1) if spec.get("kvmesh") else 0):
+        path = os.path.join(os.environ["KVMESH_RUN_DIR"], f"{spec['engine_id']}-rank{rank}.json")
+        if not os.path.exists(path):  # this rank has no peer: the test says so, not a crash here
+            statuses.append({})
+            continue
+        with urllib.request.urlopen(json.load(open(path))["control_url"] + "/status",
+                                    timeout=5) as reply:
+            status = json.load(reply)
+        statuses.append({key: status[key] for key in ("peer_id", "members", "counters")})
+    return statuses
 
 
 def peer_counters(spec: dict) -> dict:
