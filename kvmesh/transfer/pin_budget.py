@@ -53,10 +53,10 @@ class PinBudget:
 
     async def take_within(self, who: Hashable, wait_s: float) -> bool:
         """One more pin for `who`, waiting up to `wait_s` for pins to come back."""
-        if self._room_for(who):
+        if self.has_room(who):
             return self.take(who)
         deadline = asyncio.get_running_loop().time() + wait_s
-        while not self._room_for(who):
+        while not self.has_room(who):
             left = deadline - asyncio.get_running_loop().time()
             if left <= 0:
                 self.refused += 1
@@ -68,7 +68,8 @@ class PinBudget:
                 pass
         return self.take(who)
 
-    def _room_for(self, who: Hashable) -> bool:
+    def has_room(self, who: Hashable) -> bool:
+        """Whether `take(who)` would succeed now."""
         return self._sum < self.total and self._held[who] < self.per_peer
 
     def give_back(self, who: Hashable, n: int = 1) -> None:
