@@ -57,7 +57,7 @@ class PullServer:
         self._source = source
         self._budget = budget
         self._pin_wait_s = pin_wait_s
-        self._who = who  # whose pins these are (the connection's peer)
+        self._who = who  # whose pins these are (the connection's peer id, shared by its connections)
         self._send = send
         self._leases: dict[int, list[Any]] = {}
         self._timers: dict[int, asyncio.TimerHandle] = {}

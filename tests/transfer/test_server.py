@@ -274,3 +274,19 @@ async def test_a_peer_share_smaller_than_a_frame_never_waits_on_its_own_unsent_r
     await asyncio.sleep(0.05)
     assert node.pinned == 0
     await _close(conn, server)
+
+
+async def test_a_puller_whose_peer_id_is_not_yet_checked_is_streamed_to_not_shared():
+    """Shared pins outlive the connection and count against the claimed
+    peer's share: until the claim is checked they are not lent."""
+    class Unanswered(Node):
+        async def verify(self, claimed, nonce) -> bool:
+            await asyncio.Event().wait()
+
+    node, conn, server = await _session(Unanswered())
+    await conn.send(f.Pull(4, _keys(2), True))
+    frames = [await asyncio.wait_for(conn.read_frame(), 2) for _ in range(2)]
+    assert [type(fr) for fr in frames] == [f.Chunk, f.Chunk]
+    await asyncio.sleep(0.05)
+    assert node.pinned == 0 and node.pins.held() == 0
+    await _close(conn, server)
