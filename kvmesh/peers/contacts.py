@@ -88,8 +88,9 @@ class Contacts:
         self.note_control_port(peer, info.control_port)
 
     def note_control_port(self, peer: PeerId, port: int) -> None:
-        """`peer`'s handshake told its control port (0: it runs no control API)."""
-        if port:
+        """`peer`'s handshake told its control port (0: it runs no control API;
+        anything but a TCP port, from a wire integer, is ignored)."""
+        if 0 < port < 65536:
             host = PeerAddress.parse(peer).host
             scheme = control_scheme(self._tls)
             self._control_urls[peer] = f"{scheme}://{f'[{host}]' if ':' in host else host}:{port}"

@@ -126,7 +126,7 @@ class ServingAdapter:
         chunk on disk only is read back on a worker thread, off the loop."""
         try:
             if self._store.has_disk_tier:
-                ticket = await asyncio.to_thread(self._store.prepare_load, key)
+                ticket = await self._load_off_loop(key)
             else:
                 ticket = self._store.prepare_load(key)
         except KvmeshError:
@@ -134,6 +134,22 @@ class ServingAdapter:
         self._stats.bytes_served += ticket.length
         return ServedChunk(ticket, ticket.view, ticket.length, ticket.checksum,
                            self._store.pool.offset(ticket.slot))
+
+    async def _load_off_loop(self, key: ChunkKey) -> LoadTicket:
+        """`prepare_load` on a worker thread. The thread cannot be stopped: if
+        the caller is cancelled meanwhile (its puller hung up), the pin the
+        thread takes is given back once it is done, else it would stay for
+        the life of the store."""
+        loading = asyncio.get_running_loop().run_in_executor(None, self._store.prepare_load, key)
+        try:
+            return await asyncio.shield(loading)
+        except asyncio.CancelledError:
+            loading.add_done_callback(self._unpin_orphan)
+            raise
+
+    def _unpin_orphan(self, loading: asyncio.Future) -> None:
+        if not loading.cancelled() and loading.exception() is None:
+            self._store.complete_load(loading.result())
 
     def close_chunk(self, served: ServedChunk) -> None:
         self._store.complete_load(served.ticket)

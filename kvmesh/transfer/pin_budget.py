@@ -10,7 +10,8 @@ connections together) and `total` for all of them. A pin over budget waits
 (`take_within`) for pins to come back (a puller releases each batch of refs
 as soon as it has copied it), up to a deadline; past it the chunk is
 answered with a MISS, which the puller turns into a recompute or another
-holder. Loop thread only.
+holder. A pin coming back wakes one waiter that could take it, never the
+waiters of a peer still at its share. Loop thread only.
 """
 
 from __future__ import annotations
@@ -35,7 +36,10 @@ class PinBudget:
         self.per_peer = per_peer
         self._held: Counter[Hashable] = Counter()
         self._sum = 0
-        self._returned = asyncio.Event()  # set whenever pins come back
+        # Pins waiting for room, first come first served within each peer:
+        # who -> {future: None}, an ordered set (a waiter that times out
+        # leaves it in O(1)). Only peers with a waiter are keys.
+        self._waiting: dict[Hashable, dict[asyncio.Future, None]] = {}
         self.refused = 0
 
     @classmethod
@@ -44,7 +48,7 @@ class PinBudget:
 
     def take(self, who: Hashable) -> bool:
         """One more pin for `who`, if both caps allow it now."""
-        if self._sum >= self.total or self._held[who] >= self.per_peer:
+        if not self.has_room(who):
             self.refused += 1
             return False
         self._held[who] += 1
@@ -53,22 +57,34 @@ class PinBudget:
 
     async def take_within(self, who: Hashable, wait_s: float) -> bool:
         """One more pin for `who`, waiting up to `wait_s` for pins to come back."""
-        if self._room_for(who):
+        if self.has_room(who):
             return self.take(who)
-        deadline = asyncio.get_running_loop().time() + wait_s
-        while not self._room_for(who):
-            left = deadline - asyncio.get_running_loop().time()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait_s
+        while not self.has_room(who):
+            left = deadline - loop.time()
             if left <= 0:
                 self.refused += 1
                 return False
-            self._returned.clear()
+            woken = loop.create_future()
+            queue = self._waiting.setdefault(who, {})
+            queue[woken] = None
             try:
-                await within(self._returned.wait(), left)
+                await within(woken, left)
             except asyncio.TimeoutError:
                 pass
+            except asyncio.CancelledError:
+                if woken.done() and not woken.cancelled():
+                    self._wake(1)  # woken for a pin it will not take: pass it on
+                raise
+            finally:
+                queue.pop(woken, None)
+                if not queue and self._waiting.get(who) is queue:
+                    del self._waiting[who]
         return self.take(who)
 
-    def _room_for(self, who: Hashable) -> bool:
+    def has_room(self, who: Hashable) -> bool:
+        """Whether `take(who)` would succeed now."""
         return self._sum < self.total and self._held[who] < self.per_peer
 
     def give_back(self, who: Hashable, n: int = 1) -> None:
@@ -80,7 +96,26 @@ class PinBudget:
             del self._held[who]
         else:
             self._held[who] = held - n
-        self._returned.set()
+        self._wake(n)
+
+    def _wake(self, n: int) -> None:
+        """Wake up to `n` waiters that could take a pin now, one per peer in
+        turn. Never a waiter its own share still blocks: a peer at its share
+        with thousands of pulls parked must not cost every other peer's
+        give_back a wake-up each (O(peers waiting), not O(waiters))."""
+        for who in list(self._waiting):
+            if n <= 0:
+                return
+            queue = self._waiting.get(who)
+            if not queue or not self.has_room(who):
+                continue
+            for woken in queue:
+                if not woken.done():
+                    woken.set_result(None)
+                    n -= 1
+                    break
+            # Served last next time: peers with waiters take turns.
+            self._waiting[who] = self._waiting.pop(who)
 
     def held(self, who: Hashable | None = None) -> int:
         return self._sum if who is None else self._held.get(who, 0)

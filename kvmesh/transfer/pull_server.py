@@ -18,9 +18,10 @@ MISS).
   after the lease began (see `kvmesh.transfer.shm`), whichever comes first.
   A puller that asks to share without that proof is streamed to instead.
 
-A pin over the budget waits up to `pin_wait_s` for pins to come back, so a
-pull larger than a peer's share of the pool goes on as the puller releases
-its earlier batches; past that wait the chunk is a MISS, and so is every
+A pin over the budget waits up to `pin_wait_s` for pins to come back (a
+shared pull first sends the refs it has pinned so far, which the puller can
+then release), so a pull larger than a peer's share of the pool goes on as
+the puller releases its earlier batches; past that wait the chunk is a MISS, and so is every
 later chunk of that pull that finds no room at once (a puller that releases
 nothing costs one wait per pull, not one per chunk).
 
@@ -56,7 +57,7 @@ class PullServer:
         self._source = source
         self._budget = budget
         self._pin_wait_s = pin_wait_s
-        self._who = who  # whose pins these are (the connection's peer)
+        self._who = who  # whose pins these are (the connection's peer id, shared by its connections)
         self._send = send
         self._leases: dict[int, list[Any]] = {}
         self._timers: dict[int, asyncio.TimerHandle] = {}
@@ -80,10 +81,15 @@ class PullServer:
     def leases(self) -> int:
         return len(self._leases)
 
-    async def _open(self, key: ChunkKey, pull: "_PullPins") -> Any | None:
+    async def _open(self, key: ChunkKey, pull: "_PullPins",
+                    before_wait: Callable[[], Awaitable[None]] | None) -> Any | None:
         """Pin `key` for sending, or None (a MISS). A pull may wait for room
-        until one wait runs out; then it takes only what is free at once."""
+        until one wait runs out; then it takes only what is free at once.
+        `before_wait()` runs before a wait: pins the puller has not been told
+        of yet cannot come back, so they must be sent first."""
         if pull.may_wait:
+            if before_wait is not None and not self._budget.has_room(self._who):
+                await before_wait()
             pinned = await self._budget.take_within(self._who, self._pin_wait_s)
             pull.may_wait = pinned
         else:
@@ -102,12 +108,13 @@ class PullServer:
         self._source.close_chunk(ticket)
         self._budget.give_back(self._who)
 
-    async def _pinned(self, pull: f.Pull) -> AsyncIterator[tuple[int, ChunkKey, Any]]:
+    async def _pinned(self, pull: f.Pull, before_wait: Callable[[], Awaitable[None]] | None = None
+                      ) -> AsyncIterator[tuple[int, ChunkKey, Any]]:
         """Each of the pull's chunks that could be pinned, with its ticket, in
         order; a MISS is sent for each of the others."""
         pins = _PullPins()
         for index, key in enumerate(pull.keys):
-            ticket = await self._open(key, pins)
+            ticket = await self._open(key, pins, before_wait)
             if ticket is None:
                 await self._send(f.Miss(pull.request_id, index, key))
             else:
@@ -122,17 +129,24 @@ class PullServer:
                 self._unpin(ticket)
 
     async def _serve_shared(self, pull: f.Pull) -> None:
-        """Refs REFS_PER_FRAME at a time, each frame under a lease of its own."""
+        """Refs REFS_PER_FRAME at a time, each frame under a lease of its own;
+        fewer when the pull must wait for pins (the puller can only give back
+        those it was sent: waiting on a batch of our own would wait out the
+        whole wait, on pins this very pull holds)."""
         batch: list[tuple[int, ChunkKey, Any]] = []
-        try:
-            async for pinned in self._pinned(pull):
-                batch.append(pinned)
-                if len(batch) == REFS_PER_FRAME:
-                    sending, batch = batch, []
-                    await self._send_refs(pull.request_id, sending)
+
+        async def flush() -> None:
+            nonlocal batch
             if batch:
                 sending, batch = batch, []
                 await self._send_refs(pull.request_id, sending)
+
+        try:
+            async for pinned in self._pinned(pull, before_wait=flush):
+                batch.append(pinned)
+                if len(batch) == REFS_PER_FRAME:
+                    await flush()
+            await flush()
         finally:
             for *_, ticket in batch:  # pinned, never leased (the connection failed, or we were cancelled)
                 self._unpin(ticket)

@@ -17,7 +17,9 @@ without a peer id (an engine's own lookup client) may ask, never tell.
 LOOKUP, PING and VOUCH are answered inline by the read loop (no await but
 the reply's send); PULL, PREFIX, FETCH and MEMBERS run concurrently as
 tasks, capped per connection. PULLs are served by `pull_server` (pins,
-leases, the pin budget). A protocol error closes this connection only; the
+leases, the pin budget, charged to the claimed peer id: one peer's share
+holds over all its connections); shared pulls only once the claim is
+checked. A protocol error closes this connection only; the
 peer keeps serving every other one.
 
 Limits (`kvmesh.transfer.limits`): until the handshake is done a connection
@@ -158,7 +160,7 @@ class _Session:
         self.token = b""
         self.tasks: set[asyncio.Task] = set()
         self.slots = asyncio.Semaphore(f.MAX_INFLIGHT_REQUESTS)
-        self.pulls = PullServer(node, node.pins, self, conn.send, pin_wait_s=timeout_s)
+        self.pulls: PullServer | None = None  # once the handshake named the peer
 
     async def handshake(self, secret: bytes | None) -> None:
         hello = await self._expect(f.Hello)
@@ -166,6 +168,10 @@ class _Session:
         me = self.node.identity()
         handshake.check_namespace(me.namespace, hello.namespace)
         self.identity.peer = claimed_peer(hello, me.peer_id)
+        # Pins are budgeted per peer, all its connections together; a
+        # connection that names no peer is a budget of its own.
+        self.pulls = PullServer(self.node, self.node.pins, self.peer or self, self.conn.send,
+                                pin_wait_s=self.timeout_s)
         nonce = handshake.new_nonce()
         await self.conn.send(f.Welcome(me.peer_id, version, me.namespace, "", "", nonce,
                                        handshake.proof(secret, b"server", hello.nonce, nonce)))
@@ -254,7 +260,11 @@ class _Session:
     async def _answer(self, frame: f.Frame) -> None:
         try:
             if isinstance(frame, f.Pull):
-                await self.pulls.serve(frame, shared=frame.shared and self.same_host)
+                # Shared pins outlive the connection, so they are lent only
+                # under a checked peer id: an impostor's would stay charged to
+                # the real peer for a lease after it was cut off.
+                shared = frame.shared and self.same_host and self.identity.verified
+                await self.pulls.serve(frame, shared=shared)
                 return
             if isinstance(frame, f.Prefix):
                 reply: f.Frame = f.PrefixReply(frame.request_id, await self.node.prefix(frame.keys))
@@ -279,4 +289,5 @@ class _Session:
             await asyncio.gather(*self.tasks, return_exceptions=True)
         if self.token:
             self.node.revoke_pool_token(self.token)
-        self.pulls.stop()
+        if self.pulls is not None:
+            self.pulls.stop()

@@ -113,3 +113,30 @@ async def test_a_repeated_request_id_leaks_no_pin(peers, monkeypatch):
     finally:
         attacker.close()
         me.close()
+
+
+async def test_one_member_pins_at_most_half_the_pool_over_any_number_of_connections(peers):
+    """The pin budget's share is per peer, as SECURITY.md says, not per
+    connection: before, a second connection of the same member pinned
+    another half (up to the three quarters all peers may pin), leaving
+    every other member's pulls nothing."""
+    victim = peers()
+    keys = keys_for(victim, SLOTS)
+    fill(victim, keys)
+    first, me = await _member(victim)
+    second = await HostileClient.connect(victim.peer_id, namespace(victim), claim=me.peer_id)
+    await asyncio.sleep(0.3)  # the second claim is checked too
+    door = door_path(victim.peer.config.run_dir, victim.peer_id)
+    mappings = []
+    try:
+        for attacker in (first, second):
+            mappings.append(await knock(door, attacker.info.pool_token, 2.0))
+        refs = [(await _pull_all(attacker, 1, keys))[0] for attacker in (first, second)]
+        assert sum(refs) == SLOTS // 2
+        assert pinned(victim) == SLOTS // 2
+    finally:
+        for mapping in mappings:
+            mapping.close()
+        first.close()
+        second.close()
+        me.close()

@@ -250,3 +250,43 @@ async def test_a_shared_pull_cut_off_mid_batch_leaves_no_pins():
     with pytest.raises(asyncio.CancelledError):
         await task
     assert node.pinned == 0 and node.pins.held() == 0 and pulls.leases == 0
+
+
+@pytest.mark.parametrize("pulls", [1, 3])
+async def test_a_peer_share_smaller_than_a_frame_never_waits_on_its_own_unsent_refs(pulls):
+    """A pull waiting for pins first sends the refs it has pinned: the
+    puller can only give back pins it was told about. Before, with a share
+    under one frame (or several pulls each part-way through a frame), the
+    pull waited the whole request timeout on pins that it held itself."""
+    node = Node(slots=20)  # one peer may pin 10 chunks at once, under one frame's 16
+    node, conn, server = await _session(node)
+    keys = _keys(2 * REFS_PER_FRAME)
+    for rid in range(1, pulls + 1):
+        await conn.send(f.Pull(rid, keys, True))
+    got, started = 0, asyncio.get_running_loop().time()
+    while got < pulls * len(keys):
+        frame = await asyncio.wait_for(conn.read_frame(), 2)
+        assert isinstance(frame, f.ChunkRefs)  # never a MISS
+        assert node.pinned <= 10
+        got += len(frame.indices)
+        await conn.send(f.Release(frame.lease))
+    assert asyncio.get_running_loop().time() - started < 1.0  # no wait ran out on the way
+    await asyncio.sleep(0.05)
+    assert node.pinned == 0
+    await _close(conn, server)
+
+
+async def test_a_puller_whose_peer_id_is_not_yet_checked_is_streamed_to_not_shared():
+    """Shared pins outlive the connection and count against the claimed
+    peer's share: until the claim is checked they are not lent."""
+    class Unanswered(Node):
+        async def verify(self, claimed, nonce) -> bool:
+            await asyncio.Event().wait()
+
+    node, conn, server = await _session(Unanswered())
+    await conn.send(f.Pull(4, _keys(2), True))
+    frames = [await asyncio.wait_for(conn.read_frame(), 2) for _ in range(2)]
+    assert [type(fr) for fr in frames] == [f.Chunk, f.Chunk]
+    await asyncio.sleep(0.05)
+    assert node.pinned == 0 and node.pins.held() == 0
+    await _close(conn, server)
