@@ -189,6 +189,8 @@ class PeerParts:
                  sorted(left))
         for peer in left:
             self._directory.drop_holder(peer)
+            if self.contacts is not None:
+                self.contacts.forget(peer)
             if self.pool is not None:
                 self.pool.drop(peer)
         self.lookup.ring_changed()

@@ -128,7 +128,7 @@ class ConnectionPool:
         probe = await self._network.dial(address.peer_id, timeout)
         info = await self._open(probe, address.peer_id, timeout, max_inflight=1)
         await info.aclose()
-        if not info.remote.ucx_port:
+        if not 0 < info.remote.ucx_port < 65536:  # 0: none; anything else: not a port
             raise TransferError(f"{address.peer_id} has no UCX listener")
         try:
             return await asyncio.wait_for(UcxStream.connect(address.host, info.remote.ucx_port),

@@ -29,6 +29,10 @@ from kvmesh.transfer.shm import host_id
 from kvmesh.transfer.tls import control_scheme
 from kvmesh.types import PeerAddress, PeerId
 
+# Control URLs kept for other peers: members come and go (`forget` on leave),
+# and identities that never became members must not grow the table for ever.
+MAX_CONTROL_URLS = 4096
+
 # dial(peer) -> our connection to that member, dialed now if there is none.
 DialFn = Callable[[PeerId], Awaitable[PeerClient]]
 
@@ -90,10 +94,16 @@ class Contacts:
     def note_control_port(self, peer: PeerId, port: int) -> None:
         """`peer`'s handshake told its control port (0: it runs no control API;
         anything but a TCP port, from a wire integer, is ignored)."""
-        if 0 < port < 65536:
+        if 0 < port < 65536 and (peer in self._control_urls
+                                 or len(self._control_urls) < MAX_CONTROL_URLS):
             host = PeerAddress.parse(peer).host
             scheme = control_scheme(self._tls)
             self._control_urls[peer] = f"{scheme}://{f'[{host}]' if ':' in host else host}:{port}"
+
+    def forget(self, peer: PeerId) -> None:
+        """`peer` left the mesh (or died): its control URL goes with it."""
+        if peer != self.peer_id:
+            self._control_urls.pop(peer, None)
 
     async def control_urls(self, peers: Sequence[PeerId]) -> dict[PeerId, str]:
         """Control API base URLs of these members; dials (bounded) those whose

@@ -29,6 +29,10 @@ from kvmesh.transfer.shm import PoolMapping, SharedCopier
 from kvmesh.transfer.streams import Stream
 from kvmesh.types import ChunkKey, PeerId
 
+# RELEASEs waiting to be sent on one connection; past this many the holder's
+# lease timers unpin the rest (a holder that stops reading cannot grow it).
+MAX_PENDING_RELEASES = 256
+
 
 @dataclass
 class RemoteInfo:
@@ -50,7 +54,8 @@ class PeerClient:
         self._conn = conn
         self._pulls = PullReceiver(remote.peer_id)
         self._on_close: list[Callable[[], None]] = []
-        self._releasing: set[asyncio.Task] = set()  # RELEASEs on their way
+        self._to_release: set[int] = set()  # leases whose RELEASE is yet to be sent
+        self._releaser: asyncio.Task | None = None  # sends them, one at a time
         self._ids = itertools.count(1)
         self._replies: dict[int, asyncio.Future] = {}
         self._slots = asyncio.Semaphore(max_inflight)
@@ -169,20 +174,37 @@ class PeerClient:
                     await self._release(leases, timeout_s)
 
     def _release_soon(self, lease: int, timeout_s: float) -> None:
-        """Send RELEASE for one lease (from a copy's callback, on the loop)."""
-        if self.closed:
+        """Send RELEASE for one lease soon (from a copy's callback, on the loop).
+
+        The lease ids come from the holder: one sender per connection, and at
+        most MAX_PENDING_RELEASES waiting, so a holder that sends refs frames
+        and stops reading cannot make us pile up tasks. A lease not released
+        here is unpinned by the holder's own timer.
+        """
+        if self.closed or len(self._to_release) >= MAX_PENDING_RELEASES:
             return
-        task = asyncio.get_running_loop().create_task(self._release({lease}, timeout_s))
-        self._releasing.add(task)
-        task.add_done_callback(self._releasing.discard)
+        self._to_release.add(lease)
+        if self._releaser is None or self._releaser.done():
+            self._releaser = asyncio.get_running_loop().create_task(self._send_releases(timeout_s))
+
+    async def _send_releases(self, timeout_s: float) -> None:
+        while self._to_release and not self.closed:
+            lease = self._to_release.pop()
+            try:
+                await self.notify(f.Release(lease), timeout_s)
+            except KvmeshError:  # the connection is going: the holder's timers unpin
+                self._to_release.clear()
 
     def close(self) -> None:
         self._reader.cancel()
         self._closed(TransferError(f"{self.remote.peer_id}: connection closed"))
 
     def _closed(self, why: Exception) -> None:
-        """Everything a closed connection ends: requests, pulls, the pool mapping."""
+        """Everything a closed connection ends: requests, pulls, RELEASEs, the pool mapping."""
         self._conn.close()
+        self._to_release.clear()
+        if self._releaser is not None:
+            self._releaser.cancel()
         self._fail_all(why)
         self._pulls.close_pool()
         callbacks, self._on_close = self._on_close, []

@@ -34,3 +34,45 @@ async def test_drain_returns_once_every_copy_has_ended():
     await asyncio.wait_for(drained, 1)
     assert drained.done() and drained.exception() is None
     assert await asyncio.wait_for(_drain(set()), 1) is None  # nothing in flight: no wait
+
+
+class _StuckConnection:
+    """A FramedConnection to a holder that stopped reading: sends never end."""
+
+    closed = False
+
+    class stream:
+        kind = "tcp"
+
+    def __init__(self) -> None:
+        self.sends = 0
+
+    def set_sink(self, sink) -> None:
+        pass
+
+    async def read_frame(self):
+        await asyncio.Event().wait()
+
+    async def send(self, frame) -> None:
+        self.sends += 1
+        await asyncio.Event().wait()
+
+    def close(self) -> None:
+        self.closed = True
+
+
+async def test_lease_ids_from_a_holder_that_stops_reading_pile_up_nowhere():
+    """Each refs frame names a lease to RELEASE; a hostile holder can send
+    frames with fresh lease ids and never read. One sender, a bounded backlog."""
+    from kvmesh.transfer.client import MAX_PENDING_RELEASES, PeerClient, RemoteInfo
+
+    conn = _StuckConnection()
+    client = PeerClient(conn, RemoteInfo("h:1", 3, "", 0, 0, b""), max_inflight=4)
+    before = len(asyncio.all_tasks())
+    for lease in range(10 * MAX_PENDING_RELEASES):
+        client._release_soon(lease, timeout_s=60.0)
+    await asyncio.sleep(0.05)
+    assert len(asyncio.all_tasks()) - before == 1  # one sender, stuck on its first RELEASE
+    assert conn.sends == 1
+    assert len(client._to_release) < MAX_PENDING_RELEASES
+    client.close()
