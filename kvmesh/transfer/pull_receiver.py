@@ -20,10 +20,13 @@ The contracts the caller's buffers rest on:
   the connection whole (its reader gone) before it ends a pull that failed.
 
 Leases: the holder pins each CHUNK_REFS frame's chunks under a lease of
-their own. A lease is released (`release(lease)`, which sends RELEASE) as
-soon as every copy of its chunks has ended, not at the pull's end: the
-holder lends each peer only part of its pool at once (`pin_budget`), so a
-pull larger than that part goes on only as earlier batches come back.
+their own. A lease whose copies have all ended is released (`release(lease)`,
+which queues a RELEASE) at once while chunks of the pull are still
+unanswered: the holder lends each peer only part of its pool at once
+(`pin_budget`), and a pull larger than that part gets no more refs until
+earlier batches come back. Once every chunk is answered, the rest wait for
+the pull's end: sent as each frame's copies ended, they took loop time from
+the copies still landing.
 
 Loop thread, except `_copy_part`, which runs on a copy thread.
 """
@@ -52,6 +55,9 @@ DoneFn = Callable[[int, bool, int, int], None]
 # per chunk, and each wake-up took the GIL from the loop mid-stream: batches
 # of 16 MiB cut the puller's CPU per 256 MiB pulled from 0.13 s to 0.10 s.
 REPORT_BATCH_BYTES = 16 << 20
+# Copied leases held back for the pull's end at most; past it they go at once
+# (lease ids come from the holder, which may send frame after frame of nothing).
+MAX_HELD_LEASES = 64
 _WAITING, _LANDING, _LANDED, _COPYING, _DONE = (
     ChunkState.WAITING, ChunkState.LANDING, ChunkState.LANDED, ChunkState.COPYING, ChunkState.DONE)
 
@@ -70,15 +76,25 @@ class PullState:
     leases: dict[int, int] = field(default_factory=dict)  # lease -> copies of it in flight
     reader: ChunkReader | None = None  # consumes shared chunks in place of `dest`
     release: Callable[[int], None] = lambda lease: None  # sends RELEASE for a lease
+    copied_leases: set[int] = field(default_factory=set)  # every copy ended; not yet released
 
     def copied(self, lease: int, count: int) -> None:
-        """`count` copies of `lease` ended: release it once none is left."""
+        """`count` copies of `lease` ended. Once none is left, release it now
+        if the holder has chunks of this pull to answer still (it may be
+        waiting for pins to come back), else at the pull's end."""
         left = self.leases.get(lease, 0) - count
         if left > 0:
             self.leases[lease] = left
         elif lease in self.leases:
             del self.leases[lease]
+            self.copied_leases.add(lease)
+            if self.table.waiting or len(self.copied_leases) >= MAX_HELD_LEASES:
+                self.release_copied()
+
+    def release_copied(self) -> None:
+        for lease in sorted(self.copied_leases):
             self.release(lease)
+        self.copied_leases.clear()
 
     def at(self, index: int) -> ChunkState | None:
         """The chunk's state, or None for an index no key of this pull has
@@ -144,6 +160,7 @@ class PullReceiver:
         await _drain(state.copies)
         for index in state.table.not_done():
             state.resolve(index, False, 0)
+        state.release_copied()
         return set(state.leases)
 
     def sink(self, chunk: f.Chunk) -> memoryview | None:

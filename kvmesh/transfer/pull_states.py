@@ -45,11 +45,12 @@ class IllegalPullTransition(RuntimeError):
 class PullTable:
     """Per-chunk states of one pull. Loop thread only."""
 
-    __slots__ = ("_states", "_open")
+    __slots__ = ("_states", "_open", "_waiting")
 
     def __init__(self, chunks: int) -> None:
         self._states = [_W] * chunks
         self._open = chunks  # chunks not yet DONE
+        self._waiting = chunks  # chunks the holder has not answered yet
 
     def __getitem__(self, index: int) -> ChunkState:
         return self._states[index]
@@ -62,11 +63,18 @@ class PullTable:
         """Chunks not yet DONE."""
         return self._open
 
+    @property
+    def waiting(self) -> int:
+        """Chunks still WAITING: the holder has answered them neither way."""
+        return self._waiting
+
     def move(self, index: int, new: ChunkState) -> None:
         old = self._states[index]
         if new not in TRANSITIONS[old]:
             raise IllegalPullTransition(f"chunk {index}: {old.value} -> {new.value}")
         self._states[index] = new
+        if old is _W:
+            self._waiting -= 1
         if new is _D:
             self._open -= 1
 

@@ -76,3 +76,25 @@ async def test_lease_ids_from_a_holder_that_stops_reading_pile_up_nowhere():
     assert conn.sends == 1
     assert len(client._to_release) < MAX_PENDING_RELEASES
     client.close()
+
+
+async def test_copied_leases_go_back_at_once_only_while_the_holder_has_chunks_to_answer():
+    """A holder over its pin budget waits for RELEASEs before it answers the
+    rest; once every chunk is answered, RELEASEs wait for the pull's end
+    (sent mid-pull, they took loop time from the copies still landing)."""
+    from kvmesh.transfer.pull_receiver import PullState
+    from kvmesh.transfer.pull_states import ChunkState, PullTable
+
+    released: list[int] = []
+    state = PullState((b"a", b"b"), None, lambda *a: None, PullTable(2),
+                      asyncio.get_running_loop().create_future(), release=released.append)
+    state.leases[1] = 1
+    state.table.move(0, ChunkState.COPYING)  # chunk 1 is still unanswered
+    state.copied(1, 1)
+    assert released == [1]
+    state.leases[2] = 1
+    state.table.move(1, ChunkState.COPYING)  # now every chunk is answered
+    state.copied(2, 1)
+    assert released == [1]  # held for the pull's end
+    state.release_copied()
+    assert released == [1, 2]
