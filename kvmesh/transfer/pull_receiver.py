@@ -28,7 +28,9 @@ earlier batches come back. Once every chunk is answered, the rest wait for
 the pull's end: sent as each frame's copies ended, they took loop time from
 the copies still landing.
 
-Loop thread, except `_copy_part`, which runs on a copy thread.
+Loop thread, except `_copy_part`, which runs on a copy thread. A little
+over 300 lines: `PullState` and the receiver share the chunk table and the
+lease bookkeeping, and each would reach into the other's if split.
 """
 
 from __future__ import annotations
