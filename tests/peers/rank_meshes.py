@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import socket
 import time
+from contextlib import contextmanager
+from typing import Callable, Iterator
 
 import pytest
 
 from kvmesh.config import ControlConfig, KvmeshConfig, MeshConfig, TransferConfig
+from kvmesh.types import PeerAddress
 
 
 def free_port_pair() -> int:
@@ -53,3 +56,22 @@ def assert_meshes(meshes: list[list], timeout_s: float = 10.0) -> None:
         if time.monotonic() > deadline:
             pytest.fail(f"members seen {seen}, wanted {want}")
         time.sleep(0.05)
+
+
+@contextmanager
+def two_engines_on_fixed_ports(tmp_path, open_rank: Callable) -> Iterator[tuple[list, list[int]]]:
+    """Ranks 0 and 1 of engine a (no seeds), then of engine b (seeded by a's
+    port), each opened by `open_rank(config, engine, rank)`; yields the
+    opened peers in that order and the ports each should listen on. Closes
+    them all at the end, however it ends."""
+    a_port, b_port = free_port_pair(), free_port_pair()
+    opened = []
+    try:
+        for engine, port, seeds in (("a", a_port, ()),
+                                    ("b", b_port, (PeerAddress("127.0.0.1", a_port),))):
+            for rank in (0, 1):
+                opened.append(open_rank(engine_config(tmp_path, port, seeds), engine, rank))
+        yield opened, [a_port, a_port + 1, b_port, b_port + 1]
+    finally:
+        for peer in opened:
+            peer.close()

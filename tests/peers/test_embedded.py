@@ -14,7 +14,8 @@ from kvmesh.hashring.keys import KeyNamespace
 from kvmesh.membership.discovery import MulticastBeacon
 from kvmesh.peers.embedded import open_peer, rendezvous_path
 from kvmesh.types import PeerAddress
-from tests.peers.rank_meshes import assert_meshes, engine_config, free_port_pair
+from tests.peers.rank_meshes import (assert_meshes, engine_config, free_port_pair,
+                                     two_engines_on_fixed_ports)
 
 NS = KeyNamespace("m", "float32", 1, 1, 8, 16, "opaque", tp_size=2)
 
@@ -108,18 +109,11 @@ def test_replicated_kv_puts_every_rank_on_its_own_port_in_one_mesh(tmp_path):
     """MLA-like KV: every rank's namespace says rank 0, so all ranks of all
     engines form one mesh, through the seed engine's rank 0; the ports still
     move by the process's own rank."""
-    a_port, b_port = free_port_pair(), free_port_pair()
     shared = replace(NS, tp_size=1)
-    opened = []
-    try:
-        for engine, port, seeds in (("a", a_port, ()),
-                                    ("b", b_port, (PeerAddress("127.0.0.1", a_port),))):
-            for rank in (0, 1):
-                opened.append(open_peer(engine_config(tmp_path, port, seeds), shared, 4096,
-                                        engine, tp_rank=rank))
-        assert [p.peer_id.rsplit(":", 1)[1] for p in opened] == [
-            str(a_port), str(a_port + 1), str(b_port), str(b_port + 1)]
+
+    def open_rank(config, engine, rank):
+        return open_peer(config, shared, 4096, engine, tp_rank=rank)
+
+    with two_engines_on_fixed_ports(tmp_path, open_rank) as (opened, ports):
+        assert [int(p.peer_id.rsplit(":", 1)[1]) for p in opened] == ports
         assert_meshes([opened])
-    finally:
-        for p in opened:
-            p.close()

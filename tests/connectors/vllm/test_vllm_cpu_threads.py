@@ -10,17 +10,15 @@ it does to the engine, not what reuse does.
 
 from __future__ import annotations
 
-import os
 import random
 import time
-from pathlib import Path
 
 import pytest
 
+from multiprocess_env import ROOT, set_multiprocess_env
+
 pytestmark = pytest.mark.vllm
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parents[2]
 MODEL_CACHE = ROOT / ".cache" / "models" / "tiny-seed0"
 # Long enough that the split of bf16 reductions over threads shows in the
 # logprobs (one of these differs between 1 and 2 threads on a 2-core machine).
@@ -33,14 +31,9 @@ def env():
     from kvmesh.models.local import build_model
 
     build_model(MODEL_CACHE, "tiny", seed=0)
-    path = os.pathsep.join([str(HERE), str(ROOT), os.environ.get("PYTHONPATH", "")])
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "1")
-        mp.setenv("VLLM_HOST_IP", "127.0.0.1")
-        mp.setenv("VLLM_CACHE_ROOT", str(ROOT / ".cache" / "vllm"))
-        mp.setenv("TORCHINDUCTOR_CACHE_DIR", str(ROOT / ".cache" / "inductor"))
+        set_multiprocess_env(mp)
         mp.setenv("VLLM_ALLOW_INSECURE_SERIALIZATION", "1")  # to ask the worker its threads
-        mp.setenv("PYTHONPATH", path)
         mp.setenv("KVMESH_ENABLE", "0")
         mp.delenv("VLLM_CPU_NUM_OF_RESERVED_CPU", raising=False)
         mp.delenv("VLLM_CPU_OMP_THREADS_BIND", raising=False)

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
+from multiprocess_env import ROOT, set_multiprocess_env
+
 pytestmark = pytest.mark.vllm
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parents[2]
 MODEL_CACHE = ROOT / ".cache" / "models" / "tiny-seed0"
 BLOCK, CHUNK, MAX_TOKENS = 32, 64, 6
 
@@ -31,13 +31,8 @@ def env(tmp_path_factory):
 
     build_model(MODEL_CACHE, "tiny", seed=0)
     store = tmp_path_factory.mktemp("store")
-    path = os.pathsep.join([str(HERE), str(ROOT), os.environ.get("PYTHONPATH", "")])
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "1")
-        mp.setenv("VLLM_HOST_IP", "127.0.0.1")
-        mp.setenv("VLLM_CACHE_ROOT", str(ROOT / ".cache" / "vllm"))
-        mp.setenv("TORCHINDUCTOR_CACHE_DIR", str(ROOT / ".cache" / "inductor"))
-        mp.setenv("PYTHONPATH", path)
+        set_multiprocess_env(mp)
         mp.setenv("KVMESH_ENABLE", "1")
         mp.setenv("KVMESH_CHUNK_TOKENS", str(CHUNK))
         mp.setenv("KVMESH_TEST_STORE_DIR", str(store))
