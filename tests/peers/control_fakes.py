@@ -7,6 +7,7 @@ Shared by tests/peers/test_control_api.py and tests/security/test_control_api_*.
 from __future__ import annotations
 
 import json
+from contextlib import asynccontextmanager
 
 import aiohttp
 
@@ -16,7 +17,7 @@ from kvmesh.peers.control_api import start_control_api
 
 SECRET = b"s3cret"
 __all__ = ["CHUNK_TOKENS", "OTHER", "SLOT_BYTES", "SECRET", "FakePeer", "make_config", "open_api",
-           "tokens_for"]
+           "running_api", "tokens_for"]
 
 
 class FakePeer(StorePeer):
@@ -76,6 +77,20 @@ async def open_api(peer: FakePeer, control: ControlConfig | None = None):
     runner, url = await start_control_api(peer, control or ControlConfig(port=0))
     headers = {"Authorization": "Bearer " + SECRET.decode()} if peer.config.mesh.secret else {}
     return runner, Api(peer, url, aiohttp.ClientSession(headers=headers))
+
+
+@asynccontextmanager
+async def running_api(tmp_path, secret: bytes | None = None, chunks: int = 3):
+    """A fake peer holding `chunks` chunks behind a running control API; yields its client."""
+    peer = FakePeer("127.0.0.1:7001", make_config(tmp_path, secret=secret))
+    runner, client = await open_api(peer)
+    peer.put(peer.hasher.keys(tokens_for(chunks)))
+    try:
+        yield client
+    finally:
+        await client.session.close()
+        await runner.cleanup()
+        peer.store.close()
 
 
 def tokens_for(chunks: int, extra: int = 0) -> list[int]:

@@ -16,11 +16,11 @@ from kvmesh.bench.procs import PeerProcess
 from kvmesh.config import ControlConfig, KvmeshConfig, MeshConfig, StoreConfig, TransferConfig
 from kvmesh.errors import KvmeshError
 from kvmesh.peers.facade import PeerHandle
-from kvmesh.peers.standalone import standalone_hasher
 from kvmesh.transfer import codec
 from kvmesh.transfer import frames as f
 from kvmesh.transfer import limits
 from kvmesh.transfer.streams import TcpStream
+from tests.security.victims import peer_starter
 from tests.security.wire import closed_by_server, open_client, ping, raw_connect, rss_bytes
 
 pytestmark = pytest.mark.timeout(120)
@@ -37,16 +37,7 @@ def _config(cpu_bytes: int = 16 * SLOT, timeout_s: float = 3.0) -> KvmeshConfig:
 
 @pytest.fixture
 def start_peer():
-    handles: list[PeerHandle] = []
-
-    def start(slot: int = SLOT, **kw) -> PeerHandle:
-        cfg = _config(**kw)
-        handles.append(PeerHandle.start(cfg, standalone_hasher(cfg, slot), slot))
-        return handles[-1]
-
-    yield start
-    for handle in handles:
-        handle.close()
+    yield from peer_starter(_config)
 
 
 def _save(handle: PeerHandle, n: int) -> list[bytes]:

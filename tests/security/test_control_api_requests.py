@@ -16,20 +16,15 @@ import pytest
 
 from kvmesh.config import ControlConfig
 from kvmesh.types import key_hex
-from tests.peers.control_fakes import FakePeer, make_config, open_api, tokens_for
+from tests.peers.control_fakes import FakePeer, make_config, open_api, running_api, tokens_for
 
 EVIL = "http://evil.example"
 
 
 @pytest.fixture
 async def api(tmp_path):
-    peer = FakePeer("127.0.0.1:7001", make_config(tmp_path))
-    runner, client = await open_api(peer)
-    peer.put(peer.hasher.keys(tokens_for(3)))
-    yield client
-    await client.session.close()
-    await runner.cleanup()
-    peer.store.close()
+    async with running_api(tmp_path, chunks=3) as client:
+        yield client
 
 
 def port_of(api) -> int:

@@ -20,18 +20,13 @@ from aiohttp import web
 
 from kvmesh import inspect as mi
 from kvmesh.peers.control_auth import SCHEME, WINDOW_S, Verifier, sign
-from tests.peers.control_fakes import OTHER, SECRET, FakePeer, make_config, open_api, tokens_for
+from tests.peers.control_fakes import OTHER, SECRET, running_api, tokens_for
 
 
 @pytest.fixture
 async def secure(tmp_path):
-    peer = FakePeer("127.0.0.1:7001", make_config(tmp_path, secret=SECRET))
-    runner, client = await open_api(peer)
-    peer.put(peer.hasher.keys(tokens_for(2)))
-    yield client
-    await client.session.close()
-    await runner.cleanup()
-    peer.store.close()
+    async with running_api(tmp_path, secret=SECRET, chunks=2) as client:
+        yield client
 
 
 class Capture:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Callable, Iterator
 
 import numpy as np
 import pytest
@@ -26,18 +27,26 @@ def victim_config(seeds=(), cpu_bytes: int = 4 << 20, transport: str = "auto",
                         control=ControlConfig(enabled=False))
 
 
-@pytest.fixture
-def peers():
+def peer_starter(make_config: Callable[..., KvmeshConfig]) -> Iterator[Callable[..., PeerHandle]]:
+    """For a fixture: `start(slot=SLOT, **kw)` starts a peer in this process
+    from `make_config(**kw)`; every peer started is closed at the end."""
     started: list[PeerHandle] = []
 
-    def start(**kw) -> PeerHandle:
-        cfg = victim_config(**kw)
-        started.append(PeerHandle.start(cfg, standalone_hasher(cfg, SLOT), SLOT))
+    def start(slot: int = SLOT, **kw) -> PeerHandle:
+        cfg = make_config(**kw)
+        started.append(PeerHandle.start(cfg, standalone_hasher(cfg, slot), slot))
         return started[-1]
 
-    yield start
-    for handle in started:
-        handle.close()
+    try:
+        yield start
+    finally:
+        for handle in started:
+            handle.close()
+
+
+@pytest.fixture
+def peers():
+    yield from peer_starter(victim_config)
 
 
 def namespace(handle: PeerHandle) -> bytes:

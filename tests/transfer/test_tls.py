@@ -194,13 +194,20 @@ async def test_a_client_without_a_mesh_certificate_is_refused(pki, caplog, make_
     assert why in caplog.text
 
 
+async def _serving_a_raw_client(listener: socket.socket, raw: socket.socket, pki) -> asyncio.Future:
+    """The TLS server at work on its next connection, once `raw` (a plain,
+    non-blocking socket) has connected to it; the future gives `_serve_one`'s answer."""
+    serving = asyncio.ensure_future(_serve_one(listener, server_context(pki.server)))
+    raw.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(raw, listener.getsockname())
+    return serving
+
+
 async def test_a_plain_tcp_client_is_refused(pki, caplog):
     caplog.set_level(logging.INFO, "kvmesh.transfer.tls")
     loop = asyncio.get_running_loop()
     with _listener() as listener, socket.socket() as plain:
-        serving = asyncio.ensure_future(_serve_one(listener, server_context(pki.server)))
-        plain.setblocking(False)
-        await loop.sock_connect(plain, listener.getsockname())
+        serving = await _serving_a_raw_client(listener, plain, pki)
         hello = f.Hello("a:1", 1, 2, b"n" * 16, "h", "", b"x" * 16)
         await loop.sock_sendall(plain, codec.encode_bytes(hello))
         served, took = await serving
@@ -230,9 +237,7 @@ async def test_a_client_that_stalls_mid_handshake_is_dropped_at_the_timeout(pki,
     caplog.set_level(logging.INFO, "kvmesh.transfer.tls")
     loop = asyncio.get_running_loop()
     with _listener() as listener, socket.socket() as staller:
-        serving = asyncio.ensure_future(_serve_one(listener, server_context(pki.server)))
-        staller.setblocking(False)
-        await loop.sock_connect(staller, listener.getsockname())
+        serving = await _serving_a_raw_client(listener, staller, pki)
         if sent != "nothing":
             hello = _client_hello(pki)
             await loop.sock_sendall(staller, hello[:len(hello) // 2])
