@@ -53,14 +53,16 @@ def test_peer_limited_to_128_fds_still_serves_after_a_connect_flood():
             sock.close()
         time.sleep(0.5)
 
-        async def real_client() -> None:
+        async def real_client() -> bool:
             client = await open_client(peer.peer_id, _namespace(env), timeout=5.0)
             try:
                 await ping(client)
+                return True
             finally:
                 await client.aclose()
 
-        asyncio.run(real_client())
+        assert asyncio.run(real_client())  # handshake and PING answered after the flood
+        assert peer.proc.poll() is None  # and the peer never died
         stats = peer.send("status")["stats"]
         print(f"{len(flood)} of {FLOOD} connects went through; the peer counted "
               f"{stats.get('accept_errors')} failed accepts and refused "

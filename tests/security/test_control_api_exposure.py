@@ -124,4 +124,8 @@ def test_a_peer_bound_off_loopback_without_secret_does_not_start():
 
 def test_a_peer_bound_off_loopback_with_a_secret_starts():
     cfg = open_peer_config(secret=b"s3cret")
-    PeerHandle.start(cfg, standalone_hasher(cfg, SLOT), SLOT).close()
+    handle = PeerHandle.start(cfg, standalone_hasher(cfg, SLOT), SLOT)
+    try:
+        assert handle.peer_id.startswith("127.0.0.1:")  # advertised, bound off loopback
+    finally:
+        handle.close()

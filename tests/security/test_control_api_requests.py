@@ -62,7 +62,8 @@ async def test_csrf_text_plain_clear_from_a_foreign_page_is_refused(api, content
 
 @pytest.mark.parametrize("path, body", POSTS)
 async def test_every_post_needs_a_json_content_type(api, path, body):
-    await refused(api, "POST", path, body, {"Content-Type": "text/plain"}, 415)
+    reply = await refused(api, "POST", path, body, {"Content-Type": "text/plain"}, 415)
+    assert "application/json" in reply["error"]
 
 
 async def test_json_content_type_with_parameters_is_accepted(api):

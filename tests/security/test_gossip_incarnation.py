@@ -121,13 +121,15 @@ def raise_incarnation(c: Cluster, victim: str, to: int) -> None:
         c.run_until(lambda n: n.incarnation_of(victim) == inc + 1, limit_s=10)
 
 
-def rejoin(c: Cluster, victim: str) -> None:
+def rejoin(c: Cluster, victim: str):
+    """Start the victim again (incarnation 0, same address); returns it once
+    everyone holds it alive at incarnation 6 (run_until fails the test if not)."""
     c.net.revive(victim)
-    reborn = c.add(victim)  # a fresh process: incarnation 0, same address
+    reborn = c.add(victim)
     reborn.join([addr_of(0)])
     c.run_until(lambda n: len(n.members) == len(c.nodes) and n.state_of(victim) is A
                 and n.incarnation_of(victim) == 6, limit_s=15)
-    assert reborn.incarnation == 6 and reborn.stats.claims_refused == 0
+    return reborn
 
 
 def test_a_restarted_member_refutes_its_dead_previous_life():
@@ -136,7 +138,9 @@ def test_a_restarted_member_refutes_its_dead_previous_life():
     raise_incarnation(c, victim, 5)
     c.kill(victim)
     c.run_until(lambda n: n.state_of(victim) is D, limit_s=60)
-    rejoin(c, victim)
+    reborn = rejoin(c, victim)
+    assert reborn.incarnation == 6 and reborn.stats.claims_refused == 0
+    assert c.all_see(lambda n: n.state_of(victim) is A)
 
 
 def test_a_member_restarted_before_anyone_noticed_refutes_its_previous_life():
@@ -144,7 +148,9 @@ def test_a_member_restarted_before_anyone_noticed_refutes_its_previous_life():
     victim = addr_of(3)
     raise_incarnation(c, victim, 5)
     c.kill(victim)
-    rejoin(c, victim)  # the others still hold it alive at 5
+    reborn = rejoin(c, victim)  # the others still hold it alive at 5
+    assert reborn.incarnation == 6 and reborn.stats.claims_refused == 0
+    assert c.all_see(lambda n: n.state_of(victim) is A)
 
 
 def test_a_member_that_left_and_restarted_refutes_its_leave():
@@ -153,4 +159,6 @@ def test_a_member_that_left_and_restarted_refutes_its_leave():
     raise_incarnation(c, victim, 5)
     c.nodes.pop(victim).leave()
     c.run_until(lambda n: n.state_of(victim) is L, limit_s=5)
-    rejoin(c, victim)
+    reborn = rejoin(c, victim)
+    assert reborn.incarnation == 6 and reborn.stats.claims_refused == 0
+    assert c.all_see(lambda n: n.state_of(victim) is A)
