@@ -168,10 +168,9 @@ class PeerClient:
                 self.close()
                 raise
             finally:
-                # Landed chunks are reported, copies drained, then the rest fail.
-                leases = await self._pulls.end(rid, state)
-                if leases and not self.closed:
-                    await self._release(leases, timeout_s)
+                # Landed chunks are reported, copies drained, then the rest
+                # fail; the pull's leases still held go to the RELEASE sender.
+                await self._pulls.end(rid, state)
 
     def _release_soon(self, lease: int, timeout_s: float) -> None:
         """Send RELEASE for one lease soon (from a copy's callback, on the loop).
@@ -223,13 +222,6 @@ class PeerClient:
     async def _send_and_wait(self, frame: f.Frame, fut: asyncio.Future) -> None:
         await self._conn.send(frame)
         await fut
-
-    async def _release(self, leases: set[int], timeout_s: float) -> None:
-        try:
-            for lease in sorted(leases):
-                await self.notify(f.Release(lease), timeout_s)
-        except KvmeshError:
-            pass
 
     async def _read_loop(self) -> None:
         try:

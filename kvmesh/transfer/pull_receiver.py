@@ -149,9 +149,9 @@ class PullReceiver:
         self._pulls[rid] = state
         return state
 
-    async def end(self, rid: int, state: PullState) -> set[int]:
-        """Stop taking frames for pull `rid`, and report every chunk still open;
-        the holder's leases not yet released, for the caller to RELEASE.
+    async def end(self, rid: int, state: PullState) -> None:
+        """Stop taking frames for pull `rid`, report every chunk still open,
+        and release every lease of the pull not yet released.
 
         Landed chunks are reported as they are (landed and verified: not
         failures); copies in flight are waited for, even through a
@@ -162,8 +162,9 @@ class PullReceiver:
         await _drain(state.copies)
         for index in state.table.not_done():
             state.resolve(index, False, 0)
+        state.copied_leases.update(state.leases)  # no copy of them is left in flight
+        state.leases.clear()
         state.release_copied()
-        return set(state.leases)
 
     def sink(self, chunk: f.Chunk) -> memoryview | None:
         """The decoder's payload sink: the buffer a CHUNK's payload lands in,
