@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from kvmesh.codecs.quantized import QuantizingCodec
+from kvmesh.errors import CodecError
 
 FP8_MAX = 448.0
 
@@ -25,3 +26,7 @@ class Fp8Codec(QuantizingCodec):
     def quantize(self, scaled: torch.Tensor) -> torch.Tensor:
         # Clamped first: torch's e4m3fn cast makes NaN of anything past 448.
         return scaled.clamp_(-FP8_MAX, FP8_MAX)
+
+    def check_codes(self, codes: torch.Tensor) -> None:
+        if bool(((codes & 0x7F) == 0x7F).any()):  # e4m3fn NaN
+            raise CodecError("payload holds fp8 codes that are not values")
