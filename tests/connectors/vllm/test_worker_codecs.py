@@ -9,7 +9,7 @@ import pytest
 import torch
 from vllm_fakes import FakePeer
 
-from kvmesh.codecs import (HEADER_BYTES, ChunkGeometry, decode_chunk, encode_chunk,
+from kvmesh.codecs import (CODECS, HEADER_BYTES, ChunkGeometry, decode_chunk, encode_chunk,
                            encoded_bound, read_header)
 from kvmesh.config import CodecConfig, KvmeshConfig, TransferConfig
 from kvmesh.connectors.vllm import peer_factory
@@ -111,11 +111,13 @@ def load(worker, specs, req="b"):
 
 
 def round_trip(kv, ids, namespace=LOSSY):
-    """What the fp8 codec makes of blocks `ids`, as raw chunk bytes in the KV's dtype."""
+    """What the namespace's lossy codec makes of blocks `ids`, as raw chunk
+    bytes in the KV's dtype."""
     paged, geometry = PagedKV(kv), ChunkGeometry.from_namespace(namespace)
     raw = torch.empty(paged.chunk_bytes(len(ids)), dtype=torch.uint8)
     paged.gather(ids, raw)
-    return decode_chunk(encode_chunk(raw, "fp8", geometry, len(ids)), geometry, "fp8")
+    codec = namespace.lossy_codec
+    return decode_chunk(encode_chunk(raw, codec, geometry, len(ids)), geometry, codec)
 
 
 def as_blocks(raw, n, dtype=torch.float32):
@@ -166,6 +168,26 @@ def test_a_saved_envelope_loads_back_as_the_codecs_round_trip(lossy, kv, in_plac
     assert 0 < err <= original.abs().max().item() / 16  # lossy, within e4m3's half step
     assert torch.equal(blocks(kv, [3, 4]), original)  # the save only read
     assert peer.pinned == 0
+
+
+@pytest.mark.parametrize("codec", sorted(n for n, c in CODECS.items() if not c.lossless))
+def test_every_lossy_codec_saves_and_loads_through_the_worker(kv, codec):
+    namespace = KeyNamespace(**{**{f: getattr(LOSSY, f) for f in LOSSY.__dataclass_fields__},
+                                "lossy_codec": codec})
+    worker, peer = start_worker(kv, namespace, cpu=codec)
+    try:
+        assert peer.slot_bytes < CHUNK_BYTES
+        save(worker, 1, [3, 4])
+        save(worker, 2, [5])
+        assert [read_header(peer.chunks[key(k)]).blocks for k in (1, 2)] == [2, 1]
+        peer.in_place = True
+        assert load(worker, [ChunkSpec(key(1), [9, 10]), ChunkSpec(key(2), [11])]) == set()
+        assert torch.equal(blocks(kv, [9, 10]), as_blocks(round_trip(kv, [3, 4], namespace), 2))
+        assert torch.equal(blocks(kv, [11]), as_blocks(round_trip(kv, [5], namespace), 1))
+        assert not torch.equal(blocks(kv, [9, 10]), blocks(kv, [3, 4]))
+    finally:
+        worker.shutdown()
+        peer_factory.set_factories()
 
 
 @pytest.mark.parametrize("in_place", [False, True])
