@@ -272,8 +272,8 @@ class MeshWorker:
                     ticket.data, len(spec.block_ids),
                     lambda out, ids=spec.block_ids: self._paged.gather(ids, out))
                 ok = True
-            except KvmeshError as exc:
-                logger.warning("kvmesh: chunk could not be gathered: %s", exc)
+            except KvmeshError as exc:  # a bad block id, or KV the codec refuses (inf/NaN)
+                logger.warning("kvmesh: chunk not saved: %s", exc)
             finally:
                 self._peer.commit_save(ticket, ok, length)
 

@@ -283,3 +283,13 @@ def test_a_codec_the_kv_cannot_take_is_refused_at_register():
     with pytest.raises(ConfigError, match="KVMESH_CODEC_CPU=fp8: the codecs cannot read"):
         SlotCodec(opaque, lambda n: n * 4096, 2, "fp8")
     assert SlotCodec(opaque, lambda n: n * 4096, 2).slot_bytes == 8192  # raw: no codec needed
+
+
+def test_kv_the_codec_refuses_is_not_saved(lossy, kv):
+    """An encoder refuses KV holding inf or NaN: that chunk is not stored at all."""
+    worker, peer = lossy
+    kv[0][3, 0, 0, 0] = float("inf")
+    save(worker, 1, [3, 4])
+    save(worker, 2, [5, 6])
+    assert peer.saves_prepared == 2 and peer.saves_committed == 1
+    assert key(1) not in peer.chunks and key(2) in peer.chunks
