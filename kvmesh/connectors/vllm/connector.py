@@ -45,6 +45,7 @@ if TYPE_CHECKING:
     from vllm.v1.attention.backend import AttentionMetadata
     from vllm.v1.core.kv_cache_manager import KVCacheBlocks
     from vllm.v1.core.sched.output import SchedulerOutput
+    from vllm.v1.outputs import KVConnectorOutput
     from vllm.v1.kv_cache_interface import KVCacheConfig
     from vllm.v1.request import Request
 
@@ -98,7 +99,8 @@ class KVMeshConnector(KVConnectorBase_V1):
 
         layers = [kv_caches[name] for name in sorted(kv_caches, key=extract_layer_index)]
         namespace = build_namespace(self._vllm_config, self._config.chunk_tokens,
-                                    tp_rank=get_tensor_model_parallel_rank())
+                                    tp_rank=get_tensor_model_parallel_rank(),
+                                    lossy_codec=self._config.codecs.lossy)
         self._worker.register_kv_caches(layers, namespace)
 
     @timed
@@ -166,6 +168,12 @@ class KVMeshConnector(KVConnectorBase_V1):
         return KVMeshMetadata(plan.requests, plan.preempted_req_ids, plan.idle)
 
     @timed
+    def update_connector_output(self, connector_output: "KVConnectorOutput") -> None:
+        if self._scheduler is not None and connector_output.finished_recving:
+            self._scheduler.loads_finished(set(connector_output.finished_recving),
+                                           set(connector_output.invalid_block_ids or ()))
+
+    @timed
     def request_finished(self, request: "Request",
                          block_ids: list[int]) -> tuple[bool, dict[str, Any] | None]:
         if self._scheduler is None:
@@ -176,7 +184,7 @@ class KVMeshConnector(KVConnectorBase_V1):
 def _build_scheduler(vllm_config: "VllmConfig", config: KvmeshConfig) -> MeshScheduler:
     """The scheduler half, with a lookup client when this engine loads."""
     transfer = vllm_config.kv_transfer_config
-    namespace = build_namespace(vllm_config, config.chunk_tokens)
+    namespace = build_namespace(vllm_config, config.chunk_tokens, lossy_codec=config.codecs.lossy)
     lookup = None
     if transfer.is_kv_consumer:
         try:

@@ -14,9 +14,9 @@ import torch
 pytest.importorskip("vllm")
 
 from vllm.distributed.kv_transfer.kv_connector.v1.base import KVConnectorRole  # noqa: E402
-from vllm_fakes import fake_request, new_req, sched_output  # noqa: E402
+from vllm_fakes import fake_blocks, fake_request, new_req, sched_output  # noqa: E402
 
-from kvmesh.config import KvmeshConfig  # noqa: E402
+from kvmesh.config import CodecConfig, KvmeshConfig  # noqa: E402
 from kvmesh.connectors.vllm import peer_factory  # noqa: E402
 from kvmesh.connectors.vllm.connector import KVMeshConnector, KVMeshMetadata  # noqa: E402
 from kvmesh.connectors.vllm.metadata import ChunkSpec, RequestPlan  # noqa: E402
@@ -148,6 +148,18 @@ def test_kv_both_loads_saves_and_recomputes_failed_loads(lookups):
     assert lookups.opened == [("e1", build_namespace(cfg, 64))]
 
 
+def test_a_failed_load_reported_by_vllm_ends_the_requests_mesh_loads(lookups):
+    c = KVMeshConnector(vllm_config("kv_both"), KVConnectorRole.SCHEDULER, None, config=ENABLED)
+    req = fake_request("r", PROMPT)
+    matched, _ = c.get_num_new_matched_tokens(req, 0)
+    c.update_state_after_alloc(req, fake_blocks(list(range(1, 8))), matched)
+    c.build_connector_meta(sched_output())
+    c.update_connector_output(SimpleNamespace(finished_recving=set(), invalid_block_ids={1}))
+    assert c.get_num_new_matched_tokens(req, 0) == (192, True)  # not finished yet: no verdict
+    c.update_connector_output(SimpleNamespace(finished_recving={"r"}, invalid_block_ids={1}))
+    assert c.get_num_new_matched_tokens(req, 0) == (0, False)
+
+
 def test_kv_producer_never_looks_up(lookups):
     cfg = vllm_config("kv_producer")
     c = KVMeshConnector(cfg, KVConnectorRole.SCHEDULER, None, config=ENABLED)
@@ -173,6 +185,17 @@ def test_namespace_binds_model_shape_layout_and_rank():
     other_block = build_namespace(vllm_config(block_size=64), 64)
     assert ChunkHasher(other_block).keys(PROMPT) != ChunkHasher(ns).keys(PROMPT)
     assert build_namespace(vllm_config(), 64, tp_rank=1) != ns
+
+
+def test_a_lossy_codec_setting_gives_the_scheduler_a_lossy_namespace(lookups):
+    cfg = vllm_config("kv_both")
+    lossy = KvmeshConfig(enabled=True, chunk_tokens=64, codecs=CodecConfig(cpu="fp8"))
+    KVMeshConnector(cfg, KVConnectorRole.SCHEDULER, None, config=lossy)
+    ((_, namespace),) = lookups.opened
+    exact = build_namespace(cfg, 64)
+    assert namespace.lossy_codec == "fp8" and exact.lossy_codec == ""
+    assert namespace == build_namespace(cfg, 64, lossy_codec="fp8")
+    assert set(ChunkHasher(namespace).keys(PROMPT)).isdisjoint(ChunkHasher(exact).keys(PROMPT))
 
 
 def test_chunk_size_must_be_a_multiple_of_the_block_size():
