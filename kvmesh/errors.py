@@ -54,3 +54,8 @@ class StreamClosed(TransferError):
 
 class KernelError(KvmeshError, ValueError):
     """A gather or scatter was refused: block ids, slab size or layout do not fit."""
+
+
+class CodecError(KvmeshError, ValueError):
+    """An encoded chunk was refused: not a valid envelope, an unknown or unaccepted
+    codec, sizes that do not fit the geometry, or a corrupt payload (a cache miss)."""
