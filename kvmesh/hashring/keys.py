@@ -45,10 +45,21 @@ class KeyNamespace:
     tp_size: int = 1
     format_version: int = KV_FORMAT_VERSION
     cache_salt: str = ""
+    # The lossy codec this engine's KV may be kept in ("fp8", ...; see
+    # kvmesh.codecs), "" for exact KV. Lossy and exact engines so never share
+    # a key, and a decoder accepts a lossy envelope only if it names this codec.
+    lossy_codec: str = ""
 
     def encode(self) -> bytes:
-        """A canonical byte string: msgpack of the fields in sorted order."""
-        return msgpack.packb(sorted(asdict(self).items()), use_bin_type=True)
+        """A canonical byte string: msgpack of the fields in sorted order.
+
+        `lossy_codec` is left out when empty, so exact namespaces keep the
+        keys they had before the field existed.
+        """
+        fields = asdict(self)
+        if not self.lossy_codec:
+            del fields["lossy_codec"]
+        return msgpack.packb(sorted(fields.items()), use_bin_type=True)
 
     def digest(self) -> bytes:
         return xxhash.xxh3_128_digest(self.encode())

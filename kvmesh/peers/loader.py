@@ -60,6 +60,7 @@ class ChunkLoader:
         self._advertise = advertise
         self._timeout_s = timeout_s
         self._stats = stats
+        self._warned_oversized = False  # said once that a holder's chunks outgrew our slots
 
     async def load(self, keys: Sequence[ChunkKey], on_result: ResultFn,
                    holders: Sequence[tuple[PeerId, ...]] | None = None,
@@ -109,9 +110,11 @@ class ChunkLoader:
         reserved: dict[int, StoreTicket] | None = None  # slots taken ahead (disk tier)
         store = self._store
         fetched: list[ChunkKey] = []
+        oversized: list[int] = []  # lengths of chunks too long for our slots
 
         def dest(j: int, length: int):
             if length > store.slot_bytes:
+                oversized.append(length)
                 return None
             if reserved is not None:
                 ticket = reserved.pop(j, None)
@@ -168,9 +171,25 @@ class ChunkLoader:
                 _abandon(store, list(reserved.values()))
         if fetched:
             self._advertise(fetched)  # we hold a copy now: one more source for others
+        if oversized:
+            self._note_oversized(holder, oversized)
         if len(failed):
             self._stats.note_failure(f"{len(failed)} chunk(s) not served by {holder}")
         return failed
+
+    def _note_oversized(self, holder: PeerId, lengths: list[int]) -> None:
+        """Chunks longer than a slot are misses. Logged once per peer: the
+        usual cause is a setting, not a fault (our slots sized for encoded
+        chunks, KVMESH_CODEC_CPU, the holder's chunks kept raw)."""
+        slot = self._store.slot_bytes
+        self._stats.note_failure(f"{len(lengths)} chunk(s) from {holder} longer than a "
+                                 f"{slot}-byte slot")
+        if not self._warned_oversized:
+            self._warned_oversized = True
+            log.warning("chunks from %s are longer than this peer's slots (%d > %d bytes) and "
+                        "are misses: does it keep chunks raw while this peer's slots hold "
+                        "KVMESH_CODEC_CPU envelopes? Give every engine of a mesh the same "
+                        "KVMESH_CODEC_CPU", holder, max(lengths), slot)
 
 
 def _reserve_slots(store: ChunkStore, keys: list[ChunkKey]) -> dict[int, StoreTicket]:

@@ -42,12 +42,29 @@ def test_deterministic_across_processes():
 @pytest.mark.parametrize("field,value", [
     ("model", "other"), ("dtype", "bfloat16"), ("num_layers", 5), ("num_kv_heads", 4),
     ("head_dim", 128), ("chunk_tokens", 32), ("kv_layout", "flash"), ("tp_rank", 1),
-    ("tp_size", 2), ("format_version", 2), ("cache_salt", "tenant-b"),
+    ("tp_size", 2), ("format_version", 2), ("cache_salt", "tenant-b"), ("lossy_codec", "fp8"),
 ])
 def test_every_namespace_field_separates_key_spaces(field, value):
     other = KeyNamespace(**{**asdict(NS), field: value})
     tokens = list(range(64))
     assert set(ChunkHasher(NS).keys(tokens)).isdisjoint(ChunkHasher(other).keys(tokens))
+
+
+def test_exact_namespaces_keep_the_keys_they_had_before_lossy_codec():
+    """Digests and keys computed before `lossy_codec` existed (same fields, commit bd1e272)."""
+    salted = KeyNamespace("llama-tiny", "float32", 4, 2, 64, 16, "vllm-cpu/block32", tp_rank=1,
+                          tp_size=2, cache_salt="t")
+    assert salted.digest().hex() == "4c1fe39379e05b0ed1049af7ca287a78"
+    assert ChunkHasher(salted).keys(list(range(32)))[-1].hex() == "92ff2ec80b2aed83e666137b3f55243c"
+    assert NS.digest().hex() == "ee7492fa446e1178d46b0ff07b3392a4"
+    assert ChunkHasher(NS).keys(list(range(32)))[-1].hex() == "5eb0150ac4c0eeecee516971ffb5bfce"
+
+
+def test_lossy_namespaces_differ_by_codec_and_keep_it_through_a_salt():
+    fp8, int8 = (KeyNamespace(**{**asdict(NS), "lossy_codec": c}) for c in ("fp8", "int8"))
+    assert len({NS.digest(), fp8.digest(), int8.digest()}) == 3
+    assert fp8.with_salt("tenant").lossy_codec == "fp8"
+    assert fp8.with_salt("tenant").digest() != NS.with_salt("tenant").digest()
 
 
 def test_keyed_hash_differs_by_secret():

@@ -135,3 +135,26 @@ async def test_memory_streams_keep_order_and_close_like_tcp():
     with pytest.raises(Exception) as err:
         await b.recv_into(memoryview(buf))
     assert type(err.value).__name__ == "StreamClosed"
+
+
+async def test_chunks_longer_than_the_pullers_slots_are_misses_said_once(net, caplog):
+    """One namespace, two slot sizes (a puller whose slots hold encoded chunks,
+    KVMESH_CODEC_CPU, and a holder that keeps them raw): a miss, logged once."""
+    holder_cfg = config(0, None, "tcp", 16)
+    hasher = standalone_hasher(holder_cfg, SLOT)
+    holder = Peer(holder_cfg, hasher, SLOT, network=net.node())
+    await holder.start()
+    net.started.append(holder)
+    puller = Peer(config(1, holder.peer_id, "tcp", 16), hasher, SLOT // 2, network=net.node())  # same namespace, half slots
+    await puller.start()
+    net.started.append(puller)
+    await wait_for(lambda: len(puller.members()) == 2, "the puller joined")
+    keys = save(holder, 3)
+    await wait_until_async(lambda: puller.lookup_prefix(keys), 3)
+    with caplog.at_level("WARNING", logger="kvmesh.peers.loader"):
+        assert await load(puller, keys) == [False] * 3
+        assert await load(puller, keys[:1]) == [False]
+    said = [r.getMessage() for r in caplog.records if "longer than this peer's slots" in r.getMessage()]
+    assert len(said) == 1 and f"({SLOT} > {SLOT // 2} bytes)" in said[0], said
+    assert "KVMESH_CODEC_CPU" in said[0]
+    assert puller.status().counters["remote_hits"] == 0
