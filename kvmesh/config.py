@@ -73,6 +73,11 @@ def parse_choice(name: str, text: str, choices: tuple[str, ...]) -> str:
     return value
 
 
+def parse_codec_name(name: str, text: str) -> str:
+    """A codec's name, lowercased; empty means "none" (checked by CodecConfig)."""
+    return text.strip().lower() or "none"
+
+
 def parse_seeds(name: str, text: str) -> tuple[PeerAddress, ...]:
     try:
         return tuple(PeerAddress.parse(s) for s in text.split(",") if s.strip())
@@ -170,6 +175,55 @@ class TlsConfig:
     control: bool = True  # the control API speaks HTTPS (client certificates required)
 
 
+CODEC_VARIABLES = {"cpu": "KVMESH_CODEC_CPU", "disk": "KVMESH_CODEC_DISK",
+                   "wire": "KVMESH_CODEC_WIRE"}
+
+
+@dataclass(frozen=True, slots=True)
+class CodecConfig:
+    """The codec chunks are kept in on the CPU tier, written to disk in, and sent
+    across hosts in (`kvmesh.codecs`); "none" keeps the engine's bytes, exact.
+
+    Checked when built, whoever builds it: a name the registry does not know,
+    a lossless codec on CPU (its slots are fixed-size, so only a fixed-ratio
+    codec makes room for more chunks), or two different lossy codecs raise
+    ConfigError. `lossy` is the one lossy codec named, "" if none: it goes
+    into the key namespace, so that lossy and exact KV never share keys.
+    """
+
+    cpu: str = "none"
+    disk: str = "none"
+    wire: str = "none"
+    lossy: str = field(init=False, default="")
+
+    def __post_init__(self) -> None:
+        named = {place: getattr(self, place) for place in CODEC_VARIABLES
+                 if getattr(self, place) != "none"}
+        if named:  # the registry imports torch: only when a codec is asked for
+            object.__setattr__(self, "lossy", _checked_codecs(named))
+
+
+def _checked_codecs(named: dict[str, str]) -> str:
+    """The one lossy codec among `named` ({place: codec name}), or ""."""
+    from kvmesh.codecs import CODECS  # noqa: PLC0415
+
+    for place, name in named.items():
+        if name not in CODECS:
+            raise ConfigError(f"{CODEC_VARIABLES[place]}={name!r}: unknown codec; expected "
+                              f"none or one of {', '.join(sorted(CODECS))}")
+    cpu = named.get("cpu")
+    if cpu is not None and CODECS[cpu].lossless:
+        raise ConfigError(f"KVMESH_CODEC_CPU={cpu}: the CPU tier keeps chunks in fixed-size "
+                          "slots, so only a fixed-ratio codec (a lossy one) makes room for "
+                          f"more chunks; use {cpu} for KVMESH_CODEC_DISK or KVMESH_CODEC_WIRE")
+    lossy = {place: name for place, name in named.items() if not CODECS[name].lossless}
+    if len(set(lossy.values())) > 1:
+        settings = " and ".join(f"{CODEC_VARIABLES[p]}={n}" for p, n in lossy.items())
+        raise ConfigError(f"{settings}: at most one lossy codec per peer (its name is part "
+                          "of every key, so all of a peer's KV has one fidelity)")
+    return next(iter(lossy.values()), "")
+
+
 @dataclass(frozen=True, slots=True)
 class KvmeshConfig:
     enabled: bool = False
@@ -179,6 +233,7 @@ class KvmeshConfig:
     transfer: TransferConfig = field(default_factory=TransferConfig)
     control: ControlConfig = field(default_factory=ControlConfig)
     tls: TlsConfig | None = None  # None: plain TCP and HTTP
+    codecs: CodecConfig = field(default_factory=CodecConfig)  # default: every chunk exact
     # Private to this user (0700; checked at start): rendezvous files and pool doors.
     run_dir: Path = field(default_factory=lambda: Path(tempfile.gettempdir()) / f"kvmesh-{os.getuid()}")
     # Start even with a listener off loopback and no mesh secret (warned at
@@ -234,6 +289,8 @@ def _from_env(env: Mapping[str, str]) -> KvmeshConfig:
         allowed_hosts=opt("KVMESH_CONTROL_ALLOWED_HOSTS", parse_host_names, ()),
     )
     tls = _tls_from_env(get, opt)
+    codecs = CodecConfig(**{place: opt(name, parse_codec_name, "none")
+                            for place, name in CODEC_VARIABLES.items()})
     if tls is not None and transfer.transport == "ucx":
         raise ConfigError("KVMESH_TRANSPORT=ucx would carry chunks outside TLS; "
                           "use tcp or auto with KVMESH_TLS_*")
@@ -249,6 +306,7 @@ def _from_env(env: Mapping[str, str]) -> KvmeshConfig:
         transfer=transfer,
         control=control,
         tls=tls,
+        codecs=codecs,
         run_dir=Path(run_dir) if run_dir else base.run_dir,
         insecure=opt("KVMESH_INSECURE", parse_bool, False),
     )

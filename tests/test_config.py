@@ -1,4 +1,5 @@
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -141,3 +142,64 @@ def test_tls_control_without_tls_and_tls_with_ucx_are_refused(tls_files):
         KvmeshConfig.from_env({"KVMESH_TLS_CONTROL": "1"})
     with pytest.raises(ConfigError, match="KVMESH_TRANSPORT=ucx"):
         KvmeshConfig.from_env({**tls_files, "KVMESH_TRANSPORT": "ucx"})
+
+
+# ---- codecs ------------------------------------------------------------------
+
+@pytest.fixture
+def more_codecs(monkeypatch):
+    """The registry plus a second lossy codec and a lossless one, whatever the
+    registry holds today: the checks are about kinds of codec, not names."""
+    from kvmesh.codecs import CODECS
+
+    monkeypatch.setitem(CODECS, "lossy2", SimpleNamespace(lossless=False))
+    monkeypatch.setitem(CODECS, "squeeze", SimpleNamespace(lossless=True))
+    return CODECS
+
+
+def test_codecs_default_to_none_and_exact():
+    codecs = KvmeshConfig.from_env({}).codecs
+    assert (codecs.cpu, codecs.disk, codecs.wire, codecs.lossy) == ("none", "none", "none", "")
+    assert KvmeshConfig.from_env({"KVMESH_CODEC_CPU": " "}).codecs.cpu == "none"
+
+
+def test_codec_settings_are_read_and_the_lossy_one_is_named(more_codecs):
+    codecs = KvmeshConfig.from_env({"KVMESH_CODEC_CPU": "FP8", "KVMESH_CODEC_DISK": "fp8",
+                                    "KVMESH_CODEC_WIRE": "none"}).codecs
+    assert (codecs.cpu, codecs.disk, codecs.wire, codecs.lossy) == ("fp8", "fp8", "none", "fp8")
+    assert KvmeshConfig.from_env({"KVMESH_CODEC_WIRE": "lossy2"}).codecs.lossy == "lossy2"
+
+
+def test_lossless_codecs_on_disk_and_wire_keep_the_namespace_exact(more_codecs):
+    codecs = KvmeshConfig.from_env({"KVMESH_CODEC_DISK": "squeeze",
+                                    "KVMESH_CODEC_WIRE": "squeeze"}).codecs
+    assert (codecs.disk, codecs.wire, codecs.lossy) == ("squeeze", "squeeze", "")
+    mixed = KvmeshConfig.from_env({"KVMESH_CODEC_CPU": "fp8", "KVMESH_CODEC_DISK": "squeeze"})
+    assert mixed.codecs.lossy == "fp8"
+
+
+@pytest.mark.parametrize("variable", ["KVMESH_CODEC_CPU", "KVMESH_CODEC_DISK", "KVMESH_CODEC_WIRE"])
+def test_an_unknown_codec_is_refused_with_the_known_names(variable):
+    with pytest.raises(ConfigError, match=f"{variable}='gzip9': unknown codec; expected none "
+                                          "or one of .*fp8"):
+        KvmeshConfig.from_env({variable: "gzip9"})
+
+
+def test_a_lossless_codec_on_cpu_is_refused(more_codecs):
+    for name in (n for n, codec in more_codecs.items() if codec.lossless):
+        with pytest.raises(ConfigError, match=f"KVMESH_CODEC_CPU={name}: .*fixed-size slots"):
+            KvmeshConfig.from_env({"KVMESH_CODEC_CPU": name})
+
+
+def test_two_different_lossy_codecs_are_refused(more_codecs):
+    with pytest.raises(ConfigError, match="KVMESH_CODEC_CPU=fp8 and KVMESH_CODEC_WIRE=lossy2: "
+                                          "at most one lossy codec per peer"):
+        KvmeshConfig.from_env({"KVMESH_CODEC_CPU": "fp8", "KVMESH_CODEC_WIRE": "lossy2"})
+
+
+def test_codec_config_built_directly_is_checked_too():
+    from kvmesh.config import CodecConfig
+
+    assert CodecConfig(wire="fp8").lossy == "fp8"
+    with pytest.raises(ConfigError, match="KVMESH_CODEC_DISK"):
+        CodecConfig(disk="nope")

@@ -98,7 +98,8 @@ class KVMeshConnector(KVConnectorBase_V1):
 
         layers = [kv_caches[name] for name in sorted(kv_caches, key=extract_layer_index)]
         namespace = build_namespace(self._vllm_config, self._config.chunk_tokens,
-                                    tp_rank=get_tensor_model_parallel_rank())
+                                    tp_rank=get_tensor_model_parallel_rank(),
+                                    lossy_codec=self._config.codecs.lossy)
         self._worker.register_kv_caches(layers, namespace)
 
     @timed
@@ -176,7 +177,7 @@ class KVMeshConnector(KVConnectorBase_V1):
 def _build_scheduler(vllm_config: "VllmConfig", config: KvmeshConfig) -> MeshScheduler:
     """The scheduler half, with a lookup client when this engine loads."""
     transfer = vllm_config.kv_transfer_config
-    namespace = build_namespace(vllm_config, config.chunk_tokens)
+    namespace = build_namespace(vllm_config, config.chunk_tokens, lossy_codec=config.codecs.lossy)
     lookup = None
     if transfer.is_kv_consumer:
         try:

@@ -18,12 +18,13 @@ if TYPE_CHECKING:
     from vllm.config import VllmConfig
 
 
-def build_namespace(vllm_config: "VllmConfig", chunk_tokens: int, tp_rank: int = 0) -> KeyNamespace:
+def build_namespace(vllm_config: "VllmConfig", chunk_tokens: int, tp_rank: int = 0,
+                    lossy_codec: str = "") -> KeyNamespace:
     """The namespace of this engine's KV for TP rank `tp_rank` (no cache salt).
 
     The layout name carries the block size: on vLLM's CPU backend K is
     transposed inside each block, so chunks cut into blocks of different sizes
-    have different bytes.
+    have different bytes. `lossy_codec` is `KvmeshConfig.codecs.lossy`.
     """
     model, cache, parallel = vllm_config.model_config, vllm_config.cache_config, vllm_config.parallel_config
     check_chunk_tokens(chunk_tokens, cache.block_size)
@@ -40,6 +41,7 @@ def build_namespace(vllm_config: "VllmConfig", chunk_tokens: int, tp_rank: int =
         kv_layout=layout_tag(expected_layout(), cache.block_size),
         tp_rank=tp_rank,
         tp_size=parallel.tensor_parallel_size,
+        lossy_codec=lossy_codec,
     )
 
 

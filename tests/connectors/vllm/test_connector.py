@@ -16,7 +16,7 @@ pytest.importorskip("vllm")
 from vllm.distributed.kv_transfer.kv_connector.v1.base import KVConnectorRole  # noqa: E402
 from vllm_fakes import fake_request, new_req, sched_output  # noqa: E402
 
-from kvmesh.config import KvmeshConfig  # noqa: E402
+from kvmesh.config import CodecConfig, KvmeshConfig  # noqa: E402
 from kvmesh.connectors.vllm import peer_factory  # noqa: E402
 from kvmesh.connectors.vllm.connector import KVMeshConnector, KVMeshMetadata  # noqa: E402
 from kvmesh.connectors.vllm.metadata import ChunkSpec, RequestPlan  # noqa: E402
@@ -173,6 +173,17 @@ def test_namespace_binds_model_shape_layout_and_rank():
     other_block = build_namespace(vllm_config(block_size=64), 64)
     assert ChunkHasher(other_block).keys(PROMPT) != ChunkHasher(ns).keys(PROMPT)
     assert build_namespace(vllm_config(), 64, tp_rank=1) != ns
+
+
+def test_a_lossy_codec_setting_gives_the_scheduler_a_lossy_namespace(lookups):
+    cfg = vllm_config("kv_both")
+    lossy = KvmeshConfig(enabled=True, chunk_tokens=64, codecs=CodecConfig(cpu="fp8"))
+    KVMeshConnector(cfg, KVConnectorRole.SCHEDULER, None, config=lossy)
+    ((_, namespace),) = lookups.opened
+    exact = build_namespace(cfg, 64)
+    assert namespace.lossy_codec == "fp8" and exact.lossy_codec == ""
+    assert namespace == build_namespace(cfg, 64, lossy_codec="fp8")
+    assert set(ChunkHasher(namespace).keys(PROMPT)).isdisjoint(ChunkHasher(exact).keys(PROMPT))
 
 
 def test_chunk_size_must_be_a_multiple_of_the_block_size():
