@@ -38,6 +38,7 @@ from typing import Sequence
 
 from kvmesh.config import KvmeshConfig
 from kvmesh.directory.shard import Directory
+from kvmesh.errors import ConfigError
 from kvmesh.hashring.keys import ChunkHasher
 from kvmesh.membership.swim import Swim
 from kvmesh.peers.assembly import PeerParts
@@ -52,6 +53,7 @@ from kvmesh.peers.stats import PeerStats
 from kvmesh.peers.status import PeerStatus
 from kvmesh.store import ChunkStore
 from kvmesh.store.records import LoadTicket, StoreTicket
+from kvmesh.store.recode import Recoded
 from kvmesh.transfer import frames as f
 from kvmesh.transfer.reader import ChunkReader
 from kvmesh.types import ChunkKey, PeerId
@@ -225,6 +227,17 @@ class Peer:
         removed = await asyncio.to_thread(self.store.clear, tier)
         self._sync.withdraw_gone(removed)
         return removed
+
+    async def compress(self, keys: Sequence[ChunkKey], codec: str) -> list[Recoded]:
+        """Re-encode each held raw chunk in place with `codec` (see the store's
+        `recode`): one outcome per key, with its bytes before and after. A
+        chunk in flight is skipped as busy. ConfigError, changing nothing,
+        for a codec this peer must not write (see `codec_settings`)."""
+        encoder = self.codecs.encoder(codec, "codec")
+        if encoder is None:
+            raise ConfigError(f"codec={codec}: name a codec to encode with (chunks are not "
+                              "decoded back to raw bytes here)")
+        return await asyncio.to_thread(lambda: [self.store.recode(k, encoder) for k in keys])
 
     # ---- views ------------------------------------------------------------------------
 
