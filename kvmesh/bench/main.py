@@ -14,6 +14,7 @@ BENCHMARKS = {
     "store": "kvmesh.bench.store",
     "hit": "kvmesh.bench.hit",
     "kernels": "kvmesh.bench.kernels",
+    "codecs": "kvmesh.bench.codecs",
     "ttft": "kvmesh.bench.ttft",
     "gossip": "kvmesh.bench.gossip",
     "netns": "kvmesh.bench.netns",

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 from kvmesh.codecs.base import Codec
 from kvmesh.codecs.fp8 import Fp8Codec
+from kvmesh.codecs.int8 import Int8Codec
+from kvmesh.codecs.lossless import ZstdCodec
 from kvmesh.errors import ConfigError
 
 RAW = "none"  # a setting, not a codec: chunks stay raw bytes
 
-CODECS: dict[str, Codec] = {codec.name: codec for codec in (Fp8Codec(),)}
+CODECS: dict[str, Codec] = {codec.name: codec for codec in (Fp8Codec(), Int8Codec(), ZstdCodec())}
 CODECS_BY_ID: dict[int, Codec] = {codec.codec_id: codec for codec in CODECS.values()}
 
 

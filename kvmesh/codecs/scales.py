@@ -25,8 +25,13 @@ def scale_from_amax(amax: torch.Tensor, qmax: float) -> tuple[torch.Tensor, torc
     return stored, torch.where(as_float > 0, as_float, torch.ones_like(as_float))
 
 
+MAX_SCALE = 2.0 ** 120  # above any amax / qmax (FLT_MAX / 448 < 2^119.2)
+
+
 def check_scales(scales: torch.Tensor) -> None:
-    """CodecError unless every stored scale is finite and not negative (a
-    corrupt payload must not turn into inf/nan KV)."""
-    if not bool(torch.isfinite(scales).all()) or bool((scales < 0).any()):
+    """CodecError unless every stored scale is in [0, 2^120): no encoder writes
+    another (a corrupt payload must not turn into inf/nan KV; the C decoder
+    relies on the bound, see kvmesh/native/quant.c)."""
+    ok = (scales >= 0) & (scales < MAX_SCALE)  # NaN fails both
+    if not bool(ok.all()):
         raise CodecError("payload holds a negative or non-finite scale")

@@ -11,6 +11,8 @@
  *     non-integer, OverflowError for a value outside int32.
  * gather_blocks / scatter_blocks(kv, rows, row_bytes, ids, slab, first, slab_blocks)
  *     paged KV block-rows to / from a slab in one call (blocks.c).
+ * quant_encode / quant_decode(...)
+ *     the fp8 and int8 chunk codecs' loops (quant.c); QUANT says if this CPU runs them.
  *
  * xxhash.h is vendored (BSD-2-Clause, LICENSE.xxhash); the kernel for the
  * best instruction set the CPU has is picked once, at import.
@@ -23,6 +25,7 @@
 
 #include "blocks.h"
 #include "kernels.h"
+#include "quant.h"
 
 /* Below these sizes the GIL is kept: retaking it can wait for another thread's
  * whole time slice (5 ms), which would dwarf the work. Key chains sit on the
@@ -218,6 +221,10 @@ static PyMethodDef methods[] = {
      "gather_blocks(kv, rows, row_bytes, ids, slab, first, slab_blocks): KV block-rows into slab"},
     {"scatter_blocks", kvm_py_scatter_blocks, METH_VARARGS,
      "scatter_blocks(kv, rows, row_bytes, ids, slab, first, slab_blocks): slab into KV block-rows"},
+    {"quant_encode", kvm_py_quant_encode, METH_VARARGS,
+     "quant_encode(x, value_kind, codes, code_kind, scales, loop, qmax) -> 0, or -1 for inf/NaN"},
+    {"quant_decode", kvm_py_quant_decode, METH_VARARGS,
+     "quant_decode(out, value_kind, codes, code_kind, scales, loop) -> count of invalid codes"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -229,7 +236,8 @@ PyMODINIT_FUNC PyInit__speedups(void)
 {
     pick_kernels();
     PyObject *m = PyModule_Create(&module);
-    if (m != NULL && PyModule_AddStringConstant(m, "ISA", isa) < 0)
+    if (m != NULL && (PyModule_AddStringConstant(m, "ISA", isa) < 0
+                      || PyModule_AddIntConstant(m, "QUANT", kvm_quant_supported()) < 0))
         Py_CLEAR(m);
     return m;
 }
