@@ -58,3 +58,12 @@ class PeerCodecs:
                               f"{repr(self.lossy_codec) + ' KV' if self.lossy_codec else 'exact KV'}: "
                               f"{name} envelopes may only be kept under keys of {name} KV")
         return ChunkEncoder(codec, self.geometry)
+
+    def recoder(self, name: str) -> ChunkEncoder:
+        """The encoder of a recode (/compress) with codec `name`: as `encoder`,
+        and "none" is refused too (chunks are never decoded back to raw here)."""
+        encoder = self.encoder(name, "codec")
+        if encoder is None:
+            raise ConfigError(f"codec={name}: name a codec to encode with (held chunks are "
+                              "not decoded back to raw bytes)")
+        return encoder

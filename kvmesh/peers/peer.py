@@ -38,7 +38,6 @@ from typing import Sequence
 
 from kvmesh.config import KvmeshConfig
 from kvmesh.directory.shard import Directory
-from kvmesh.errors import ConfigError
 from kvmesh.hashring.keys import ChunkHasher
 from kvmesh.membership.swim import Swim
 from kvmesh.peers.assembly import PeerParts
@@ -233,10 +232,7 @@ class Peer:
         `recode`): one outcome per key, with its bytes before and after. A
         chunk in flight is skipped as busy. ConfigError, changing nothing,
         for a codec this peer must not write (see `codec_settings`)."""
-        encoder = self.codecs.encoder(codec, "codec")
-        if encoder is None:
-            raise ConfigError(f"codec={codec}: name a codec to encode with (chunks are not "
-                              "decoded back to raw bytes here)")
+        encoder = self.codecs.recoder(codec)
         return await asyncio.to_thread(lambda: [self.store.recode(k, encoder) for k in keys])
 
     # ---- views ------------------------------------------------------------------------
