@@ -8,7 +8,8 @@ MISS).
 - Streamed (TCP, UCX): the chunk is pinned while its CHUNK frame is written,
   and unpinned as soon as the write ends or fails (a puller that stops
   reading is cut off by the connection's send timeout, and its pins go with
-  it).
+  it). With a `wire` form (a wire codec) a raw chunk is sent as the
+  envelope it returns, under that envelope's checksum.
 - Shared (the puller proved through the pool door that it is on this host):
   chunks are answered with CHUNK_REFS, REFS_PER_FRAME at a time, each frame
   under a lease of its own whose id the holder picks. The puller copies
@@ -51,10 +52,17 @@ class ChunkSource(Protocol):
     def close_chunk(self, ticket: Any) -> None: ...
 
 
+# wire(ticket) -> what a stream sends for a pinned chunk (view/length/checksum): the
+# ticket itself, or an encoded copy (see `kvmesh.peers.serving`); never for shared pulls.
+WireForm = Callable[[Any], Awaitable[Any]]
+
+
 class PullServer:
     def __init__(self, source: ChunkSource, budget: PinBudget, who: Hashable,
-                 send: Callable[[f.Frame], Awaitable[None]], pin_wait_s: float) -> None:
+                 send: Callable[[f.Frame], Awaitable[None]], pin_wait_s: float,
+                 wire: WireForm | None = None) -> None:
         self._source = source
+        self._wire = wire
         self._budget = budget
         self._pin_wait_s = pin_wait_s
         self._who = who  # whose pins these are (the connection's peer id, shared by its connections)
@@ -123,8 +131,10 @@ class PullServer:
     async def _serve_streamed(self, pull: f.Pull) -> None:
         async for index, key, ticket in self._pinned(pull):
             try:
-                await self._send(f.Chunk(pull.request_id, index, key, ticket.checksum,
-                                         ticket.length, ticket.view))
+                # the checksum sent is always that of the bytes sent
+                sent = ticket if self._wire is None else await self._wire(ticket)
+                await self._send(f.Chunk(pull.request_id, index, key, sent.checksum,
+                                         sent.length, sent.view))
             finally:
                 self._unpin(ticket)
 

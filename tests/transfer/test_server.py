@@ -39,6 +39,7 @@ class Node:
     for whoever `vouches` says."""
 
     MISSING = bytes(16)
+    wire_form = None  # streams send chunks as they are held
 
     def __init__(self, slots: int = 1000, vouches: bool = True) -> None:
         self.pins = PinBudget.for_slots(slots)
