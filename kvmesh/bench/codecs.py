@@ -15,8 +15,18 @@ Per codec and KV dtype, in the same run:
 - full chunks a 1 GiB CPU pool holds with the codec's fixed slots;
 - max and mean absolute error of the decoded KV against the raw.
 
-Sections are functions of the measured `Run` (see `SECTIONS`): a later one,
-e.g. token agreement of a real engine fed decoded KV, is added there.
+Then, on real vLLM engines (`--sections` picks; `--synthetic` runs only the
+three above):
+- drift (`codec_drift`): greedy token agreement and |dlogprob| of reuse
+  through each codec against exact reuse, over `--prompts` prompts, with a
+  deliberately broken codec as the negative control;
+- remote (`codec_remote`): a remote hit across two network-namespace hosts
+  with KVMESH_CODEC_WIRE=<codec> against the exact hit: load time and bytes
+  pulled, per link rate (skipped, with the reason, where namespaces cannot
+  be made).
+
+Sections are functions of the measured `Run` (see `SECTIONS`); each table is
+printed and saved as soon as its section has run.
 """
 
 from __future__ import annotations
@@ -27,6 +37,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from kvmesh.bench import codec_drift, codec_remote
 from kvmesh.bench.codec_measure import (
     CodecResult, chunks_per_gib, measure_codec, memcpy_all, working_set,
 )
@@ -52,23 +63,69 @@ class Run:
     kv: list[KVSet] = field(default_factory=list)
     # (kv index, threads label, codec) -> (result, memcpy seconds of the same round)
     results: dict[tuple[int, str, str], tuple[CodecResult, float]] = field(default_factory=dict)
+    drift: list[codec_drift.SetupRun] = field(default_factory=list)
+    remote: list[codec_remote.Hits] = field(default_factory=list)
+    remote_skipped: str = ""  # why the remote section did not run
+
+
+KV_SECTIONS = ("speed", "pool", "error")
+ENGINE_SECTIONS = ("drift", "remote")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    sections = args.sections or (KV_SECTIONS if args.synthetic else KV_SECTIONS + ENGINE_SECTIONS)
+    if args.synthetic and set(sections) & set(ENGINE_SECTIONS):
+        raise SystemExit("--synthetic has no engine: drift and remote need real vLLM")
     run = Run(args)
-    for dtype in args.dtypes:
-        run.kv.append(synthetic_kv(args, dtype) if args.synthetic else vllm_kv(args, dtype))
-    measure(run)
-    for section in SECTIONS:
-        section(run).emit()
+    if set(sections) & set(KV_SECTIONS):
+        for dtype in args.dtypes:
+            run.kv.append(synthetic_kv(args, dtype) if args.synthetic else vllm_kv(args, dtype))
+        measure(run)
+    for name, measure_step, section in SECTIONS:
+        if name in sections:
+            if measure_step is not None:
+                measure_step(run)
+            section(run).emit()
     return 0
+
+
+def measure_drift(run: Run) -> None:
+    run.drift = codec_drift.run(run.args.dtypes, run.args.prompts, run.args.max_tokens)
+
+
+def measure_remote(run: Run) -> None:
+    from kvmesh.bench.hosts import Hosts, unavailable  # noqa: PLC0415
+
+    run.remote_skipped = unavailable() or ""
+    if run.remote_skipped:
+        return
+    hosts = Hosts(2)
+    try:
+        for dtype in run.args.remote_dtypes:
+            run.remote.append(codec_remote.run(hosts, dtype, ["none", *run.args.wire_codecs],
+                                               run.args.link_mbit, run.args.remote_reps,
+                                               run.args.remote_tokens))
+    finally:
+        hosts.close()
+
+
+def drift_table(run: Run) -> Table:
+    return codec_drift.table(run.drift)
+
+
+def remote_table(run: Run) -> Table:
+    if run.remote_skipped:
+        table = Table("codecs_remote", ["skipped"])
+        table.add(f"network namespaces unavailable: {run.remote_skipped}")
+        return table
+    return codec_remote.table(run.remote)
 
 
 def vllm_kv(args: argparse.Namespace, dtype: str) -> KVSet:
     from kvmesh.bench.codec_kv import capture
 
-    kv = capture(args.shape, dtype, num_prompts=args.prompts, prompt_words=args.prompt_words,
+    kv = capture(args.shape, dtype, num_prompts=args.kv_prompts, prompt_words=args.prompt_words,
                  block_size=args.block_size, chunk_tokens=args.chunk_tokens)
     note = (f"vLLM {dtype} KV of model {args.shape!r}: {kv.prompt_tokens} prompt tokens, "
             f"{len(kv.chunks)} chunks")
@@ -128,10 +185,10 @@ def speed_table(run: Run) -> Table:
 
 def pool_table(run: Run) -> Table:
     table = Table("codecs_pool", ["kv", "dtype", "codec", "chunk KiB", "slot KiB",
-                                  "chunks per GiB", "vs raw"])
+                                  "chunks per GiB", "vs exact"])
     for k, kv in enumerate(run.kv):
         raw = chunks_per_gib("none", kv.geometry, kv.blocks)
-        table.add(kv.source, _dtype(kv), "none", kv.geometry.raw_bytes(kv.blocks) / 1024,
+        table.add(kv.source, _dtype(kv), "none (exact)", kv.geometry.raw_bytes(kv.blocks) / 1024,
                   kv.geometry.raw_bytes(kv.blocks) / 1024, raw, 1.0)
         for name in run.args.codecs:
             held = chunks_per_gib(name, kv.geometry, kv.blocks)
@@ -141,7 +198,9 @@ def pool_table(run: Run) -> Table:
                 table.add(kv.source, _dtype(kv), name, kv.geometry.raw_bytes(kv.blocks) / 1024,
                           (1 << 30) / held / 1024, held, held / raw)
     table.note("full chunks a 1 GiB CPU pool of fixed slots holds (slot = the codec's "
-               "encoded_bound of a full chunk); lossless codecs are refused on CPU")
+               "encoded_bound of a full chunk; exact = raw chunks, KVMESH_CODEC_CPU=none); "
+               "lossless codecs are refused on CPU")
+    _kv_notes(table, run)
     return table
 
 
@@ -158,19 +217,29 @@ def error_table(run: Run) -> Table:
     return table
 
 
-# The report's sections, in order: each a function of the measured Run.
-SECTIONS = [speed_table, pool_table, error_table]
+# The report's sections, in order: (name, what it measures first or None, its table).
+SECTIONS = [
+    ("speed", None, speed_table),
+    ("pool", None, pool_table),
+    ("error", None, error_table),
+    ("drift", measure_drift, drift_table),
+    ("remote", measure_remote, remote_table),
+]
 
 
 def _dtype(kv: KVSet) -> str:
     return str(kv.geometry.dtype).removeprefix("torch.")
 
 
-def _notes(table: Table, run: Run) -> None:
+def _kv_notes(table: Table, run: Run) -> None:
     for kv in run.kv:
         g = kv.geometry
         table.note(f"{kv.note}; layout {g.layout}, {g.num_layers} layers, {g.num_kv_heads} kv "
                    f"heads, head_dim {g.head_dim}, {kv.blocks} blocks of {g.block_size} tokens")
+
+
+def _notes(table: Table, run: Run) -> None:
+    _kv_notes(table, run)
     table.note(f"median of {run.args.reps} interleaved rounds over >= {run.args.working_mib} "
                f"MiB of chunks; load average "
                f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cpus at the end")
@@ -187,13 +256,33 @@ def _parser() -> argparse.ArgumentParser:
                    help="model shape (real KV: the model the engine runs)")
     p.add_argument("--block-size", type=int, default=32)
     p.add_argument("--chunk-tokens", type=int, default=256)
-    p.add_argument("--prompts", type=int, default=8, help="real KV: prompts prefilled")
+    p.add_argument("--sections", nargs="+", choices=KV_SECTIONS + ENGINE_SECTIONS,
+                   help="default: all of them; with --synthetic, " + ", ".join(KV_SECTIONS))
+    p.add_argument("--kv-prompts", type=int, default=8, help="real KV: prompts prefilled")
     p.add_argument("--prompt-words", type=int, default=700, help="real KV: words a prompt")
     p.add_argument("--chunks", type=int, default=16, help="synthetic KV: chunks")
     p.add_argument("--reps", type=int, default=15)
     p.add_argument("--working-mib", type=int, default=128,
                    help="chunks are repeated up to this many MiB for timing (past the caches)")
+    drift = p.add_argument_group("drift (real vLLM, one engine per codec and dtype)")
+    drift.add_argument("--prompts", type=int, default=50, help="prompts per engine")
+    drift.add_argument("--max-tokens", type=int, default=16, help="greedy tokens per prompt")
+    remote = p.add_argument_group("remote (two network-namespace hosts; needs root)")
+    remote.add_argument("--remote-dtypes", nargs="+", default=["bfloat16"],
+                        choices=["float32", "bfloat16"])
+    remote.add_argument("--wire-codecs", nargs="+", default=["fp8"], choices=sorted(CODECS),
+                        help="KVMESH_CODEC_WIRE values, each against exact")
+    remote.add_argument("--link-mbit", type=_mbit_list, default=[0, 1000],
+                        help="host 1's egress rates, comma-separated megabit/s; 0 = the bare "
+                             "veth pair")
+    remote.add_argument("--remote-reps", type=int, default=5, help="hits per codec and rate")
+    remote.add_argument("--remote-tokens", type=int, default=31 * codec_remote.CHUNK_TOKENS,
+                        help="tokens per prompt (whole chunks)")
     return p
+
+
+def _mbit_list(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x.strip()]
 
 
 if __name__ == "__main__":

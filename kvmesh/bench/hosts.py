@@ -58,6 +58,10 @@ class Hosts:
     def loss(self, i: int, pct: float) -> None:
         self._run("loss", str(i), str(pct))
 
+    def rate(self, i: int, mbit: int) -> None:
+        """Limit what host i sends to `mbit` megabit/s (0: no limit)."""
+        self._run("rate", str(i), str(mbit))
+
     def partition(self, a: list[int], b: list[int]) -> None:
         self._run("partition", ",".join(map(str, a)), ",".join(map(str, b)))
 
