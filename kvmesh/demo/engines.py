@@ -20,15 +20,16 @@ def free_port() -> int:
 class Engine:
     def __init__(self, name: str, model_dir: str, env: dict[str, str], kvmesh: bool,
                  kv_cache_bytes: int, block_size: int, log_dir: str,
-                 connector: Callable[[], dict] | None = None) -> None:
-        """Start the engine process (see engine_proc.serve for `connector`)."""
+                 connector: Callable[[], dict] | None = None, prefix_caching: bool = True) -> None:
+        """Start the engine process (see engine_proc.serve for `connector`);
+        vLLM's own prefix cache is on unless `prefix_caching` is False."""
         ctx = mp.get_context("spawn")
         self.name = name
         self.log_path = os.path.join(log_dir, f"{name}.log")
         self._conn, child = ctx.Pipe()
         self._proc = ctx.Process(target=serve, name=name, daemon=True,
                                  args=(child, model_dir, env, kvmesh, kv_cache_bytes, block_size,
-                                       self.log_path, connector))
+                                       self.log_path, connector, prefix_caching))
         self._proc.start()
 
     def wait_ready(self, timeout: float = 600) -> None:
@@ -44,6 +45,8 @@ class Engine:
         if not self._conn.poll(timeout):
             raise TimeoutError(f"{self.name} did not answer {cmd[0]} within {timeout}s")
         status, value = self._conn.recv()
+        if status == "error":
+            raise RuntimeError(f"{self.name}: {cmd[0]} failed: {value}")
         return value
 
     def stop(self) -> None:
