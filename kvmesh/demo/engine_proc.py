@@ -3,8 +3,8 @@
 The engine runs vLLM's v1 engine in single-process mode (scheduler and worker
 in this process) with the kvmesh connector, so its peer is embedded here and
 joins the mesh through the seeds in its environment. vLLM's own prefix cache
-is on, as users run it (`prefix_caching`); which reuse a request got, vLLM's
-own or the connector's, is vLLM's own account of it (see `engine_cache`).
+is on, as users run it; which reuse a request got, vLLM's own or the
+connector's, is vLLM's own account of it (see `engine_cache`).
 Benchmarks may give it another connector instead (`connector`, e.g. LMCache's,
 see kvmesh/bench/lmcache_vllm.py). Commands:
 
@@ -35,7 +35,7 @@ MAX_MODEL_LEN = 8192  # the local models' max_position_embeddings
 
 def serve(conn: Connection, model_dir: str, env: dict[str, str], kvmesh: bool,
           kv_cache_bytes: int, block_size: int, log_path: str,
-          connector: Callable[[], dict] | None = None, prefix_caching: bool = True) -> None:
+          connector: Callable[[], dict] | None = None) -> None:
     """Run until ("stop",). `connector`, when given (with kvmesh False), is
     called once here before vLLM is imported and returns the KVTransferConfig
     arguments of another connector; it must pickle (a module-level function or
@@ -53,7 +53,7 @@ def serve(conn: Connection, model_dir: str, env: dict[str, str], kvmesh: bool,
                                        engine_id=env.get("KVMESH_DEMO_ENGINE", "demo"))
     llm = LLM(model=model_dir, dtype="float32", enforce_eager=True, block_size=block_size,
               kv_cache_memory_bytes=kv_cache_bytes, max_model_len=MAX_MODEL_LEN, seed=0,
-              enable_prefix_caching=prefix_caching, kv_transfer_config=kv_transfer,
+              enable_prefix_caching=True, kv_transfer_config=kv_transfer,
               disable_log_stats=False)
     reuse = engine_cache.ReuseWatch(llm)
     conn.send(("ready", None))

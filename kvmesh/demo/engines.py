@@ -20,16 +20,15 @@ def free_port() -> int:
 class Engine:
     def __init__(self, name: str, model_dir: str, env: dict[str, str], kvmesh: bool,
                  kv_cache_bytes: int, block_size: int, log_dir: str,
-                 connector: Callable[[], dict] | None = None, prefix_caching: bool = True) -> None:
-        """Start the engine process (see engine_proc.serve for `connector`);
-        vLLM's own prefix cache is on unless `prefix_caching` is False."""
+                 connector: Callable[[], dict] | None = None) -> None:
+        """Start the engine process (see engine_proc.serve for `connector`)."""
         ctx = mp.get_context("spawn")
         self.name = name
         self.log_path = os.path.join(log_dir, f"{name}.log")
         self._conn, child = ctx.Pipe()
         self._proc = ctx.Process(target=serve, name=name, daemon=True,
                                  args=(child, model_dir, env, kvmesh, kv_cache_bytes, block_size,
-                                       self.log_path, connector, prefix_caching))
+                                       self.log_path, connector))
         self._proc.start()
 
     def wait_ready(self, timeout: float = 600) -> None:
