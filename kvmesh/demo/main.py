@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 
 from kvmesh.demo import reuse_rows
-from kvmesh.demo.report import report
+from kvmesh.demo.report import per_request, report
 from kvmesh.demo.engines import Engine, engine_env, free_port, run_dir
 from kvmesh.demo.progress import Progress
 from kvmesh.demo.workload import DemoRequest, chat, doc_qa, full_prompt, warm_up_prompts
@@ -49,6 +49,8 @@ def parse_args(argv):
     p.add_argument("--chat-rounds", type=int, default=4)
     p.add_argument("--turn-tokens", type=int, default=256)
     p.add_argument("--max-tokens", type=int, default=8)
+    p.add_argument("--per-request", action="store_true",
+                   help="also print every request (always printed when a check fails)")
     p.add_argument("--no-baseline", action="store_true",
                    help="skip both baselines (kvmesh on with nothing to reuse; vLLM alone)")
     return p.parse_args(argv)
@@ -96,7 +98,7 @@ def run_requests(engines: list[Engine], requests: list[DemoRequest], max_tokens:
         served = reuse_rows.Served.of(reuse, before, after)
         results.append({"output": output, "ttft": ttft, "served": served})
         progress.step(f"{req.label} on {engine.name}"
-                      + (f": {reuse_rows.row_of(served).split(':')[0]}" if kvmesh and not salt
+                      + (f": {reuse_rows.row_of(served).split(': ')[-1]}" if kvmesh and not salt
                          else ""))
     return results
 
@@ -157,8 +159,11 @@ def main(argv: list[str] | None = None) -> int:
     results, counters, nothing = run_mesh(args, model_dir, requests, warm_ups, progress)
     alone = None if args.no_baseline else run_alone(args, model_dir, requests, warm_ups, progress)
     progress.close()
-    text, ok = report(results, counters, nothing, alone)
+    labels = [req.label for req in requests]
+    text, ok = report(labels, results, counters, nothing, alone)
     print(text)
+    if args.per_request or not ok:
+        print(per_request(labels, results, nothing, alone))
     return 0 if ok else 1
 
 

@@ -20,10 +20,11 @@ LEGEND = [
     " kvmesh's. Every engine served a throwaway prompt first, so no row carries warm-up.)"]
 
 
-def report(results: list[dict], counters: dict[str, int], nothing: list[dict] | None,
-           alone: list[dict] | None) -> tuple[str, bool]:
-    """(the text, whether every check passed). `counters`: the kvmesh peers'
-    counters summed over the engines, over kvmesh's run only."""
+def report(labels: list[str], results: list[dict], counters: dict[str, int],
+           nothing: list[dict] | None, alone: list[dict] | None) -> tuple[str, bool]:
+    """(the text, whether every check passed). `labels` name the requests;
+    `counters`: the kvmesh peers' counters summed over the engines, over
+    kvmesh's run only."""
     baselines = nothing is not None and alone is not None
     measured = [reuse_rows.Measured(r["served"], r["ttft"],
                                     alone[i]["ttft"] if baselines else None,
@@ -33,7 +34,7 @@ def report(results: list[dict], counters: dict[str, int], nothing: list[dict] | 
     lines += reuse_rows.table(measured) + [""] + totals(counters)
     if not baselines:
         return "\n".join(lines), True
-    checks, ok = check(results, nothing, alone)
+    checks, ok = check(labels, results, nothing, alone)
     return "\n".join(lines + checks + LEGEND), ok
 
 
@@ -47,17 +48,37 @@ def totals(counters: dict[str, int]) -> list[str]:
             f"failed loads (recomputed): {counters['load_failures']}"]
 
 
-def check(results: list[dict], nothing: list[dict], alone: list[dict]) -> tuple[list[str], bool]:
+def check(labels: list[str], results: list[dict], nothing: list[dict],
+          alone: list[dict]) -> tuple[list[str], bool]:
     """Outputs against vLLM alone's, and what each baseline reused."""
     n = len(results)
-    ours = sum(r["output"] == a["output"] for r, a in zip(results, alone))
+    differ = [label for label, r, a in zip(labels, results, alone) if r["output"] != a["output"]]
     salted = sum(r["output"] == a["output"] for r, a in zip(nothing, alone))
     reused = sum(r["served"].vllm_tokens + r["served"].kvmesh_tokens for r in nothing)
-    same = ours == salted == n
+    same = not differ and salted == n
     return [
-        f"outputs identical to vLLM alone: {ours}/{n} with kvmesh, {salted}/{n} with kvmesh "
-        f"and nothing to reuse" + ("" if same else "  <-- MISMATCH"),
+        f"outputs identical to vLLM alone: {n - len(differ)}/{n} with kvmesh, {salted}/{n} "
+        f"with kvmesh and nothing to reuse"
+        + ("" if same else f"  <-- MISMATCH (with kvmesh: {', '.join(differ) or 'none'})"),
         f"tokens reused: {sum(r['served'].vllm_tokens for r in results)} from vLLM's own cache "
         f"with kvmesh, {sum(r['served'].vllm_tokens for r in alone)} by vLLM alone; "
         f"{reused} with nothing to reuse" + ("  <-- NOT A BASELINE" if reused else ""),
     ], same and not reused
+
+
+def per_request(labels: list[str], results: list[dict], nothing: list[dict] | None,
+                alone: list[dict] | None) -> str:
+    """One line per request: its row, cached tokens (vLLM's + kvmesh's of the
+    prompt's), TTFT in each run, and whether its output matched vLLM alone's."""
+    lines = ["", f"{'request':<10}{'whose reuse':<44}{'vLLM+kvmesh/prompt':>20}{'kvmesh on':>11}"
+             + (f"{'alone':>9}{'nothing':>9}  same" if alone and nothing else "")]
+    for i, (label, r) in enumerate(zip(labels, results)):
+        s = r["served"]
+        line = (f"{label:<10}{reuse_rows.row_of(s).split(': ')[-1]:<44}"
+                f"{f'{s.vllm_tokens}+{s.kvmesh_tokens}/{s.prompt_tokens}':>20}"
+                f"{r['ttft'] * 1000:>9,.0f}ms")
+        if alone and nothing:
+            line += (f"{alone[i]['ttft'] * 1000:>7,.0f}ms{nothing[i]['ttft'] * 1000:>7,.0f}ms  "
+                     + ("yes" if r["output"] == alone[i]["output"] else "NO"))
+        lines.append(line)
+    return "\n".join(lines)
