@@ -81,22 +81,30 @@ def start(engines: list[Engine], warm_ups: list[list[int]], max_tokens: int,
 
 
 def run_requests(engines: list[Engine], requests: list[DemoRequest], max_tokens: int,
-                 progress: Progress, kvmesh: bool, salt: str = "") -> list[dict]:
-    """Each request on its engine, in order: {"output", "ttft", "served"}. With
-    `salt`, every request gets a cache salt of its own (nothing to reuse) and
-    no resets; without, each `reset_first` empties that engine's vLLM cache."""
+                 progress: Progress, kvmesh: bool, prompts: list[list[int]] | None = None,
+                 salt: str = "") -> list[dict]:
+    """Each request on its engine, in order: {"prompt", "output", "ttft", "served"}.
+
+    Without `prompts` (the first run) each request's prompt is built as it
+    goes, a chat round's holding the previous round's output, which is kept in
+    the request; the baselines pass the first run's prompts, so that every run
+    sends the very same tokens. With `salt`, every request gets a cache salt of
+    its own (nothing to reuse) and no resets; without, each `reset_first`
+    empties that engine's vLLM prefix cache first."""
     results = []
     for i, req in enumerate(requests):
         engine = engines[req.engine]
         if req.reset_first and not salt:
             engine.call("reset_prefix_cache")
+        prompt = full_prompt(req) if prompts is None else prompts[i]
         before = engine.call("status") if kvmesh else {}
-        output, ttft = engine.call("generate", full_prompt(req), max_tokens,
-                                   f"{salt}-{i}" if salt else "")
+        output, ttft = engine.call("generate", prompt, max_tokens, f"{salt}-{i}" if salt else "")
         reuse = engine.call("reuse")
         after = engine.call("status") if kvmesh else {}
+        if prompts is None:
+            req.output = output  # the next chat round's prompt holds it
         served = reuse_rows.Served.of(reuse, before, after)
-        results.append({"output": output, "ttft": ttft, "served": served})
+        results.append({"prompt": prompt, "output": output, "ttft": ttft, "served": served})
         progress.step(f"{req.label} on {engine.name}"
                       + (f": {reuse_rows.row_of(served).split(': ')[-1]}" if kvmesh and not salt
                          else ""))
@@ -115,11 +123,10 @@ def run_mesh(args, model_dir: Path, requests: list[DemoRequest], warm_ups: list[
         before = _counters(engines)
         results = run_requests(engines, requests, args.max_tokens, progress, kvmesh=True)
         after = _counters(engines)
-        for req, result in zip(requests, results):
-            req.output = result["output"]  # later chat rounds' prompts hold it
         nothing = None
         if not args.no_baseline:
             nothing = run_requests(engines, requests, args.max_tokens, progress, kvmesh=True,
+                                   prompts=[r["prompt"] for r in results],
                                    salt="nothing-to-reuse")
         return results, {k: after[k] - before[k] for k in COUNTERS}, nothing
     finally:
@@ -127,15 +134,16 @@ def run_mesh(args, model_dir: Path, requests: list[DemoRequest], warm_ups: list[
             engine.stop()
 
 
-def run_alone(args, model_dir: Path, requests: list[DemoRequest], warm_ups: list[list[int]],
-              progress: Progress) -> list[dict]:
-    """The same requests on vLLM alone: as many engines, no connector, same routing and resets."""
+def run_alone(args, model_dir: Path, requests: list[DemoRequest], prompts: list[list[int]],
+              warm_ups: list[list[int]], progress: Progress) -> list[dict]:
+    """The same prompts on vLLM alone: as many engines, no connector, same routing and resets."""
     rdir = run_dir()
     engines = [Engine(f"vllm-alone-{i}", str(model_dir), engine_env(i, 0, rdir, False), False,
                       KV_CACHE_BYTES, BLOCK_SIZE, rdir) for i in range(args.engines)]
     try:
         start(engines, warm_ups, args.max_tokens, progress)
-        return run_requests(engines, requests, args.max_tokens, progress, kvmesh=False)
+        return run_requests(engines, requests, args.max_tokens, progress, kvmesh=False,
+                            prompts=prompts)
     finally:
         for engine in engines:
             engine.stop()
@@ -157,7 +165,8 @@ def main(argv: list[str] | None = None) -> int:
     progress = Progress(per_run + (0 if args.no_baseline else len(requests) + per_run))
     progress.show("starting engines")
     results, counters, nothing = run_mesh(args, model_dir, requests, warm_ups, progress)
-    alone = None if args.no_baseline else run_alone(args, model_dir, requests, warm_ups, progress)
+    alone = None if args.no_baseline else run_alone(
+        args, model_dir, requests, [r["prompt"] for r in results], warm_ups, progress)
     progress.close()
     labels = [req.label for req in requests]
     text, ok = report(labels, results, counters, nothing, alone)
