@@ -10,7 +10,8 @@
    engine, again there, again after its vLLM prefix cache was reset, then on
    the other engines) and a multi-round chat, spread across the engines. Each
    request is filed by whose reuse served it (see `reuse_rows`): vLLM's own
-   prefix cache, kvmesh's local store, a peer's KV through kvmesh, or none.
+   prefix cache, kvmesh's local store, a peer's KV through kvmesh, vLLM's
+   cache and then kvmesh, or none.
 4. Baselines for the very same requests: kvmesh on with nothing to reuse
    (the same engines, each request under a cache salt of its own), and vLLM
    alone (N engines without a connector, the same routing and resets, warmed
@@ -24,9 +25,9 @@ import sys
 from pathlib import Path
 
 from kvmesh.demo import reuse_rows
-from kvmesh.demo.report import per_request, report
 from kvmesh.demo.engines import Engine, engine_env, free_port, run_dir
 from kvmesh.demo.progress import Progress
+from kvmesh.demo.report import per_request, report
 from kvmesh.demo.workload import DemoRequest, chat, doc_qa, full_prompt, warm_up_prompts
 
 BLOCK_SIZE = 32
