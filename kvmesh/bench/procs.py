@@ -150,11 +150,13 @@ def wait_for_members(peers: Sequence[PeerProcess], count: int, timeout: float = 
     raise TimeoutError(f"mesh did not converge to {count} members")
 
 
-def start_peers(n: int, env: dict[str, str], slot_bytes: int) -> list[BenchPeer]:
+def start_peers(n: int, env: dict[str, str], slot_bytes: int,
+                per_peer_env: Mapping[int, Mapping[str, str]] | None = None) -> list[BenchPeer]:
     """A joined mesh of `n` benchmark peers on this host (no control API),
-    with `env` over this process's environment; stopped again if it does
-    not converge within 30 s (TimeoutError)."""
-    peers = start_mesh(n, {**os.environ, "KVMESH_CONTROL": "0", **env}, slot_bytes, peer_type=BenchPeer)
+    with `env` over this process's environment (then `per_peer_env[i]` for
+    peer i); stopped again if it does not converge within 30 s (TimeoutError)."""
+    peers = start_mesh(n, {**os.environ, "KVMESH_CONTROL": "0", **env}, slot_bytes,
+                       per_peer_env=per_peer_env, peer_type=BenchPeer)
     try:
         wait_for_members(peers, n, timeout=30)
     except BaseException:

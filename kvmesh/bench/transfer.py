@@ -96,12 +96,22 @@ class CopyBaselines:
         return self.total / statistics.median(self.verified_s[chunk]) / 1e9
 
 
-def measure(transport: str, total: int, chunk: int, reps: int, base: CopyBaselines) -> float:
-    """Median GB/s of `reps` pulls; samples the copy baselines between them."""
+# A holder's pool holds many requests' KV; one pull takes a quarter of it here.
+# A pull larger than half the holder's pool goes in rounds: one peer may pin at
+# most half of a holder's slots at once (kvmesh.transfer.pin_budget, SECURITY.md).
+# `--holder-pool-x 1` measures that case.
+HOLDER_POOL_X = 4.0
+
+
+def measure(transport: str, total: int, chunk: int, reps: int, base: CopyBaselines,
+            holder_pool_x: float = HOLDER_POOL_X) -> float:
+    """Median GB/s of `reps` pulls; samples the copy baselines between them.
+    The holder's CPU pool is `holder_pool_x` times the pull (see HOLDER_POOL_X)."""
     chunks = total // chunk
     env = {"KVMESH_TRANSPORT": transport, "KVMESH_CHUNK_TOKENS": "16",
            "KVMESH_CPU_BYTES": str(total + 4 * chunk), "KVMESH_TIMEOUT_S": "10"}
-    holder, puller = start_peers(2, env, chunk)
+    holder_pool = {"KVMESH_CPU_BYTES": str(int(holder_pool_x * total) + 4 * chunk)}
+    holder, puller = start_peers(2, env, chunk, per_peer_env={0: holder_pool})
     try:
         holder.send("fill", seed=1, chunks=chunks)
         puller.send("load", seed=1, chunks=chunks, verify=False, timeout=120)  # warm
@@ -128,6 +138,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--socket-chunk-mib", type=float, default=2.0,
                         help="chunk size for the tcp/ucx paths")
     parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--holder-pool-x", type=float, default=HOLDER_POOL_X,
+                        help="the holder's CPU pool as a multiple of the pull (1: the pull fills "
+                             "it, and goes in rounds under the per-peer pin share)")
     parser.add_argument("--transports", default="shm,tcp" + (",ucx" if ucx.available() else ""))
     parser.add_argument("--no-tls", action="store_true",
                         help="skip the TcpStream/TlsStream rows")
@@ -141,7 +154,8 @@ def main(argv: list[str] | None = None) -> int:
         sizes = args.chunk_mib if transport == "shm" else [args.socket_chunk_mib]
         for mib in sizes:
             chunk = int(mib * (1 << 20))
-            runs.append((transport, chunk, measure(transport, total, chunk, args.reps, base)))
+            runs.append((transport, chunk, measure(transport, total, chunk, args.reps, base,
+                                                       args.holder_pool_x)))
     lmcache, lmcache_note = _lmcache(args, total, base)
     streams, tls_note = _tls_rounds(args, total, base)
     memcpy = base.memcpy_gbps()
@@ -177,6 +191,8 @@ def main(argv: list[str] | None = None) -> int:
                   rate / base.verified_gbps(chunk), rate / raw)
     table.note(lmcache_note)
     table.note(tls_note)
+    table.note(f"the holder's CPU pool is {args.holder_pool_x:g}x the pull; a pull over half "
+               "of it goes in rounds (the per-peer pin share)")
     table.note(f"{args.mib} MiB per pull, median of {args.reps} pulls; baselines median of "
                f"{len(base.memcpy_s)} samples taken between the pulls; kvmesh.native: {native.ISA}")
     table.note("memcpy in one call of the whole size streams past the cache (glibc switches to "

@@ -20,6 +20,11 @@ that is missing, whose holder died, that timed out or failed its checksum is
 reported as not loaded (False / None), and SGLang recomputes it. With
 `KVMESH_ENABLE` unset the backend starts no peer: every page misses and
 nothing is stored.
+
+Codecs: SGLang's host pages are kept exact. A lossy KVMESH_CODEC_* setting is
+refused when the backend is built: the pages are in SGLang's host layouts,
+which the codecs cannot read, so they could be neither encoded nor decoded. A
+page that arrives encoded all the same (odd length) is a miss.
 """
 
 from __future__ import annotations
@@ -33,7 +38,8 @@ from typing import Any, Callable, List, Optional
 import torch
 from sglang.srt.mem_cache.hicache_storage import HiCacheStorage, HiCacheStorageConfig
 
-from kvmesh.config import KvmeshConfig
+from kvmesh.codecs import is_encoded
+from kvmesh.config import CODEC_VARIABLES, CodecConfig, KvmeshConfig
 from kvmesh.connectors.sglang.metrics import BackendMetrics
 from kvmesh.connectors.sglang.namespace import build_namespace
 from kvmesh.connectors.sglang.page_keys import PageKeyMap
@@ -63,6 +69,8 @@ class KvmeshHiCacheStorage(HiCacheStorage):
         self._chunk_keys: PageKeyMap | None = None
         if not self._config.enabled:
             logger.info("kvmesh: KVMESH_ENABLE is off; HiCache storage reports misses only")
+        else:
+            refuse_lossy_codecs(self._config.codecs)
 
     @property
     def peer(self) -> MeshPeer | None:
@@ -184,6 +192,11 @@ class KvmeshHiCacheStorage(HiCacheStorage):
         for result in drain(peer.start_load(self._chunk_keys(keys)), self._timeout_s):
             if result.data is None:
                 continue
+            if is_encoded(result.data.numel()):
+                logger.warning("kvmesh: page %s arrived encoded (%d bytes); SGLang pages are "
+                               "kept raw, so it is a miss", keys[result.index],
+                               result.data.numel())
+                continue
             try:
                 copy(result.index, result.data)
                 loaded[result.index] = True
@@ -226,3 +239,14 @@ class KvmeshHiCacheStorage(HiCacheStorage):
             raise
         peer.commit_save(ticket, ok=True)
         return True
+
+
+def refuse_lossy_codecs(codecs: CodecConfig) -> None:
+    """ConfigError naming every KVMESH_CODEC_* setting that names a lossy codec."""
+    if not codecs.lossy:
+        return
+    named = [f"{var}={getattr(codecs, place)}" for place, var in CODEC_VARIABLES.items()
+             if getattr(codecs, place) == codecs.lossy]
+    raise ConfigError(f"{', '.join(named)}: kvmesh keeps SGLang pages exact (the codecs cannot "
+                      "read SGLang's host page layouts, so lossy pages could not be decoded); "
+                      "unset it for SGLang engines")

@@ -45,6 +45,7 @@ if TYPE_CHECKING:
     from vllm.v1.attention.backend import AttentionMetadata
     from vllm.v1.core.kv_cache_manager import KVCacheBlocks
     from vllm.v1.core.sched.output import SchedulerOutput
+    from vllm.v1.outputs import KVConnectorOutput
     from vllm.v1.kv_cache_interface import KVCacheConfig
     from vllm.v1.request import Request
 
@@ -165,6 +166,12 @@ class KVMeshConnector(KVConnectorBase_V1):
             return KVMeshMetadata()
         plan = self._scheduler.build_connector_meta(scheduler_output)
         return KVMeshMetadata(plan.requests, plan.preempted_req_ids, plan.idle)
+
+    @timed
+    def update_connector_output(self, connector_output: "KVConnectorOutput") -> None:
+        if self._scheduler is not None and connector_output.finished_recving:
+            self._scheduler.loads_finished(set(connector_output.finished_recving),
+                                           set(connector_output.invalid_block_ids or ()))
 
     @timed
     def request_finished(self, request: "Request",

@@ -20,7 +20,7 @@ from time import perf_counter_ns
 # Hooks on the step path, by the side that calls them; register_kv_caches and
 # shutdown run once per engine and are not timed.
 SCHEDULER_HOOKS = ("get_num_new_matched_tokens", "update_state_after_alloc",
-                   "build_connector_meta", "request_finished")
+                   "build_connector_meta", "update_connector_output", "request_finished")
 WORKER_HOOKS = ("handle_preemptions", "start_load_kv", "wait_for_layer_load", "save_kv_layer",
                 "wait_for_save", "get_finished", "get_block_ids_with_load_errors")
 HOOKS = SCHEDULER_HOOKS + WORKER_HOOKS

@@ -12,10 +12,16 @@ Hooks, in vLLM's order within one step:
     update_state_after_alloc    once or twice per admission; queues the load
     build_connector_meta        exactly once per step; drains the queued loads
                                 and plans saves for newly completed chunks
+    loads_finished              once per step (vLLM's update_connector_output):
+                                notes requests whose load failed
     request_finished            exactly once per request, before its blocks
                                 are freed
 Policy: only prompt chunks are cached (generated tokens are not), and a chunk
 is saved at most once per request, after every one of its tokens is computed.
+A request whose load failed is not loaded from the mesh again: when every
+loaded block failed, vLLM asks the connector again as for a new request, and
+a chunk that fails the same way each time (a corrupt envelope, one too long
+for our slots) would be pulled again and again instead of recomputed.
 A prompt's last, partial chunk is cached too, cut down to whole blocks (its
 "tail", a shorter chunk keyed like any other): without it an 8,160-token
 prompt in chunks of 256 recomputes 224 tokens on every hit, with it one.
@@ -66,6 +72,9 @@ class _RequestState:
     mesh_chunks: tuple[int, int] = (0, 0)
     # First chunk not yet considered for saving.
     next_save: int = 0
+    # Live blocks of the load in flight, and whether a load of this request failed.
+    load_blocks: set[int] = field(default_factory=set)
+    load_failed: bool = False
     # True once any save was planned: the worker then reports this request in
     # finished_sending, and its blocks must outlive request_finished until then.
     had_saves: bool = False
@@ -109,7 +118,7 @@ class MeshScheduler:
         state = self._state_for(request)
         first = num_computed_tokens // self._chunk_tokens
         state.local_tokens = num_computed_tokens
-        if self._lookup is None or first >= len(state.keys):
+        if self._lookup is None or state.load_failed or first >= len(state.keys):
             return 0, False
         if self._clock() < state.next_lookup:
             return None, False
@@ -132,10 +141,10 @@ class MeshScheduler:
         start = state.local_tokens
         end = start + num_external_tokens
         first, stop = start // self._chunk_tokens, -(-end // self._chunk_tokens)
-        self._pending_loads[request.request_id] = [
-            self._load_spec(state, i, block_ids, start, end) for i in range(first, stop)
-        ]
+        loads = [self._load_spec(state, i, block_ids, start, end) for i in range(first, stop)]
+        self._pending_loads[request.request_id] = loads
         state.mesh_chunks = (first, stop)
+        state.load_blocks = {b for spec in loads for b in spec.live_block_ids()}
 
     def build_connector_meta(self, scheduler_output: "SchedulerOutput") -> StepPlan:
         """This step's plans: queued loads, and saves of chunks completed by this step."""
@@ -149,6 +158,20 @@ class MeshScheduler:
         preempted = sorted(scheduler_output.preempted_req_ids or ())
         idle = scheduler_output.total_num_scheduled_tokens == 0
         return StepPlan(requests=list(plans.values()), preempted_req_ids=preempted, idle=idle)
+
+    def loads_finished(self, req_ids: set[str], invalid_block_ids: set[int]) -> None:
+        """The worker's report of one step: requests whose loads ended, and
+        the blocks that failed to load. A request whose load lost any block
+        is marked, so that it is never loaded from the mesh again."""
+        for req_id in req_ids:
+            state = self._requests.get(req_id)
+            if state is None:
+                continue
+            if state.load_blocks & invalid_block_ids:
+                state.load_failed = True
+                logger.info("kvmesh: request %s failed to load from the mesh; it is recomputed "
+                            "and not loaded again", req_id)
+            state.load_blocks = set()
 
     def request_finished(self, request: "Request",
                          block_ids: list[int]) -> tuple[bool, dict[str, Any] | None]:

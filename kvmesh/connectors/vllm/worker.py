@@ -40,6 +40,7 @@ from kvmesh.config import KvmeshConfig
 from kvmesh.connectors.vllm import peer_factory
 from kvmesh.connectors.vllm.metadata import ChunkSpec, StepPlan
 from kvmesh.connectors.vllm.namespace import layout_tag
+from kvmesh.connectors.vllm.slot_codec import SlotCodec
 from kvmesh.errors import ConfigError, KvmeshError
 from kvmesh.hashring.keys import KeyNamespace
 from kvmesh.kernels.layouts import detect_layout
@@ -88,7 +89,7 @@ class MeshWorker:
         self._load_deadline_s = LOAD_DEADLINE_TIMEOUTS * config.transfer.timeout_s
         self._peer: PeerApi | None = None
         self._paged: PagedKV | None = None
-        self._chunk_bytes = 0
+        self._slots: SlotCodec | None = None
         self._load_pool = ThreadPoolExecutor(LOAD_THREADS, thread_name_prefix="kvmesh-load")
         self._save_pool = ThreadPoolExecutor(1, thread_name_prefix="kvmesh-save")
         self._loads: dict[str, _Load] = {}
@@ -112,12 +113,13 @@ class MeshWorker:
             raise ConfigError(f"kvmesh: the KV cache has layout {layout.name!r} but keys "
                               f"are hashed for {namespace.kv_layout!r}")
         self._paged = PagedKV(layers, layout)
-        self._chunk_bytes = self._paged.chunk_bytes(self._blocks_per_chunk)
-        self._peer = peer_factory.open_peer(self._config, namespace, self._chunk_bytes,
-                                            self._engine_id)
-        if self._peer.slot_bytes < self._chunk_bytes:
+        self._slots = SlotCodec(namespace, self._paged.chunk_bytes, self._blocks_per_chunk,
+                                self._config.codecs.cpu)
+        slot_bytes = self._slots.slot_bytes  # a full chunk, raw or as its longest envelope
+        self._peer = peer_factory.open_peer(self._config, namespace, slot_bytes, self._engine_id)
+        if self._peer.slot_bytes < slot_bytes:
             raise ConfigError(f"kvmesh: peer slots of {self._peer.slot_bytes} bytes cannot "
-                              f"hold a {self._chunk_bytes}-byte chunk")
+                              f"hold a {slot_bytes}-byte chunk")
 
     def handle_preemptions(self, metadata: StepPlan) -> None:
         """Before vLLM reuses preempted requests' blocks: let their saves finish reading."""
@@ -230,10 +232,11 @@ class MeshWorker:
     def _scatter_or_miss(self, data: torch.Tensor | memoryview, specs: list[ChunkSpec],
                          index: int) -> bool:
         """Scatter chunk `index` from a landed slot's tensor or a holder's
-        read-only bytes; False (logged) when it cannot be: a miss."""
+        read-only bytes, decoded first if it is an envelope; False (logged)
+        when it cannot be: a miss."""
         try:
-            self._scatter(data if isinstance(data, torch.Tensor) else readonly_bytes(data),
-                          specs[index])
+            chunk = data if isinstance(data, torch.Tensor) else readonly_bytes(data)
+            self._scatter(self._slots.raw_chunk(chunk), specs[index])
             return True
         except KvmeshError as exc:
             logger.warning("kvmesh: chunk %d could not be scattered: %s", index, exc)
@@ -253,7 +256,8 @@ class MeshWorker:
     # -- saves ----------------------------------------------------------------
 
     def _save(self, specs: list[ChunkSpec]) -> None:
-        """Gather each chunk into a fresh slot and commit it; a None ticket is skipped."""
+        """Gather each chunk into a fresh slot (encoded, with a CPU codec) and
+        commit it; a None ticket is skipped."""
         for spec in specs:
             try:
                 ticket = self._peer.prepare_save(spec.key)
@@ -262,12 +266,14 @@ class MeshWorker:
                 continue
             if ticket is None:
                 continue
-            ok, length = False, self._paged.chunk_bytes(len(spec.block_ids))
+            ok, length = False, 0
             try:
-                self._paged.gather(spec.block_ids, ticket.data[:length])
+                length = self._slots.save_into(
+                    ticket.data, len(spec.block_ids),
+                    lambda out, ids=spec.block_ids: self._paged.gather(ids, out))
                 ok = True
-            except KvmeshError as exc:
-                logger.warning("kvmesh: chunk could not be gathered: %s", exc)
+            except KvmeshError as exc:  # a bad block id, or KV the codec refuses (inf/NaN)
+                logger.warning("kvmesh: chunk not saved: %s", exc)
             finally:
                 self._peer.commit_save(ticket, ok, length)
 

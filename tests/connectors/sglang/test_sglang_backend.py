@@ -253,3 +253,26 @@ def test_the_peer_is_opened_for_the_scheduler_rank_even_when_the_namespace_is_ra
     backend = KvmeshHiCacheStorage(storage, {}, config=ON, open_peer=opener)
     backend.register_mem_pool_host(sp.host_pool("page_first"))
     assert opened == [(0 if mla else 1, 1)]  # MLA KV is keyed as rank 0 on every rank
+
+
+@pytest.mark.parametrize("variable", ["KVMESH_CODEC_CPU", "KVMESH_CODEC_DISK", "KVMESH_CODEC_WIRE"])
+def test_a_lossy_codec_setting_is_refused_when_the_backend_is_built(variable):
+    config = KvmeshConfig.from_env({"KVMESH_ENABLE": "1", variable: "fp8"})
+    peers = []
+    with pytest.raises(ConfigError, match=f"{variable}=fp8: kvmesh keeps SGLang pages exact"):
+        KvmeshHiCacheStorage(sp.storage_config(), {}, config=config, open_peer=fake_opener(peers))
+    assert peers == []
+    off = KvmeshConfig.from_env({variable: "fp8"})  # disabled: nothing to refuse
+    KvmeshHiCacheStorage(sp.storage_config(), {}, config=off, open_peer=fake_opener(peers))
+
+
+def test_a_page_that_arrives_encoded_is_a_miss():
+    backend, pool = make()
+    saved_pages(backend, pool, seed=7)
+    key = bytes(backend._chunk_keys([KEYS[1]])[0])
+    backend.peer.chunks[key] = backend.peer.chunks[key][:-1].clone()  # odd length: an envelope
+    dest = pages_at(pool)
+    assert backend.batch_get_v1(KEYS, dest) == [True, False, True, True, True, True]
+    assert sp.pages_equal(pool, dest, 7, len(KEYS)) == [True, False, True, True, True, True]
+    assert backend.batch_get([KEYS[1]]) == [None]
+    assert backend.peer.pins == 0

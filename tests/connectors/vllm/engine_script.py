@@ -5,13 +5,17 @@
 SPEC: model_dir, prompts (token id lists), max_tokens, kvmesh (bool), role,
 prefix_caching, mp (scheduler and worker in separate processes), tp (tensor
 parallel size: a worker process per rank, each with its own peer), corrupt
-(test build: flip every loaded chunk after its checksum was verified), linger
+(test build: flip every loaded chunk after its checksum was verified; "envelope":
+flip the first byte of each loaded envelope, an odd-length chunk, only from
+round `corrupt_from_round` on), rounds (generate the prompts this many times;
+each round's results are reported), linger
 (keep the engine and its peer alive until stdin closes), wait_for_go (print a
 ready line once the engine is up, then wait for a line on stdin before
 generating; the line comes once the peer's directory holds entries, i.e.
 what the mesh's other engines advertised to it). Prints one JSON line
-with each prompt's tokens, logprobs and cached tokens, plus the peer's
-counters and each rank's peer id, members and counters; a lingering engine then waits for stdin to close.
+with each prompt's tokens, logprobs and cached tokens (the last round's, and
+every round's), plus the peer's counters and store stats and each rank's peer
+id, members and counters; a lingering engine then waits for stdin to close.
 """
 
 from __future__ import annotations
@@ -25,8 +29,26 @@ import numpy as np
 MARK = "@@kvmesh-test@@ "  # vLLM logs to stdout too; our lines carry this mark
 
 
-def install_corrupting_peer() -> None:
+CORRUPTING = {"on": True}  # switched on at `corrupt_from_round` in "envelope" mode
+
+
+def flipped_bytes(data: np.ndarray, mode: str) -> np.ndarray | None:
+    """The corrupted copy of a loaded chunk, or None to leave it alone."""
+    if not CORRUPTING["on"]:
+        return None
+    if mode == "envelope":  # the envelope's magic: every decoder must refuse it
+        if data.size % 2 == 0:
+            return None
+        out = data.copy()
+        out[0] ^= 0xFF
+        return out
+    return data ^ 0x55
+
+
+def install_corrupting_peer(mode: str) -> None:
     """Wrap the real embedded peer so loaded chunks are flipped after verification."""
+    import torch
+
     from kvmesh.connectors.vllm import peer_factory
     from kvmesh.peers.embedded import open_peer, open_lookup_client
 
@@ -40,15 +62,18 @@ def install_corrupting_peer() -> None:
 
         def start_load(self, keys, reader=None):
             def flipped(index, data):  # a same-host holder's chunk, read in place
-                return reader(index, memoryview(np.frombuffer(data, np.uint8) ^ 0x55))
+                bad = flipped_bytes(np.frombuffer(data, np.uint8), mode)
+                return reader(index, data if bad is None else memoryview(bad))
 
             job = self._inner.start_load(keys, flipped if reader is not None else None)
             inner_results = job.results
 
             def results(timeout_s):
                 for result in inner_results(timeout_s):
-                    if result.data is not None:
-                        result.data.view(-1)[:] = result.data.view(-1) ^ 0x55
+                    if result.data is not None:  # in the store's own slot
+                        bad = flipped_bytes(result.data.view(-1).numpy(), mode)
+                        if bad is not None:
+                            result.data.view(-1)[:] = torch.from_numpy(bad)
                     yield result
 
             job.results = results
@@ -62,7 +87,8 @@ def main() -> None:
     spec = json.loads(sys.argv[1])
     os.environ["KVMESH_ENABLE"] = "1" if spec.get("kvmesh") else "0"
     if spec.get("corrupt"):
-        install_corrupting_peer()
+        install_corrupting_peer("envelope" if spec["corrupt"] == "envelope" else "all")
+        CORRUPTING["on"] = spec.get("corrupt_from_round", 0) == 0
     from vllm import LLM, SamplingParams
     from vllm.config import KVTransferConfig
 
@@ -79,17 +105,25 @@ def main() -> None:
         print(MARK + json.dumps({"ready": True}), flush=True)
         sys.stdin.readline()
     params = SamplingParams(temperature=0.0, max_tokens=spec.get("max_tokens", 8), logprobs=1)
-    outs = llm.generate([{"prompt_token_ids": p} for p in spec["prompts"]], params, use_tqdm=False)
-    results = []
-    for out in outs:
-        comp = out.outputs[0]
-        results.append({"tokens": list(comp.token_ids), "cached": out.num_cached_tokens,
-                        "logprobs": [lp[t].logprob for t, lp in zip(comp.token_ids, comp.logprobs)]})
-    print(MARK + json.dumps({"results": results, "peer": peer_counters(spec),
+    rounds = []
+    for number in range(spec.get("rounds", 1)):
+        if spec.get("corrupt") and number == spec.get("corrupt_from_round", 0):
+            CORRUPTING["on"] = True
+        outs = llm.generate([{"prompt_token_ids": p} for p in spec["prompts"]], params,
+                            use_tqdm=False)
+        rounds.append([summarize(out) for out in outs])
+    print(MARK + json.dumps({"results": rounds[-1], "rounds": rounds, "peer": peer_counters(spec),
+                             "store": peer_status(spec).get("store", {}),
                              "ranks": rank_statuses(spec)}), flush=True)
     if spec.get("linger"):
         sys.stdin.read()
     llm.llm_engine.engine_core.shutdown()
+
+
+def summarize(out) -> dict:
+    comp = out.outputs[0]
+    return {"tokens": list(comp.token_ids), "cached": out.num_cached_tokens,
+            "logprobs": [lp[t].logprob for t, lp in zip(comp.token_ids, comp.logprobs)]}
 
 
 def peer_status(spec: dict) -> dict:

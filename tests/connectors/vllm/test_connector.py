@@ -14,7 +14,7 @@ import torch
 pytest.importorskip("vllm")
 
 from vllm.distributed.kv_transfer.kv_connector.v1.base import KVConnectorRole  # noqa: E402
-from vllm_fakes import fake_request, new_req, sched_output  # noqa: E402
+from vllm_fakes import fake_blocks, fake_request, new_req, sched_output  # noqa: E402
 
 from kvmesh.config import CodecConfig, KvmeshConfig  # noqa: E402
 from kvmesh.connectors.vllm import peer_factory  # noqa: E402
@@ -146,6 +146,18 @@ def test_kv_both_loads_saves_and_recomputes_failed_loads(lookups):
     assert matched == (192, True) and finished == (True, None)
     assert cfg.kv_transfer_config.kv_load_failure_policy == "recompute"
     assert lookups.opened == [("e1", build_namespace(cfg, 64))]
+
+
+def test_a_failed_load_reported_by_vllm_ends_the_requests_mesh_loads(lookups):
+    c = KVMeshConnector(vllm_config("kv_both"), KVConnectorRole.SCHEDULER, None, config=ENABLED)
+    req = fake_request("r", PROMPT)
+    matched, _ = c.get_num_new_matched_tokens(req, 0)
+    c.update_state_after_alloc(req, fake_blocks(list(range(1, 8))), matched)
+    c.build_connector_meta(sched_output())
+    c.update_connector_output(SimpleNamespace(finished_recving=set(), invalid_block_ids={1}))
+    assert c.get_num_new_matched_tokens(req, 0) == (192, True)  # not finished yet: no verdict
+    c.update_connector_output(SimpleNamespace(finished_recving={"r"}, invalid_block_ids={1}))
+    assert c.get_num_new_matched_tokens(req, 0) == (0, False)
 
 
 def test_kv_producer_never_looks_up(lookups):

@@ -103,6 +103,39 @@ def test_a_failed_lookup_is_a_miss():
     assert s.get_num_new_matched_tokens(fake_request("r", PROMPT), 0) == (0, False)
 
 
+def admit_and_load(s, req, block_ids):
+    """Match, allocate and plan a request's load; its live block ids."""
+    matched, _ = s.get_num_new_matched_tokens(req, 0)
+    s.update_state_after_alloc(req, fake_blocks(block_ids), matched)
+    (plan,) = s.build_connector_meta(sched_output()).requests
+    return {b for spec in plan.loads for b in spec.live_block_ids()}
+
+
+def test_a_request_whose_load_failed_is_not_loaded_again():
+    """vLLM asks again, as for a new request, once every loaded block failed:
+    the same chunk would fail again, so the answer is a miss, and recompute."""
+    s = make(peer_holding(3))
+    req = fake_request("r", PROMPT)
+    loaded = admit_and_load(s, req, [10, 11, 12, 13, 14, 15, 16])
+    assert loaded == {10, 11, 12, 13, 14, 15}
+    s.loads_finished({"r"}, {10, 11, 12, 13, 14, 15})
+    assert s.get_num_new_matched_tokens(req, 0) == (0, False)
+    assert s.get_num_new_matched_tokens(fake_request("other", PROMPT), 0) == (3 * CHUNK, True)
+
+
+def test_a_load_that_succeeded_or_failed_elsewhere_keeps_the_request_loading():
+    s = make(peer_holding(3))
+    req = fake_request("r", PROMPT)
+    admit_and_load(s, req, [10, 11, 12, 13, 14, 15, 16])
+    s.loads_finished({"r"}, {40, 41})  # another request's blocks
+    s.loads_finished({"gone"}, {10})  # a request this scheduler no longer tracks
+    # Preempted after a good load: vLLM asks again, and the mesh may serve it again.
+    assert s.get_num_new_matched_tokens(req, 0) == (3 * CHUNK, True)
+    # The load's blocks were forgotten when it ended: a later report of them is not this load's.
+    s.loads_finished({"r"}, {10})
+    assert s.get_num_new_matched_tokens(req, 0) == (3 * CHUNK, True)
+
+
 def test_producer_role_never_matches():
     s = make(None)
     assert s.get_num_new_matched_tokens(fake_request("r", PROMPT), 0) == (0, False)
