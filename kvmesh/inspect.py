@@ -5,7 +5,8 @@
 URL is any peer's control API. Asks it for GET /status?scope=mesh (every
 member's status), falling back to that peer's own /status, and prints a table
 of members (SWIM state and incarnation, ring share, chunks and bytes per
-tier, hit rate, pulls in flight, transports) and the mesh's recent failures;
+tier, hit rate, pulls in flight, transports), the bytes codecs saved (on
+disk, on the wire, by /compress) and the mesh's recent failures;
 members that died or left stay listed while any peer still holds them.
 `--json` prints the raw reply;
 `--watch N` redraws every N seconds until Ctrl-C. The secret comes from
@@ -37,6 +38,7 @@ MAX_FAILURES_SHOWN = 20
 MEMBER_HEADERS = ("PEER", "STATE", "INC", "RING", "CHUNKS cpu/disk", "CPU used/cap", "DISK used/cap",
                   "HIT RATE", "PULLS", "TRANSPORTS")
 FAILURE_HEADERS = ("TIME", "PEER", "FAILURE")
+CODEC_HEADERS = ("PEER", "CODEC", "DISK SAVED", "WIRE SAVED", "COMPRESS SAVED")
 STATE_RANK = {"alive": 0, "suspect": 1, "dead": 2, "left": 3}  # SWIM's precedence at one incarnation
 
 
@@ -153,7 +155,10 @@ def render(doc: dict[str, Any]) -> str:
     peers = mesh_view(doc)
     members = member_rows(peers)
     failures = failure_rows(peers)
+    savings = codec_rows(peers)
     lines = [summary_line(peers), "", format_table(MEMBER_HEADERS, members)]
+    if savings:
+        lines += ["", "Bytes saved by codecs", format_table(CODEC_HEADERS, savings)]
     if failures:
         lines += ["", "Recent failures", format_table(FAILURE_HEADERS, failures)]
     return "\n".join(lines)
@@ -209,6 +214,24 @@ def member_state(peer: str, peers: dict[str, dict[str, Any]]) -> tuple[str, str]
     agree = sum(1 for c in claims if c.get("state") == state)
     shown = state if agree == len(claims) else f"{state} ({agree}/{len(claims)})"
     return shown, str(best.get("incarnation", "?"))
+
+
+def codec_rows(peers: dict[str, dict[str, Any]]) -> list[list[str]]:
+    """One row per peer and codec that saved bytes: on disk, on the wire, by /compress."""
+    rows = []
+    for peer, status in sorted(peers.items()):
+        saved = status.get("codec_bytes_saved")
+        if not isinstance(saved, dict):
+            continue
+        for codec, places in sorted(saved.items()):
+            if isinstance(places, dict):
+                rows.append([peer, str(codec), *(human_bytes(_count(places.get(where)))
+                                                 for where in ("disk", "wire", "compress"))])
+    return rows
+
+
+def _count(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
 def failure_rows(peers: dict[str, dict[str, Any]],

@@ -133,6 +133,19 @@ def test_render_single_peer_status_without_failures():
     assert "Recent failures" not in text and A in text
 
 
+def test_render_codec_savings_per_peer_and_codec():
+    saved = {"fp8": {"disk": 3 << 20, "wire": 1536, "compress": 0},
+             "zstd": {"disk": 0, "wire": 2 << 30, "compress": "junk"}}
+    doc = {"peers": {A: status(A, codec_bytes_saved=saved), B: status(B), C: {"error": "timed out"}}}
+    assert mi.codec_rows(mi.mesh_view(doc)) == [[A, "fp8", "3.0 MiB", "1.5 KiB", "0 B"],
+                                                [A, "zstd", "0 B", "2.0 GiB", "0 B"]]
+    lines = mi.render(doc).splitlines()
+    at = lines.index("Bytes saved by codecs")
+    assert lines[at + 1].split() == ["PEER", "CODEC", "DISK", "SAVED", "WIRE", "SAVED", "COMPRESS", "SAVED"]
+    assert lines[at + 2].split() == [A, "fp8", "3.0", "MiB", "1.5", "KiB", "0", "B"]
+    assert "Bytes saved by codecs" not in mi.render(status(A, codec_bytes_saved={}))
+
+
 # ---- I/O: main against a stub control API -----------------------------------------------------
 
 class Stub(BaseHTTPRequestHandler):

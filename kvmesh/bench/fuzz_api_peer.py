@@ -17,6 +17,7 @@ from kvmesh.config import KvmeshConfig, MeshConfig, StoreConfig
 from kvmesh.directory.shard import Directory
 from kvmesh.hashring.keys import ChunkHasher, KeyNamespace
 from kvmesh.membership.swim import Swim
+from kvmesh.peers.codec_settings import PeerCodecs
 from kvmesh.peers.stats import PeerStats
 from kvmesh.peers.status import PeerStatus
 from kvmesh.store.chunk_store import ChunkStore
@@ -57,11 +58,15 @@ def quiet_membership(peer_id: str, others: list[str]) -> Swim:
 class StorePeer:
     """The peer surface `control_api.build_app` uses; see the module docstring."""
 
-    def __init__(self, peer_id: str, config: KvmeshConfig, namespace: str = "fuzz") -> None:
+    def __init__(self, peer_id: str, config: KvmeshConfig, namespace: str | KeyNamespace = "fuzz",
+                 slot_bytes: int = SLOT_BYTES) -> None:
         self.peer_id = PeerId(peer_id)
         self.config = config
-        self.hasher = ChunkHasher(KeyNamespace("m", "fp16", 1, 1, 8, CHUNK_TOKENS, namespace))
-        self.store = ChunkStore(config.store, SLOT_BYTES, shared=False)
+        if isinstance(namespace, str):  # a layout name no codec reads: opaque chunks
+            namespace = KeyNamespace("m", "fp16", 1, 1, 8, CHUNK_TOKENS, namespace)
+        self.hasher = ChunkHasher(namespace)
+        self.codecs = PeerCodecs.build(config.codecs, namespace)
+        self.store = ChunkStore(config.store, slot_bytes, shared=False, disk_codec=self.codecs.disk)
         self.stats = PeerStats()
         self.membership = quiet_membership(self.peer_id, [OTHER])
         self.directory = Directory()
@@ -103,6 +108,10 @@ class StorePeer:
 
     async def push(self, keys, target: str) -> int:
         return len(keys)
+
+    async def compress(self, keys, codec: str) -> list:
+        encoder = self.codecs.recoder(codec)
+        return [self.store.recode(k, encoder) for k in keys]
 
     def members(self):
         return self.membership.members

@@ -23,7 +23,7 @@ from kvmesh.peers.control_schema import MAX_BODY_BYTES, MAX_KEYS
 
 ROUTES = ("/health", "/status", "/status?scope=mesh", "/status?scope=local", "/status?scope=x",
           "/status?scope=mesh&scope=local", "/status?x=1", "/metrics", "/lookup", "/pin", "/unpin",
-          "/clear", "/move", "/", "/clear/", "/CLEAR", "/clear//", "/clear?all=1", "/%2e%2e/status",
+          "/clear", "/move", "/compress", "/compress?scope=mesh", "/", "/clear/", "/CLEAR", "/clear//", "/clear?all=1", "/%2e%2e/status",
           "/status%00", "/health/../status", "//health", "/" + "a" * 5000, "/pin?keys=1")
 METHODS = ("GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "TRACE", "PROPFIND",
            "PURGE", "SEARCH", "REPORT", "CONNECT")
@@ -91,6 +91,7 @@ def valid_body(rng: random.Random, keys: list[str]) -> tuple[str, dict]:
         ("/move", {"keys": some, "peer": "127.0.0.1:7002", "keep": rng.random() < 0.5}),
         ("/lookup", {"tokens": [rng.randrange(1 << 31) for _ in range(rng.randint(0, 24))]}),
         ("/lookup", {"keys": some}),
+        ("/compress", {"keys": some, "codec": rng.choice(("zstd", "fp8", "none", "x"))}),
         ("/lookup", {"tokens": [1, 2, 3, 4], "cache_salt": rng.choice(("", "t1", "ü" * 10))}),
     ))
 

@@ -48,6 +48,7 @@ from kvmesh.peers.network import Endpoint, Network, ReadyStream
 from kvmesh.peers.serving import PeerCalls, ServingAdapter
 from kvmesh.peers.stats import PeerStats
 from kvmesh.store import ChunkStore
+from kvmesh.store.chunk_codec import Encoder
 from kvmesh.transfer.admission import Admission, ConnectionGate
 from kvmesh.transfer.limits import ConnectionCaps, ServerLimits
 from kvmesh.transfer.pool_door import PoolDoor, door_path, private_dir
@@ -64,8 +65,10 @@ class PeerParts:
     """See the module docstring."""
 
     def __init__(self, config: KvmeshConfig, namespace: bytes, store: ChunkStore,
-                 directory: Directory, stats: PeerStats, network: Network) -> None:
+                 directory: Directory, stats: PeerStats, network: Network,
+                 wire_codec: Encoder | None = None) -> None:
         self._config = config
+        self._wire_codec = wire_codec  # streamed pulls send raw chunks encoded
         self._namespace = namespace
         self._store = store
         self._directory = directory
@@ -163,7 +166,7 @@ class PeerParts:
             PeerCalls(contacts.identity, membership.state_of, lambda: membership.members,
                       self.lookup.matched, fetch, contacts.verify, self.pool.opened,
                       contacts.on_member),
-            self._store, self._directory, self.door, self._stats)
+            self._store, self._directory, self.door, self._stats, self._wire_codec)
 
     def _open_inbound(self) -> None:
         """The accept loop's admission (not started yet), and the UCX listener if asked for."""

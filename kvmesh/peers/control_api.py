@@ -6,6 +6,7 @@
     POST /pin, /unpin            {"keys": [...]}
     POST /clear                  {"keys": [...]} | {"tier": "cpu"|"disk"} | {"all": true}
     POST /move                   {"keys", "tier"} | {"keys", "peer": "host:port", "keep"?}
+    POST /compress[?scope=mesh]  {"keys": [...] | "tokens": [...], "codec"}  (control_compress)
     GET  /metrics                Prometheus text format
 
 Runs on the peer's own event loop and calls only the peer's verbs (those that
@@ -38,12 +39,13 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from kvmesh.config import ControlConfig
-from kvmesh.errors import KvmeshError
+from kvmesh.errors import ConfigError, KvmeshError
 from kvmesh.hashring.keys import ChunkHasher
 from kvmesh.peers import control_auth
 from kvmesh.peers import control_guard as guard
 from kvmesh.peers import control_schema as schema
-from kvmesh.peers.control_fanout import mesh_status
+from kvmesh.peers.control_compress import MAX_REMOTE_COMPRESS_BYTES, compress_answer, mesh_timeout_s
+from kvmesh.peers.control_fanout import ask_members, mesh_status
 from kvmesh.peers.control_schema import RequestError
 from kvmesh.peers.metrics import peer_registry, status_json
 from kvmesh.transfer.tls import control_contexts, control_scheme
@@ -90,7 +92,7 @@ def build_app(peer, config: ControlConfig) -> web.Application:
     for path, handler in (("/health", health), ("/status", status), ("/metrics", metrics)):
         app.router.add_get(path, handler, expect_handler=_expect)
     for path, handler in (("/lookup", lookup), ("/pin", pin), ("/unpin", unpin),
-                          ("/clear", clear), ("/move", move)):
+                          ("/clear", clear), ("/move", move), ("/compress", compress)):
         app.router.add_post(path, handler, expect_handler=_expect)
     return app
 
@@ -259,6 +261,28 @@ async def move(request: web.Request) -> web.Response:
         removed = await peer.remove(held)
     return _json({"delivered": delivered, "not_held": len(req.keys) - len(held),
                   "removed": len(removed)})
+
+
+async def compress(request: web.Request) -> web.Response:
+    peer = request.app[PEER]
+    scope = schema.parse_scope(request.query)
+    raw = await request.read()
+    req = schema.parse_compress(schema.decode_body(raw))
+    if req.keys is not None:
+        keys = list(req.keys)
+    else:
+        keys = _hasher(peer, req.cache_salt).keys(req.tokens, max_chunks=schema.MAX_KEYS)
+    try:
+        outcomes = await peer.compress(keys, req.codec)
+    except ConfigError as exc:  # a codec this peer must not write: nothing was changed
+        raise RequestError(str(exc)) from None
+    answer = compress_answer(req.codec, keys, outcomes)
+    if scope == "local":
+        return _json(answer)
+    timeout = mesh_timeout_s(peer.config.transfer.timeout_s, len(keys))
+    peers = await ask_members(peer, "POST", "/compress", raw, timeout, MAX_REMOTE_COMPRESS_BYTES)
+    peers[peer.peer_id] = answer
+    return _json({"peers": dict(sorted(peers.items()))})
 
 
 # ---- helpers -------------------------------------------------------------------

@@ -19,6 +19,7 @@ MAX_BODY_BYTES = 4 << 20  # aiohttp refuses larger bodies with 413
 MAX_KEYS = 1 << 16  # keys per request, and chunks hashed from tokens
 MAX_TOKENS = 1 << 20
 MAX_SALT_CHARS = 1024
+MAX_CODEC_CHARS = 32
 TIERS = ("cpu", "disk")
 SCOPES = ("local", "mesh")
 _KEY_HEX_CHARS = 2 * CHUNK_KEY_BYTES
@@ -45,6 +46,14 @@ class LookupRequest:
 class ClearRequest:
     keys: tuple[ChunkKey, ...] | None  # keys given: remove those
     tier: str | None  # else one tier, or every tier when None
+
+
+@dataclass(frozen=True, slots=True)
+class CompressRequest:
+    keys: tuple[ChunkKey, ...] | None  # exactly one of keys / tokens
+    tokens: tuple[int, ...] | None
+    cache_salt: str | None  # only with tokens
+    codec: str  # a codec's name, checked by the peer (it knows which it may write)
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +114,16 @@ def parse_clear(body: Mapping[str, Any]) -> ClearRequest:
     if body["all"] is not True:
         raise RequestError("all must be true (to clear nothing, send nothing)")
     return ClearRequest(None, None)
+
+
+def parse_compress(body: Mapping[str, Any]) -> CompressRequest:
+    _fields(body, required=("codec",), optional=("keys", "tokens", "cache_salt"))
+    codec = body["codec"]
+    if not isinstance(codec, str) or not 0 < len(codec) <= MAX_CODEC_CHARS:
+        raise RequestError(f"codec must be a codec's name, got {_preview(codec)}")
+    where = parse_lookup({k: v for k, v in body.items() if k != "codec"})  # keys | tokens, cache_salt
+    keys = None if where.keys is None else tuple(dict.fromkeys(where.keys))  # each chunk once
+    return CompressRequest(keys, where.tokens, where.cache_salt, codec)
 
 
 def parse_move(body: Mapping[str, Any]) -> MoveRequest:

@@ -58,6 +58,16 @@ def tier_usage(store_stats: dict[str, Any]) -> dict[str, dict[str, int]]:
             for tier in TIERS}
 
 
+def codec_savings(store_stats: dict[str, Any], counters: dict[str, Any]) -> dict[str, dict[str, int]]:
+    """{codec: {"disk", "wire", "compress"}}: bytes each codec saved: spills
+    not written, stream bytes not sent, held chunks shrunk by /compress."""
+    places = {"disk": store_stats.get("disk_bytes_saved", {}),
+              "wire": counters.get("wire_bytes_saved", {}),
+              "compress": store_stats.get("recode_bytes_saved", {})}
+    codecs = sorted({name for saved in places.values() for name in saved})
+    return {name: {place: saved.get(name, 0) for place, saved in places.items()} for name in codecs}
+
+
 def hit_rate(counters: dict[str, Any]) -> float | None:
     """Fraction of looked-up chunks that were found; None before any lookup."""
     asked = counters.get("lookup_chunks", 0)
@@ -86,6 +96,7 @@ def status_json(status: PeerStatus) -> dict[str, Any]:
         "store": store,
         "tiers": tier_usage(store),
         "counters": status.counters,
+        "codec_bytes_saved": codec_savings(store, status.counters),
         "hit_rate": hit_rate(status.counters),
         "transports": status.transports,
         "directory_keys": status.directory_keys,
@@ -125,7 +136,15 @@ class PeerCollector:
         yield by_state
         yield GaugeMetricFamily("kvmesh_directory_keys", "Keys in this peer's directory shard.",
                                 value=status.directory_keys)
-        yield from _tier_gauges(tier_usage(dataclasses.asdict(status.store)))
+        store = dataclasses.asdict(status.store)
+        yield from _tier_gauges(tier_usage(store))
+        saved = CounterMetricFamily("kvmesh_codec_bytes_saved",
+                                    "Bytes a codec saved: disk (spills not written), wire (not sent), "
+                                    "compress (held chunks shrunk).", labels=["codec", "where"])
+        for codec, places in codec_savings(store, counters).items():
+            for where, n in places.items():
+                saved.add_metric([codec, where], n)
+        yield saved
 
 
 def _tier_gauges(usage: dict[str, dict[str, int]]) -> Iterator[Metric]:

@@ -41,6 +41,7 @@ from kvmesh.directory.shard import Directory
 from kvmesh.hashring.keys import ChunkHasher
 from kvmesh.membership.swim import Swim
 from kvmesh.peers.assembly import PeerParts
+from kvmesh.peers.codec_settings import PeerCodecs
 from kvmesh.peers.connections import ConnectionPool
 from kvmesh.peers.contacts import Contacts
 from kvmesh.peers.directory_sync import DirectorySync
@@ -51,6 +52,7 @@ from kvmesh.peers.stats import PeerStats
 from kvmesh.peers.status import PeerStatus
 from kvmesh.store import ChunkStore
 from kvmesh.store.records import LoadTicket, StoreTicket
+from kvmesh.store.recode import Recoded
 from kvmesh.transfer import frames as f
 from kvmesh.transfer.reader import ChunkReader
 from kvmesh.types import ChunkKey, PeerId
@@ -68,12 +70,17 @@ class Peer:
         self.namespace = hasher.namespace.with_salt("").digest()
         self.slot_bytes = slot_bytes
         self.stats = PeerStats()
-        self.store = store if store is not None else ChunkStore(config.store, slot_bytes, shared=True)
+        # The chunk geometry of its engine's namespace (None: opaque chunks), and the
+        # disk and wire codecs it asks for: ConfigError before anything is built.
+        self.codecs = PeerCodecs.build(config.codecs, hasher.namespace)
+        self.store = store if store is not None else ChunkStore(config.store, slot_bytes, shared=True,
+                                                                disk_codec=self.codecs.disk)
         self.directory = Directory()
         self.peer_id = PeerId("")
         self.control_url = ""
         self._parts = PeerParts(config, self.namespace, self.store, self.directory, self.stats,
-                                network if network is not None else TcpNetwork(config.tls))
+                                network if network is not None else TcpNetwork(config.tls),
+                                wire_codec=self.codecs.wire)
         self._loop: asyncio.AbstractEventLoop | None = None
         # The parts the verbs speak to, bound once `start` has built them.
         self.membership: Swim | None = None
@@ -219,6 +226,14 @@ class Peer:
         removed = await asyncio.to_thread(self.store.clear, tier)
         self._sync.withdraw_gone(removed)
         return removed
+
+    async def compress(self, keys: Sequence[ChunkKey], codec: str) -> list[Recoded]:
+        """Re-encode each held raw chunk in place with `codec` (see the store's
+        `recode`): one outcome per key, with its bytes before and after. A
+        chunk in flight is skipped as busy. ConfigError, changing nothing,
+        for a codec this peer must not write (see `codec_settings`)."""
+        encoder = self.codecs.recoder(codec)
+        return await asyncio.to_thread(lambda: [self.store.recode(k, encoder) for k in keys])
 
     # ---- views ------------------------------------------------------------------------
 

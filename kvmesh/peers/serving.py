@@ -4,7 +4,9 @@
 own lookup clients) from the parts of one peer: directory queries from its
 shard, pulls from its store (pins drawn from one `PinBudget`), advertise and
 withdraw into its shard, pool-door tokens, identity checks (VOUCH both
-ways), and prefix lookups and fetches through the peer's own verbs.
+ways), and prefix lookups and fetches through the peer's own verbs. With a
+wire codec, streamed pulls send raw chunks encoded (`wire_form`); shared
+pulls always read the stored bytes.
 Loop thread.
 """
 
@@ -19,6 +21,7 @@ from kvmesh.errors import KvmeshError
 from kvmesh.membership.states import LIVE, MemberState
 from kvmesh.peers.stats import PeerStats
 from kvmesh.store import ChunkStore
+from kvmesh.store.chunk_codec import Encoder
 from kvmesh.store.records import LoadTicket
 from kvmesh.transfer import frames as f
 from kvmesh.transfer.pin_budget import PinBudget
@@ -66,13 +69,16 @@ class ServingAdapter:
     """A `ServingNode` over one peer's parts; see the module docstring."""
 
     def __init__(self, calls: PeerCalls, store: ChunkStore, directory: Directory,
-                 door: PoolDoor | None, stats: PeerStats) -> None:
+                 door: PoolDoor | None, stats: PeerStats, wire: Encoder | None = None) -> None:
         self._calls = calls
         self._store = store
         self._directory = directory
         self._door = door
         self._stats = stats
+        self._wire = wire
         self.pins = PinBudget.for_slots(store.pool.slots)
+        # Streamed chunks are sent as stored unless a wire codec is set.
+        self.wire_form = self._encoded_for_wire if wire is not None else None
 
     def identity(self) -> ServingIdentity:
         """What the handshake tells a connecting peer (read once per connection)."""
@@ -123,17 +129,33 @@ class ServingAdapter:
 
     async def open_chunk(self, key: ChunkKey) -> ServedChunk | None:
         """Pin a chunk for sending, or None when it is not held (a MISS). A
-        chunk on disk only is read back on a worker thread, off the loop."""
+        chunk on disk only (or whose bytes a recode is rewriting) is pinned on
+        a worker thread, off the loop."""
         try:
-            if self._store.has_disk_tier:
+            ticket = self._store.prepare_load_in_cpu(key)
+            if ticket is None:
                 ticket = await self._load_off_loop(key)
-            else:
-                ticket = self._store.prepare_load(key)
         except KvmeshError:
             return None
         self._stats.bytes_served += ticket.length
         return ServedChunk(ticket, ticket.view, ticket.length, ticket.checksum,
                            self._store.pool.offset(ticket.slot))
+
+    async def _encoded_for_wire(self, served: ServedChunk) -> ServedChunk:
+        """`wire_form` with a wire codec: a raw chunk's envelope, encoded on a
+        worker thread, under its own checksum; an envelope (or a chunk the
+        codec cannot shorten) as it is stored. The served bytes are counted
+        as sent. If the pull is cancelled meanwhile, the thread may go on
+        reading a slot that is handed out again: its result is thrown away."""
+        if served.length % 2:
+            return served
+        encoded = await asyncio.to_thread(self._wire.encode, served.view)
+        if encoded is None:
+            return served
+        saved = served.length - len(encoded)
+        self._stats.bytes_served -= saved
+        self._stats.wire_saved(self._wire.name, saved)
+        return ServedChunk(served.ticket, encoded.data, len(encoded), encoded.checksum, served.offset)
 
     async def _load_off_loop(self, key: ChunkKey) -> LoadTicket:
         """`prepare_load` on a worker thread. The thread cannot be stopped: if

@@ -25,11 +25,16 @@ class PeerStats:
     idle_closed: int = 0  # inbound connections closed after the idle timeout
     send_timeouts: int = 0  # inbound connections closed: a frame could not be written in time
     recent_failures: deque = field(default_factory=lambda: deque(maxlen=20))
+    wire_bytes_saved: dict = field(default_factory=dict)  # per codec: raw bytes streams did not send
 
     def note_failure(self, what: str) -> None:
         self.recent_failures.append((time.time(), what))
 
+    def wire_saved(self, codec: str, n: int) -> None:
+        self.wire_bytes_saved[codec] = self.wire_bytes_saved.get(codec, 0) + n
+
     def as_dict(self) -> dict:
         out = {k: v for k, v in self.__dict__.items() if k != "recent_failures"}
+        out["wire_bytes_saved"] = dict(self.wire_bytes_saved)
         out["recent_failures"] = [{"at": t, "what": w} for t, w in self.recent_failures]
         return out

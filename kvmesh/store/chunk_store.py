@@ -6,9 +6,14 @@ Two-step I/O, each step called exactly once per chunk:
 Only committed chunks are visible (contains, tier_of, leading_hits, keys,
 prepare_load, "stored" events), so a half-written chunk is never advertised.
 
-Pins are refcounts. A chunk being stored, loaded or spilled is pinned in
-flight; pin()/unpin() add operator pins. A pinned chunk is never evicted or
-removed, and no in-flight chunk changes tier.
+Pins are refcounts. A chunk being stored, loaded, spilled or recoded is
+pinned in flight; pin()/unpin() add operator pins. A pinned chunk is never
+evicted or removed, and no in-flight chunk changes tier.
+
+Codecs. A chunk's bytes are raw (even length) or a codec's envelope (odd
+length, `kvmesh.codecs`); the store never decodes. With `disk_codec` a spill
+writes a raw chunk's envelope, and a chunk read back from such a file keeps
+it (shorter than the slot). `recode` re-encodes a held chunk in place.
 
 Tiers. When every CPU slot is taken, the least recently used unpinned chunk
 makes room: with a disk tier it is spilled there ("spilled"), else dropped
@@ -18,7 +23,7 @@ and LRU; a chunk that leaves it while not in CPU is "evicted".
 
 Threading: every method is thread-safe. One lock guards the metadata; payload
 bytes are hashed and copied outside it. Disk I/O (spills in prepare_store and
-prepare_load, reads of disk-only chunks, move) also runs outside the lock, but
+prepare_load, reads of disk-only chunks, move, recode) also runs outside the lock, but
 those calls block on it: with a disk tier (`has_disk_tier`), call them from
 a worker thread, never from an event loop (`prepare_load_in_cpu` is the
 loop's way to pin a chunk that is already in CPU). Every other method only takes the lock briefly;
@@ -39,7 +44,8 @@ file each:
   what the bookkeeping costs per chunk;
 - `tiers`: making room, and the disk I/O of spills, promotions back to CPU
   and moves;
-- `actions`: the operator's pin, unpin, remove, clear and move;
+- `actions`: the operator's pin, unpin, remove, clear and move; `recode`:
+  its compress; `chunk_codec`: what an encoder of chunks is;
 - `records`: the tickets, the per-chunk record and StoreStats;
 - `events`: the event queue; `slab_pool`, `disk_tier`: the two tiers;
   `pool_info`: the store's `pool`, the CPU pool as the peer sees it.
@@ -54,11 +60,13 @@ import xxhash
 from kvmesh.config import StoreConfig
 from kvmesh.errors import StoreError
 from kvmesh.store.actions import OperatorActions
+from kvmesh.store.chunk_codec import Encoder
 from kvmesh.store.disk_tier import DiskTier
 from kvmesh.store.slab_pool import SlabPool
 from kvmesh.store.events import StoreEvent
 from kvmesh.store.index import ChunkIndex
 from kvmesh.store.pool_info import PoolInfo
+from kvmesh.store.recode import ChunkRecoder, Recoded
 from kvmesh.store.records import LoadTicket, StoreStats, StoreTicket, release_view
 from kvmesh.store.tiers import TierMover
 from kvmesh.types import ChunkKey, key_hex
@@ -77,7 +85,7 @@ class ChunkStore:
     """
 
     def __init__(self, config: StoreConfig, slot_bytes: int, shared: bool = True, *,
-                 max_pending_events: int = MAX_PENDING_EVENTS) -> None:
+                 max_pending_events: int = MAX_PENDING_EVENTS, disk_codec: Encoder | None = None) -> None:
         self.slot_bytes = slot_bytes
         self._pool = SlabPool(slot_bytes, config.cpu_bytes, shared, config.prefault)
         self.pool = PoolInfo(self._pool)
@@ -89,8 +97,9 @@ class ChunkStore:
         self._index = ChunkIndex(self._pool, self._disk, max_pending_events)
         self._lock = self._index.locked()  # the one store lock, shared with the parts
         self._records, self._book, self._log = self._index.records, self._index.book, self._index.log
-        self._tiers = TierMover(self._index, self._pool, self._disk)
+        self._tiers = TierMover(self._index, self._pool, self._disk, disk_codec)
         self._actions = OperatorActions(self._index, self._tiers)
+        self._recoder = ChunkRecoder(self._index, self._pool, self._disk, self._tiers.promoted)
         if self._disk is not None:
             self._index.adopt_disk_chunks(slot_bytes)
 
@@ -242,6 +251,13 @@ class ChunkStore:
         for another tier name.
         """
         return self._actions.move(key, tier)
+
+    def recode(self, key: ChunkKey, encoder: Encoder) -> Recoded:
+        """Re-encode a held raw chunk in place, in every tier holding it (see
+        `recode`): the outcome, with its length before and after. A chunk in
+        flight is BUSY and left as it is; operator pins do not prevent it.
+        Blocks on the lock and does disk I/O: call it from a worker thread."""
+        return self._recoder.recode(key, encoder)
 
     def set_event_listener(self, listener: Callable[[str], None] | None) -> None:
         """Have `listener(kind)` called on each event as it is queued: under the

@@ -110,15 +110,19 @@ class DiskTier:
         return victims
 
     def write_reserved(self, key: ChunkKey, view: memoryview | bytes, checksum: int,
-                       pinned: bool = False) -> None:
-        """Write a chunk into space taken by `reserve(len(view))`; the space is
-        released if the write fails. `pinned=True` publishes it already pinned,
-        so no eviction can slip in before the caller takes over."""
+                       pinned: bool = False, reserved: int | None = None) -> None:
+        """Write a chunk into space taken by `reserve(reserved)` (default:
+        `len(view)`; a payload encoded after its space was reserved may be
+        shorter); the whole reservation is released, written or not.
+        `pinned=True` publishes it already pinned, so no eviction can slip in
+        before the caller takes over."""
         payload = memoryview(view).cast("B")
-        need = HEADER.size + payload.nbytes
+        need = HEADER.size + (payload.nbytes if reserved is None else reserved)
         final = self._path(key)
         tmp = self.directory / f".{key_hex(key)}.{secrets.token_hex(4)}{TMP_SUFFIX}"
         try:
+            if HEADER.size + payload.nbytes > need:
+                raise ValueError(f"a {payload.nbytes}-byte payload exceeds the {reserved} bytes reserved")
             write_file(tmp, pack_header(key, payload.nbytes, checksum), payload)
         except BaseException:
             with self._lock:
@@ -138,7 +142,7 @@ class DiskTier:
                 pinned = pinned or key not in self._lru
                 self._lru.pop(key, None)
             self._entries[key] = DiskEntry(payload.nbytes, checksum)
-            self._used += need
+            self._used += HEADER.size + payload.nbytes
             if not pinned:
                 self._lru[key] = None
 

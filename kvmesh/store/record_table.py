@@ -3,9 +3,10 @@
 `RecordTable` holds the ChunkRecord of every chunk, committed or in flight,
 and takes each through its life: `reserve` (pinned, in flight) then
 `publish` (committed, visible, "stored") or `abandon`; `start_load`/`unpin`
-for loads; `operator_pin`/`operator_unpin`; the lookups. It writes the
-lifecycle fields of a record (committed, length, checksum, pins of stores
-and loads, held) and creates and deletes records; where a record lies (its
+for loads; `operator_pin`/`operator_unpin`; `start_rewrite`, `rewriting`,
+`describe` and `end_rewrite` for a recode of its bytes; the lookups. It writes the
+lifecycle fields of a record (committed, length, checksum, pins of stores,
+loads and rewrites, held, rewriting) and creates and deletes records; where a record lies (its
 slot, its disk copy) is the tier book's (`tier_book`), which it asks to seat
 a new record, to free an abandoned one's slot and to `refresh` the LRU after
 a pin or a commit. The tier book, in turn, `drop`s a record held nowhere.
@@ -132,6 +133,11 @@ class RecordTable:
         self._chunks[key] = ChunkRecord(key, None, length, checksum, committed=True, on_disk=True)
         self._log.stored(key)
 
+    def describe(self, chunk: ChunkRecord, length: int, checksum: int) -> None:
+        """The bytes a committed record stands for changed (in place, or its
+        fastest copy is now another tier's): their length and checksum."""
+        chunk.length, chunk.checksum = length, checksum
+
     def drop(self, chunk: ChunkRecord) -> None:
         """Delete the record of a chunk the tier book no longer holds anywhere."""
         del self._chunks[chunk.key]
@@ -156,6 +162,27 @@ class RecordTable:
 
     def unpin(self, chunk: ChunkRecord) -> None:
         """Drop one in-flight pin of a load; a no-op once the store is closed."""
+        if not self._closed:
+            chunk.pins -= 1
+            self._book.refresh(chunk)
+
+    def start_rewrite(self, chunk: ChunkRecord) -> bool:
+        """Pin a committed chunk with nothing in flight (operator pins allowed)
+        for a rewrite of its bytes; False, changing nothing, if anything holds
+        it in flight (a store, load, spill or read back)."""
+        if chunk.pins > 0 or chunk.promoting or not chunk.committed:
+            return False
+        chunk.pins += 1
+        self._book.refresh(chunk)
+        return True
+
+    def rewriting(self, chunk: ChunkRecord) -> None:
+        """A pinned rewrite starts writing: loads wait until `end_rewrite`."""
+        chunk.rewriting = True
+
+    def end_rewrite(self, chunk: ChunkRecord) -> None:
+        """Drop a rewrite's pin; loads waiting on it may go on. A no-op once closed."""
+        chunk.rewriting = False
         if not self._closed:
             chunk.pins -= 1
             self._book.refresh(chunk)

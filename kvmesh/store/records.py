@@ -61,17 +61,24 @@ class StoreStats:
     spills: int  # chunks moved from CPU to disk
     events_dropped: int  # events lost to the queue bound (see events)
     metadata_bytes_per_chunk: int
+    # Per codec name: bytes spills did not write thanks to the disk codec, and
+    # bytes by which re-encoding (`recode`, the control API's /compress) shrank held chunks.
+    disk_bytes_saved: dict[str, int] = field(default_factory=dict)
+    recode_bytes_saved: dict[str, int] = field(default_factory=dict)
 
 
 class ChunkRecord:
     """Per-chunk metadata. Written only by the index's parts, under the store lock."""
 
-    __slots__ = ("key", "slot", "length", "checksum", "committed", "on_disk", "pins", "held", "promoting")
+    __slots__ = ("key", "slot", "length", "checksum", "committed", "on_disk", "pins", "held", "promoting",
+                 "rewriting")
 
     def __init__(self, key: ChunkKey, slot: int | None = None, length: int = 0, checksum: int = 0,
                  committed: bool = False, on_disk: bool = False) -> None:
         self.key = key
         self.slot = slot  # None: not in a CPU slot
+        # The bytes of the fastest tier holding it: the slot's, else the disk
+        # file's (an encoded spill's file may be an envelope of a raw slot).
         self.length = length
         self.checksum = checksum
         self.committed = committed
@@ -79,6 +86,7 @@ class ChunkRecord:
         self.pins = 0  # in flight: stores, loads, spills
         self.held = 0  # operator pins
         self.promoting = False  # being read back from disk into a slot
+        self.rewriting = False  # its bytes are being replaced (recode): loads wait
 
     @property
     def pinned(self) -> bool:

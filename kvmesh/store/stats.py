@@ -14,7 +14,7 @@ and `gone`.
 from __future__ import annotations
 
 from collections.abc import Callable, Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from kvmesh.store.disk_tier import DiskTier
 from kvmesh.store.events import EVICTED, SPILLED, STORED, EventQueue, StoreEvent
@@ -30,6 +30,8 @@ class StoreCounters:
     misses: int = 0
     evictions: int = 0  # chunks no longer held in any tier for lack of room
     spills: int = 0  # chunks moved from CPU to disk
+    disk_bytes_saved: dict[str, int] = field(default_factory=dict)  # per codec, see StoreStats
+    recode_bytes_saved: dict[str, int] = field(default_factory=dict)
 
 
 class StoreLog:
@@ -56,6 +58,16 @@ class StoreLog:
         """`key` left CPU and is still held on disk."""
         self._counters.spills += 1
         self._events.put(SPILLED, key)
+
+    def disk_saved(self, codec: str, n: int) -> None:
+        """A spill encoded with `codec` wrote `n` fewer bytes than the chunk held."""
+        saved = self._counters.disk_bytes_saved
+        saved[codec] = saved.get(codec, 0) + n
+
+    def recoded(self, codec: str, n: int) -> None:
+        """A held chunk re-encoded with `codec` shrank by `n` bytes (every tier holding it)."""
+        saved = self._counters.recode_bytes_saved
+        saved[codec] = saved.get(codec, 0) + n
 
     def gone(self, key: ChunkKey, kind: str) -> None:
         """`key` is held in no tier any more: EVICTED (counted) or REMOVED."""
@@ -94,4 +106,6 @@ def snapshot(records: Collection[ChunkRecord], pool: SlabPool, disk: DiskTier | 
         spills=counters.spills,
         events_dropped=events_dropped,
         metadata_bytes_per_chunk=metadata_bytes_per_chunk(),
+        disk_bytes_saved=dict(counters.disk_bytes_saved),
+        recode_bytes_saved=dict(counters.recode_bytes_saved),
     )

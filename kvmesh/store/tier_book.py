@@ -99,10 +99,16 @@ class TierBook:
         """Hold disk bytes for a spill of `chunk`, reporting the files evicted for
         them, and pin it in flight. StoreFullError (evicting and pinning
         nothing) when they cannot fit."""
-        for key in self._disk.reserve(chunk.length):
-            self._lost_disk_copy(key)
+        self.reserve_disk(chunk.length)
         chunk.pins += 1
         self.refresh(chunk)
+
+    def reserve_disk(self, length: int) -> None:
+        """Hold disk bytes for one write of a `length`-byte payload, reporting
+        the files evicted for them; StoreFullError (evicting nothing) when
+        they cannot fit."""
+        for key in self._disk.reserve(length):
+            self._lost_disk_copy(key)
 
     def end_spill(self, chunk: ChunkRecord, written: bool, drop_if_pinned: bool) -> None:
         """Publish a spill's outcome and drop its pin: free the slot unless the
@@ -120,12 +126,17 @@ class TierBook:
             self._forget(chunk, EVICTED)
 
     def drop_from_cpu(self, chunk: ChunkRecord) -> None:
-        """Free the slot of a chunk with no pins in flight: "spilled" if it has a disk copy, else "evicted"."""
+        """Free the slot of a chunk with no pins in flight: "spilled" if it has a
+        disk copy (whose length and checksum the record takes), else "evicted"."""
         if not chunk.on_disk:
             self._forget(chunk, EVICTED)
             return
         self._pool.free(chunk.slot)
         chunk.slot = None
+        entry = self._disk.entry(chunk.key)
+        if entry is not None and (entry.length, entry.checksum) != (chunk.length, chunk.checksum):
+            # an encoded spill: the record stands for its fastest copy, now the file
+            self._records.describe(chunk, entry.length, entry.checksum)
         self.refresh(chunk)
         self._log.spilled(chunk.key)
 

@@ -12,12 +12,15 @@ tier book and the log; the mover itself reads and writes payloads.
 - `make_room` (lock held): free a CPU slot by dropping the LRU chunk, or
   hand back a victim whose spill the caller writes with `write_spill`
   (lock not held), which then drops it from CPU; `room_for` (lock held)
-  does it for a record the index reserved without a slot.
+  does it for a record the index reserved without a slot. With a disk
+  codec the spill writes the chunk's envelope (fewer bytes; counted), and
+  the record takes the file's length and checksum once its slot goes.
 - `take_slot` (lock not held): make_room and write_spill, in a loop, until
   a slot is the caller's.
 - `load` (lock not held): pin a committed chunk and return a LoadTicket,
-  reading a disk-only chunk back into a slot first (one reader per chunk;
-  the others wait on `promoted`).
+  reading a disk-only chunk back into a slot first, as the file holds it (an
+  envelope stays one; one reader per chunk; the others wait on `promoted`,
+  as loads of a chunk being rewritten by `recode` do).
 - `move_to_cpu`, `move_to_disk` (lock not held): the operator's moves.
 
 Calls that may do I/O block on the lock and on the disk: with a disk tier,
@@ -29,7 +32,8 @@ from __future__ import annotations
 import logging
 import threading
 
-from kvmesh.errors import ChunkMissingError, StoreError, StoreFullError
+from kvmesh.errors import ChunkMissingError, KvmeshError, StoreError, StoreFullError
+from kvmesh.store.chunk_codec import Encoder
 from kvmesh.store.disk_tier import DiskTier
 from kvmesh.store.index import ChunkIndex
 from kvmesh.store.records import ChunkRecord, LoadTicket, release_view
@@ -47,16 +51,19 @@ class TierMover:
     `pool` and `disk` are the index's tiers, used here for payload I/O only
     (views, reads, reserved writes, deleting a file that reads back wrong).
     `promoted` is a condition on the index lock, notified whenever a
-    promotion ends (and by the store's close()).
+    promotion or a rewrite (`recode`) ends, and by the store's close().
+    `disk_codec`, if given, encodes what spills write (see `chunk_codec`).
     """
 
-    def __init__(self, index: ChunkIndex, pool: SlabPool, disk: DiskTier | None) -> None:
+    def __init__(self, index: ChunkIndex, pool: SlabPool, disk: DiskTier | None,
+                 disk_codec: Encoder | None = None) -> None:
         self._records = index.records
         self._book = index.book
         self._log = index.log
         self._lock = index.locked()
         self._pool = pool
         self._disk = disk
+        self._disk_codec = disk_codec
         self.promoted = threading.Condition(self._lock)
 
     # -- loading ---------------------------------------------------------
@@ -68,10 +75,14 @@ class TierMover:
         pin, not counted)."""
         rec = self._records
         with self._lock:
-            if not promote:
+            held = rec.committed(key)
+            while held is not None and held.rewriting:  # its bytes are being replaced
+                if not promote:
+                    return None  # not on the caller's thread: it loads it elsewhere
+                self.promoted.wait()
                 held = rec.committed(key)
-                if held is not None and held.slot is None:
-                    return None  # on disk only: the caller reads it back elsewhere
+            if not promote and held is not None and held.slot is None:
+                return None  # on disk only: the caller reads it back elsewhere
             chunk = rec.start_load(key, count)  # pinned; counted unless on disk only
             if chunk is None:
                 raise ChunkMissingError(f"chunk {key_hex(key)} is not in this store")
@@ -184,16 +195,26 @@ class TierMover:
     def write_spill(self, chunk: ChunkRecord, view: memoryview, drop_if_pinned: bool) -> None:
         """Write a chunk reserved on disk, then free its slot unless it got pinned
         meanwhile (`drop_if_pinned`: operator pins do not keep it in CPU).
-        Lock not held; drops the pin make_room (or move_to_disk) took."""
+        Lock not held; drops the pin make_room (or move_to_disk) took. With a
+        disk codec, a raw chunk is written encoded (the record takes the
+        file's length and checksum once the slot goes: `drop_from_cpu`)."""
+        saved = 0
         try:
-            self._disk.write_reserved(chunk.key, view, chunk.checksum, pinned=True)
+            payload, checksum = view, chunk.checksum
+            encoded = self._disk_codec.encode(view) if self._disk_codec is not None else None
+            if encoded is not None:
+                payload, checksum = encoded.data, encoded.checksum
+                saved = len(view) - len(payload)
+            self._disk.write_reserved(chunk.key, payload, checksum, pinned=True, reserved=len(view))
             written = True
-        except (OSError, StoreError) as exc:
+        except (OSError, KvmeshError) as exc:
             logger.warning("spilling chunk %s to disk failed: %s", key_hex(chunk.key), exc)
             written = False
         finally:
             release_view(view)
         with self._lock:
+            if written and saved:
+                self._log.disk_saved(self._disk_codec.name, saved)
             self._book.end_spill(chunk, written, drop_if_pinned)
 
     def move_to_cpu(self, key: ChunkKey) -> bool:

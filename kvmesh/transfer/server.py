@@ -85,6 +85,8 @@ class ServingNode(Protocol):
     async def fetch(self, keys: tuple[bytes, ...], holder: PeerId) -> int: ...
     async def open_chunk(self, key: bytes) -> Any | None: ...
     def close_chunk(self, ticket: Any) -> None: ...
+    # None, or what a stream sends for an open chunk (`pull_server.WireForm`)
+    wire_form: Any
 
 
 async def serve_connection(stream: Stream, node: ServingNode, secret: bytes | None,
@@ -171,7 +173,7 @@ class _Session:
         # Pins are budgeted per peer, all its connections together; a
         # connection that names no peer is a budget of its own.
         self.pulls = PullServer(self.node, self.node.pins, self.peer or self, self.conn.send,
-                                pin_wait_s=self.timeout_s)
+                                pin_wait_s=self.timeout_s, wire=self.node.wire_form)
         nonce = handshake.new_nonce()
         await self.conn.send(f.Welcome(me.peer_id, version, me.namespace, "", "", nonce,
                                        handshake.proof(secret, b"server", hello.nonce, nonce)))

@@ -23,8 +23,9 @@ __all__ = ["CHUNK_TOKENS", "OTHER", "SLOT_BYTES", "SECRET", "FakePeer", "make_co
 class FakePeer(StorePeer):
     """A `StorePeer` that records what the API asked of the mesh: withdrawals and pushes."""
 
-    def __init__(self, peer_id: str, config: KvmeshConfig) -> None:
-        super().__init__(peer_id, config, namespace="test")
+    def __init__(self, peer_id: str, config: KvmeshConfig, namespace="test",
+                 slot_bytes: int = SLOT_BYTES) -> None:
+        super().__init__(peer_id, config, namespace, slot_bytes)
         self.withdrawn: list[bytes] = []
         self.pushed: list[tuple[list[bytes], str]] = []
         self.push_result: int | Exception | None = None  # None: deliver all

@@ -38,7 +38,7 @@ from tests.peers.control_fakes import OTHER, SECRET, FakePeer, make_config, toke
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "120"))
 PRINTABLE = "".join(chr(c) for c in range(0x20, 0x7F))
 ROUTES = ["/health", "/status", "/status?scope=mesh", "/status?scope=x", "/metrics", "/lookup", "/pin",
-          "/unpin", "/clear", "/move", "/", "/clear/", "/CLEAR", "/clear//", "/clear?all=1"]
+          "/unpin", "/clear", "/move", "/compress", "/compress?scope=mesh", "/", "/clear/", "/CLEAR", "/clear//", "/clear?all=1"]
 METHODS = ["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "TRACE", "PROPFIND", "PURGE", "LINK",
            "SEARCH", "REPORT"]
 # Methods aiohttp's HTTP parser knows (llhttp's table): others never reach the app, the parser

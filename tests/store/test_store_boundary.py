@@ -12,9 +12,11 @@ from kvmesh.store.tier_book import TierBook
 
 ROOT = Path(kvmesh.__file__).parent
 STORE = ROOT / "store"
-# what other packages may import from kvmesh.store: the front, types, event kinds, same-host pool mapping
+# what other packages may import from kvmesh.store: the front, types, event kinds, same-host pool mapping,
+# what an encoder is (chunk_codec) and what a recode answers (recode's Recoded and outcomes)
 OPEN_TO_OTHERS = {"kvmesh.store", "kvmesh.store.chunk_store", "kvmesh.store.records", "kvmesh.store.events",
-                  "kvmesh.store.slab_pool", "kvmesh.store.disk_tier"}
+                  "kvmesh.store.slab_pool", "kvmesh.store.disk_tier", "kvmesh.store.chunk_codec",
+                  "kvmesh.store.recode"}
 
 
 def imported_modules(tree: ast.AST) -> set[str]:
