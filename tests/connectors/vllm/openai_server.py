@@ -75,14 +75,18 @@ class OpenAIServer:
         return {"tokens": [int(t.removeprefix("token_id:")) for t in choice["tokens"]],
                 "logprobs": choice["token_logprobs"], "cached": details.get("cached_tokens")}
 
-    def send_and_hang_up(self, prompt: list[int], max_tokens: int, after_s: float) -> None:
-        """Send a completion request on a raw socket and close it `after_s` later, unread."""
+    def send_unread(self, prompt: list[int], max_tokens: int) -> socket.socket:
+        """Send a completion request on a raw socket and return it unread; closing it hangs up."""
         body = json.dumps(self.completion_body(prompt, max_tokens)).encode()
         head = (f"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1:{self.port}\r\n"
                 f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode()
-        with socket.create_connection(("127.0.0.1", self.port), timeout=10) as sock:
-            sock.sendall(head + body)
-            time.sleep(after_s)
+        sock = socket.create_connection(("127.0.0.1", self.port), timeout=10)
+        sock.sendall(head + body)
+        return sock
+
+    def peer_pid(self) -> int:
+        """The process its rank-0 peer lives in (vLLM's worker process)."""
+        return json.loads((self.run_dir / f"{self.engine_id}-rank0.json").read_text())["pid"]
 
     def peer_status(self) -> dict:
         """The embedded peer's GET /status (its rank-0 peer, found by its rendezvous file)."""
@@ -100,12 +104,13 @@ class OpenAIServer:
             return json.load(reply)["matched_chunks"]
 
     def vllm_requests(self) -> dict[str, float]:
-        """vLLM's own gauges of requests it holds: running and waiting."""
+        """vLLM's own gauges: requests running and waiting, and the share of KV blocks in use."""
         with urllib.request.urlopen(self.url + "/metrics", timeout=5) as reply:
             text = reply.read().decode()
         out = {}
         for line in text.splitlines():
-            for name in ("vllm:num_requests_running", "vllm:num_requests_waiting"):
+            for name in ("vllm:num_requests_running", "vllm:num_requests_waiting",
+                         "vllm:kv_cache_usage_perc"):
                 if line.startswith(name + "{") or line.startswith(name + " "):
                     out[name] = out.get(name, 0.0) + float(line.rsplit(" ", 1)[1])
         return out

