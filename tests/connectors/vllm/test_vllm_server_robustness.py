@@ -82,9 +82,9 @@ def idle(server: OpenAIServer) -> bool:
     c = counters(server)
     held = server.vllm_requests()
     return (c["pulls_inflight"] == 0 and c["pinned"] == 0
-            and held.get("vllm:num_requests_running", 0) == 0
-            and held.get("vllm:num_requests_waiting", 0) == 0
-            and held.get("vllm:kv_cache_usage_perc", 0) == 0)
+            and held["vllm:num_requests_running"] == 0  # KeyError: vLLM renamed its gauges
+            and held["vllm:num_requests_waiting"] == 0
+            and held["vllm:kv_cache_usage_perc"] == 0)
 
 
 def held_by_a(a: OpenAIServer, b: OpenAIServer, tokens: list[int]) -> dict:
