@@ -262,7 +262,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt-words", type=int, default=700, help="real KV: words a prompt")
     p.add_argument("--chunks", type=int, default=16, help="synthetic KV: chunks")
     p.add_argument("--reps", type=int, default=15)
-    p.add_argument("--working-mib", type=int, default=128,
+    p.add_argument("--working-mib", type=int, default=64,
                    help="chunks are repeated up to this many MiB for timing (past the caches)")
     drift = p.add_argument_group("drift (real vLLM, one engine per codec and dtype)")
     drift.add_argument("--prompts", type=int, default=50, help="prompts per engine")

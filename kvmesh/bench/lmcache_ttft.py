@@ -3,10 +3,11 @@
 Two vLLM engines with LMCache's multi-process connector (`LMCacheMPConnector`)
 on one fresh `lmcache server` (shared-memory pool): A' computes the prompt (a
 miss, since the server is empty) and stores its KV; B', another process, then
-gets the hit, `--lmcache-hits` times (vLLM's prefix cache is off, so each
-request loads from LMCache again). Same model, prompt, block size and KV cache
-size as the kvmesh engines; it runs after they stop, in the same run, and is
-compared with their recompute (engine C, no connector) and remote hit.
+gets the hit, `--lmcache-hits` times (vLLM's prefix cache is on, as in the
+kvmesh engines, and B''s is reset before each hit, so each loads from
+LMCache). Same model, prompt, block size and KV cache size as the kvmesh
+engines; it runs after they stop, in the same run, and is compared with
+their recompute (engine C, no connector) and remote hit.
 
 B' must produce A''s greedy tokens (A' computed the whole prompt): a hit that
 changes the output is reported as such and never counted as a speedup.
@@ -104,7 +105,10 @@ def measure(args, model_dir: str, tokens: list[int], kv_cache_bytes: int, block_
             before = server.stored_chunks()
             expected, miss_s = a.call("generate", tokens, CHECK_TOKENS)
             stored = _wait_for_chunks(server, before + len(tokens) // CHUNK_TOKENS) - before
-            hits = [b.call("generate", tokens, CHECK_TOKENS) for _ in range(args.lmcache_hits)]
+            hits = []
+            for _ in range(args.lmcache_hits):
+                b.call("reset_prefix_cache")  # the hit must come from LMCache, not vLLM's cache
+                hits.append(b.call("generate", tokens, CHECK_TOKENS))
         finally:
             for engine in engines:
                 engine.stop()
@@ -142,7 +146,8 @@ def table(kvmesh_row: list, got: LMCacheTTFT | None, reason: str | None, hits: i
     else:
         out.note(f"LMCache rows skipped: {reason}")
     out.note(f"{length}-token prompt, the longest of the ttft table, same model and prompt; "
-             f"block size {block_size}, vLLM prefix caching off; kvmesh rows from that table "
+             f"block size {block_size}, vLLM's prefix cache on (reset on B' before each "
+             f"hit); kvmesh rows from that table "
              f"(one request each); "
              f"LMCache's engines ran after the kvmesh engines stopped, in the same run; "
              f"one engine busy at a time")

@@ -1,15 +1,21 @@
 """zstd: lossless, bit-exact; byte shuffle, then each byte plane compressed with zstd.
 
-Why zstd (level 1) and not lz4, measured on real KV (a vLLM engine's cache of
-the "tiny" model, 256-token chunks, one core, 4 chunks' planes; `kvmesh
-bench codecs` has the current figures): the exponent plane of bf16 KV has
-~2.7 bits of entropy a byte; zstd-1 reaches 2.9-3.0x on it, lz4 1.64x (no
-entropy coder), zstd at negative levels 1.5-2.2x. Whole chunks: shuffle +
-zstd 1.56x (bf16) and 1.25x (fp32), shuffle + lz4 1.27x and 1.13x, zstd
-without the shuffle 1.34x and 1.12x. lz4 decodes the exponent plane ~2x
-faster, but both are far below memcpy, and this codec is for disk spills and
-slow links, where bytes matter more than a core's time; level 3 gave no
-more ratio at half the speed.
+Why zstd (level 1) and not lz4, measured on real KV (15 chunks of 256 tokens
+of a vLLM engine's cache, "tiny" model, fp32 and bf16, one core; a shared,
+loaded machine, so speeds are only comparable with each other):
+
+                        fp32 ratio  bf16 ratio  encode GB/s  decode GB/s
+    shuffle + zstd-1       1.25        1.56      0.18-0.19    0.60-0.75
+    shuffle + zstd-3       1.24        1.52      0.05-0.07    0.53-0.70
+    shuffle + lz4          1.13        1.27      0.19-0.23    1.04-1.46
+    zstd-1, no shuffle     1.12        1.34      0.15-0.17    0.24-0.29
+
+The exponent plane (bf16's high byte) holds ~2.7 bits of entropy a byte;
+zstd's entropy coder gets 2.9-3.0x out of it, lz4 (no entropy coder) 1.64x.
+lz4 decodes faster, but neither comes near memcpy: this codec is for disk
+spills and slow links, where bytes count more than a core's time. `kvmesh
+bench codecs` has the current figures (real KV, 43 chunks: 1.25x fp32,
+1.54x bf16).
 
 Each plane is its own zstd frame, or stored as is when zstd does not make it
 smaller (nearly random mantissa planes still gain ~5% from zstd's entropy

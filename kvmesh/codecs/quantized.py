@@ -52,6 +52,9 @@ class QuantizingCodec(FixedRatioCodec):
 
     def decode(self, payload: torch.Tensor, geometry: ChunkGeometry, blocks: int,
                out: torch.Tensor) -> None:
+        if payload.numel() != self.payload_bytes(geometry, blocks):
+            raise CodecError(f"{self.name} payload of {payload.numel()} bytes for {blocks} "
+                             f"blocks, expected {self.payload_bytes(geometry, blocks)}")
         if native_loops.usable(payload, out):
             native_loops.decode(payload, out, geometry, blocks, self.code_dtype, self._axes)
         else:

@@ -1,13 +1,20 @@
 """One vLLM engine in its own process, driven over a pipe by the demo.
 
 The engine runs vLLM's v1 engine in single-process mode (scheduler and worker
-in this process) with the kvmesh connector and vLLM's own prefix cache off
-(so every reuse the demo reports is kvmesh's), so its peer is embedded here and
-joins the mesh through the seeds in its environment. Benchmarks may give it
-another connector instead (`connector`, e.g. LMCache's, see
-kvmesh/bench/lmcache_vllm.py). Commands:
+in this process) with the kvmesh connector, so its peer is embedded here and
+joins the mesh through the seeds in its environment. vLLM's own prefix cache
+is on, as users run it; which reuse a request got, vLLM's own or the
+connector's, is vLLM's own account of it (see `engine_cache`).
+Benchmarks may give it another connector instead (`connector`, e.g. LMCache's,
+see kvmesh/bench/lmcache_vllm.py). Commands:
 
-    ("generate", token_ids, max_tokens) -> (output token ids, ttft seconds)
+    ("generate", token_ids, max_tokens[, cache_salt])
+                                         -> (output token ids, ttft seconds)
+    ("reuse",)                           -> the last request's cached tokens, split:
+                                            {"prompt_tokens", "vllm_cached_tokens",
+                                             "connector_tokens"} (see `engine_cache`)
+    ("reset_prefix_cache",)              -> None, once vLLM's own prefix cache is empty
+                                            (the connector's store is left as it is)
     ("status",)                          -> the peer's status counters, or {}
     ("profile",)                         -> CPU and scheduler counters by thread role,
                                             kvmesh hook times (see `engine_profile`)
@@ -21,7 +28,7 @@ import time
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 
-from kvmesh.demo import engine_profile
+from kvmesh.demo import engine_cache, engine_profile
 
 MAX_MODEL_LEN = 8192  # the local models' max_position_embeddings
 
@@ -46,8 +53,9 @@ def serve(conn: Connection, model_dir: str, env: dict[str, str], kvmesh: bool,
                                        engine_id=env.get("KVMESH_DEMO_ENGINE", "demo"))
     llm = LLM(model=model_dir, dtype="float32", enforce_eager=True, block_size=block_size,
               kv_cache_memory_bytes=kv_cache_bytes, max_model_len=MAX_MODEL_LEN, seed=0,
-              enable_prefix_caching=False, kv_transfer_config=kv_transfer,
+              enable_prefix_caching=True, kv_transfer_config=kv_transfer,
               disable_log_stats=False)
+    reuse = engine_cache.ReuseWatch(llm)
     conn.send(("ready", None))
     while True:
         cmd = conn.recv()
@@ -59,10 +67,25 @@ def serve(conn: Connection, model_dir: str, env: dict[str, str], kvmesh: bool,
         if cmd[0] == "profile":
             conn.send(("ok", engine_profile.profile(llm)))
             continue
-        _, token_ids, max_tokens = cmd
+        if cmd[0] == "reuse":
+            conn.send(("ok", reuse.take()))
+            continue
+        if cmd[0] == "reset_prefix_cache":
+            try:
+                engine_cache.reset_prefix_cache(llm)
+            except TimeoutError as exc:
+                conn.send(("error", str(exc)))
+                continue
+            conn.send(("ok", None))
+            continue
+        _, token_ids, max_tokens, *salt = cmd
         params = SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True)
+        prompt = TokensPrompt(prompt_token_ids=token_ids)
+        if salt and salt[0]:
+            prompt["cache_salt"] = salt[0]  # keys both vLLM's prefix cache and kvmesh's chunks
+        reuse.take()
         start = time.perf_counter()
-        (out,) = llm.generate([TokensPrompt(prompt_token_ids=token_ids)], params, use_tqdm=False)
+        (out,) = llm.generate([prompt], params, use_tqdm=False)
         total = time.perf_counter() - start
         metrics = getattr(out, "metrics", None)
         ttft = getattr(metrics, "first_token_latency", 0.0) or total

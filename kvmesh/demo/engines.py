@@ -44,6 +44,8 @@ class Engine:
         if not self._conn.poll(timeout):
             raise TimeoutError(f"{self.name} did not answer {cmd[0]} within {timeout}s")
         status, value = self._conn.recv()
+        if status == "error":
+            raise RuntimeError(f"{self.name}: {cmd[0]} failed: {value}")
         return value
 
     def stop(self) -> None:

@@ -25,6 +25,7 @@ import torch
 import xxhash
 
 from kvmesh.config import KvmeshConfig
+from kvmesh.errors import ConfigError
 from kvmesh.hashring.keys import ChunkHasher, KeyNamespace
 from kvmesh.kernels.layouts import get_layout
 from kvmesh.kernels.paged import PagedKV, readonly_bytes
@@ -200,9 +201,13 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--slot-bytes", type=int, default=1 << 20)
     args = parser.parse_args(argv)
-    config = KvmeshConfig.from_env()
-    hasher = standalone_hasher(config, args.slot_bytes)
-    handle = PeerHandle.start(config, hasher, args.slot_bytes)
+    try:
+        config = KvmeshConfig.from_env()
+        hasher = standalone_hasher(config, args.slot_bytes)
+        handle = PeerHandle.start(config, hasher, args.slot_bytes)
+    except ConfigError as exc:  # a setting this peer refuses (a codec, for its opaque chunks)
+        print(f"kvmesh peer: {exc}", file=sys.stderr)
+        return 2
     node = StandaloneNode(handle, hasher)
     ops = {"fill": node.fill, "lookup": node.lookup, "load": node.load, "status": node.status,
            "lookup_latency": node.lookup_latency, "ping_latency": node.ping_latency,

@@ -8,8 +8,9 @@ MISS).
 - Streamed (TCP, UCX): the chunk is pinned while its CHUNK frame is written,
   and unpinned as soon as the write ends or fails (a puller that stops
   reading is cut off by the connection's send timeout, and its pins go with
-  it). With a `wire` form (a wire codec) a raw chunk is sent as the
-  envelope it returns, under that envelope's checksum.
+  it). With a `wire` form (a wire codec) each chunk is sent as what it
+  returns (a raw chunk's envelope), under that form's checksum; the next
+  WIRE_LOOKAHEAD chunks are pinned and encoded while one is sent.
 - Shared (the puller proved through the pool door that it is on this host):
   chunks are answered with CHUNK_REFS, REFS_PER_FRAME at a time, each frame
   under a lease of its own whose id the holder picks. The puller copies
@@ -33,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+from collections import deque
 from typing import Any, AsyncIterator, Awaitable, Callable, Hashable, Protocol
 
 from kvmesh.transfer import frames as f
@@ -43,6 +45,8 @@ from kvmesh.types import ChunkKey
 # Chunk refs per CHUNK_REFS frame: the puller starts copying the first batch
 # while later ones are pinned; one frame per chunk cost ~30 us of decode each.
 REFS_PER_FRAME = 16
+# Chunks of an encoded stream being encoded while the one before them is sent.
+WIRE_LOOKAHEAD = 2
 
 
 class ChunkSource(Protocol):
@@ -74,6 +78,8 @@ class PullServer:
     async def serve(self, pull: f.Pull, shared: bool) -> None:
         if shared:
             await self._serve_shared(pull)
+        elif self._wire is not None:
+            await self._serve_encoded(pull)
         else:
             await self._serve_streamed(pull)
 
@@ -131,12 +137,40 @@ class PullServer:
     async def _serve_streamed(self, pull: f.Pull) -> None:
         async for index, key, ticket in self._pinned(pull):
             try:
-                # the checksum sent is always that of the bytes sent
-                sent = ticket if self._wire is None else await self._wire(ticket)
-                await self._send(f.Chunk(pull.request_id, index, key, sent.checksum,
-                                         sent.length, sent.view))
+                await self._send(f.Chunk(pull.request_id, index, key, ticket.checksum,
+                                         ticket.length, ticket.view))
             finally:
                 self._unpin(ticket)
+
+    async def _serve_encoded(self, pull: f.Pull) -> None:
+        """Streamed through the wire form: the next WIRE_LOOKAHEAD chunks are
+        pinned and encoding (on worker threads) while the one before is sent.
+        Before a wait for pins, every chunk ahead is sent (its pin comes back)."""
+        ahead: deque[tuple[int, ChunkKey, Any, asyncio.Task]] = deque()
+        loop = asyncio.get_running_loop()
+
+        async def send_ahead() -> None:
+            while ahead:
+                await self._send_encoded(pull.request_id, ahead.popleft())
+
+        try:
+            async for index, key, ticket in self._pinned(pull, before_wait=send_ahead):
+                ahead.append((index, key, ticket, loop.create_task(self._wire(ticket))))
+                if len(ahead) > WIRE_LOOKAHEAD:
+                    await self._send_encoded(pull.request_id, ahead.popleft())
+            await send_ahead()
+        finally:
+            for *_, ticket, encoding in ahead:  # never sent: the connection failed, or we were cancelled
+                encoding.cancel()
+                self._unpin(ticket)
+
+    async def _send_encoded(self, request_id: int, item: tuple[int, ChunkKey, Any, asyncio.Task]) -> None:
+        index, key, ticket, encoding = item
+        try:
+            sent = await encoding  # the checksum sent is always that of the bytes sent
+            await self._send(f.Chunk(request_id, index, key, sent.checksum, sent.length, sent.view))
+        finally:
+            self._unpin(ticket)
 
     async def _serve_shared(self, pull: f.Pull) -> None:
         """Refs REFS_PER_FRAME at a time, each frame under a lease of its own;

@@ -68,3 +68,14 @@ def test_zero_groups_stay_zero(codec):
 def test_ratio(codec, dtype, block_size, head_dim, at_least):
     g = geometry(dtype=dtype, head_dim=head_dim, block_size=block_size)
     assert g.raw_bytes(4) / get_codec(codec).payload_bytes(g, 4) >= at_least
+
+
+@pytest.mark.parametrize("codec", sorted(TWINS))
+def test_decode_refuses_a_payload_of_the_wrong_size(codec):
+    from kvmesh.errors import CodecError
+
+    g = geometry(dtype=torch.bfloat16)
+    raw, _, _ = paged_chunk(g, [0, 1])
+    payload = get_codec(codec).encode(raw, g, 2)
+    with pytest.raises(CodecError, match="expected"):
+        get_codec(codec).decode(payload[:-2], g, 2, torch.empty_like(raw))

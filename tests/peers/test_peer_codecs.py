@@ -3,6 +3,10 @@ spills, encoded cross-host pulls, recodes, and the codecs a peer refuses."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -32,6 +36,17 @@ def test_a_standalone_peer_refuses_codecs(setting):
     config = peer_config(setting)
     with pytest.raises(ConfigError, match="opaque bytes"):
         Peer(config, standalone_hasher(config, SLOT), SLOT)
+
+
+@pytest.mark.parametrize("variable, codec", [("KVMESH_CODEC_DISK", "zstd"), ("KVMESH_CODEC_WIRE", "fp8")])
+def test_kvmesh_peer_refuses_a_codec_with_a_clear_error(variable, codec, tmp_path):
+    env = {**os.environ, variable: codec, "KVMESH_RUN_DIR": str(tmp_path),
+           "PYTHONPATH": os.pathsep.join(sys.path)}
+    done = subprocess.run([sys.executable, "-m", "kvmesh", "peer"], input='{"op": "exit"}\n', env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.startswith(f"kvmesh peer: {variable}={codec}: this peer's chunks are opaque bytes")
+    assert "Traceback" not in done.stderr
 
 
 def test_a_lossy_codec_must_be_the_namespaces():

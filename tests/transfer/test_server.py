@@ -291,3 +291,70 @@ async def test_a_puller_whose_peer_id_is_not_yet_checked_is_streamed_to_not_shar
     await asyncio.sleep(0.05)
     assert node.pinned == 0 and node.pins.held() == 0
     await _close(conn, server)
+
+
+def _encoding(log: list, gate: asyncio.Event | None = None):
+    """A wire form that stands in for an encoder: checksum + 1000, half the
+    length; notes how many encodes run at once."""
+    running = [0]
+
+    async def wire(ticket):
+        running[0] += 1
+        log.append(running[0])
+        try:
+            await asyncio.sleep(0.01)
+            if gate is not None:
+                await gate.wait()
+        finally:
+            running[0] -= 1
+        return Ticket(ticket.checksum + 1000, ticket.length // 2, -1, bytes(ticket.length // 2))
+
+    return wire
+
+
+async def test_an_encoded_stream_sends_each_chunk_as_its_wire_form_encoding_ahead():
+    node, sent, running = Node(), [], []
+
+    async def send(frame):
+        sent.append(frame)
+
+    pulls = PullServer(node, node.pins, "c:2", send, pin_wait_s=1.0, wire=_encoding(running))
+    await pulls.serve(f.Pull(1, _keys(6) + (Node.MISSING,), False), False)
+    chunks = [fr for fr in sent if isinstance(fr, f.Chunk)]
+    assert [c.index for c in chunks] == list(range(6))
+    assert [(c.checksum, c.length) for c in chunks] == [(1000 + k[0], (100 + k[0]) // 2) for k in _keys(6)]
+    assert [fr.index for fr in sent if isinstance(fr, f.Miss)] == [6]
+    assert max(running) > 1  # the next chunks encode while one is sent
+    assert node.pinned == 0 and node.pins.held() == 0
+
+
+async def test_an_encoded_stream_with_a_tiny_pin_share_sends_ahead_rather_than_wait_on_itself():
+    node, sent = Node(slots=2), []  # one pin per peer at a time
+
+    async def send(frame):
+        sent.append(frame)
+
+    pulls = PullServer(node, node.pins, "c:2", send, pin_wait_s=1.0, wire=_encoding([]))
+    started = asyncio.get_running_loop().time()
+    await pulls.serve(f.Pull(1, _keys(5), False), False)
+    assert [type(fr) for fr in sent] == [f.Chunk] * 5  # never a MISS
+    assert asyncio.get_running_loop().time() - started < 0.5  # no wait ran out
+    assert node.pinned == 0
+
+
+async def test_a_cancelled_encoded_stream_gives_every_pin_back():
+    node, gate = Node(), asyncio.Event()
+
+    async def send(frame):
+        pass
+
+    pulls = PullServer(node, node.pins, "c:2", send, pin_wait_s=1.0, wire=_encoding([], gate))
+    task = asyncio.get_running_loop().create_task(pulls.serve(f.Pull(1, _keys(8), False), False))
+    while node.pinned < 3:  # one being sent, two encoding ahead
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.05)
+    assert node.pinned == 3
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert node.pinned == 0 and node.pins.held() == 0
