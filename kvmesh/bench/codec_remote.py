@@ -170,8 +170,8 @@ def _pull(pair: Pair, tokens: list[int], is_miss: bool = False) -> tuple[float, 
 
 def table(all_hits: list[Hits], target: float = 0.6) -> Table:
     t = Table("codecs_remote", ["dtype", "link", "wire codec", "hits", "MiB pulled / hit",
-                                "hit load ms (p50)", "vs exact", "TTFT ms (p50)",
-                                "raw stream ms (exact's bytes)"])
+                                "hit load ms (p50)", "load ms (min-max)", "vs exact",
+                                "TTFT ms (p50)", "raw stream ms (exact's bytes)"])
     for hits in all_hits:
         for mbit in hits.stream_gbps:
             exact = statistics.median(hits.seconds[("none", mbit)])
@@ -183,8 +183,8 @@ def table(all_hits: list[Hits], target: float = 0.6) -> Table:
                 load = statistics.median(samples)
                 t.add(hits.dtype, _link(mbit), "exact" if codec == "none" else codec,
                       len(samples), statistics.median(hits.nbytes[codec, m]) / 2**20,
-                      load * 1e3, load / exact, statistics.median(hits.ttft[codec, m]) * 1e3,
-                      stream_ms)
+                      load * 1e3, f"{min(samples) * 1e3:.0f}-{max(samples) * 1e3:.0f}",
+                      load / exact, statistics.median(hits.ttft[codec, m]) * 1e3, stream_ms)
         t.note(f"{hits.dtype}: prompts of {hits.prompt_tokens} tokens ({CHUNK_TOKENS}-token "
                f"chunks), B recomputing one it cannot reuse: TTFT "
                f"{hits.recompute_ttft * 1e3:.0f} ms; raw TCP stream host 1 -> host 2: "
