@@ -8,6 +8,8 @@ it did not, the benchmark would not be measuring the loaded KV.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from kvmesh.bench import codec_drift
@@ -16,10 +18,11 @@ from kvmesh.models.local import build_model
 
 pytestmark = [pytest.mark.vllm, pytest.mark.timeout(600)]
 
+ROOT = Path(__file__).resolve().parents[2]
+
 
 def test_the_broken_codec_is_loaded_and_shows_as_drift(tmp_path, monkeypatch):
-    monkeypatch.chdir(codec_drift.CACHE_DIR.resolve().parent if codec_drift.CACHE_DIR.exists()
-                      else tmp_path)
+    monkeypatch.chdir(ROOT)  # the checkout's .cache: models and vLLM's compile caches
     model_dir = build_model(codec_drift.CACHE_DIR / "models" / "tiny-seed0", "tiny", seed=0)
     batch = codec_drift.prompts(4, vocab=1024)
     broken = next(s for s in codec_drift.SETUPS if s.broken)
