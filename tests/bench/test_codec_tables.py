@@ -67,3 +67,16 @@ def test_remote_rows_compare_each_codec_with_exact_at_the_same_link():
     assert slow["raw stream ms (exact's bytes)"] == pytest.approx((8 << 20) / 0.125e9 * 1e3)
     assert table["veth (unshaped)", "fp8"]["vs exact"] == pytest.approx(0.07 / 0.05)
     assert table["veth (unshaped)", "exact"]["vs exact"] == 1.0
+
+
+def test_without_network_namespaces_the_remote_section_says_why(monkeypatch):
+    from kvmesh.bench import codecs as bench
+    from kvmesh.bench import hosts
+
+    monkeypatch.setattr(hosts, "unavailable", lambda: "needs root to create network namespaces")
+    run = bench.Run(bench._parser().parse_args([]))
+    bench.measure_remote(run)
+    table = bench.remote_table(run)
+    assert run.remote == []
+    assert table.rows == [["network namespaces unavailable: needs root to create network "
+                           "namespaces"]]
