@@ -6,8 +6,9 @@
 H is xxh3-128 by default, or blake2b-128 keyed with the mesh secret for
 deployments whose tenants must not be able to forge each other's keys. Keys are
 the same on every process, host and Python version: never `hash()`, never a
-random seed. Only full chunks get keys; a trailing partial chunk is never
-cached.
+random seed. Full chunks get keys; a prompt's trailing partial chunk gets one
+only when the caller asks (`tail_multiple`: whole engine blocks of it), chained
+like the others, so it never equals a full chunk's key.
 """
 
 from __future__ import annotations
