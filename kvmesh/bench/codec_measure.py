@@ -9,14 +9,12 @@ interleaved in a fresh random order each round and the median round counts
 
 from __future__ import annotations
 
-import random
-import statistics
-import time
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
+from kvmesh.bench.rounds import interleaved_medians
 from kvmesh.codecs import ChunkGeometry, decode_chunk, encode_chunk, encoded_bound, get_codec
 
 GIB = 1 << 30
@@ -116,17 +114,3 @@ def chunks_per_gib(name: str, geometry: ChunkGeometry, blocks: int) -> int | Non
     return GIB // min(slot, geometry.raw_bytes(blocks))
 
 
-def interleaved_medians(fns: list[Callable[[], None]], reps: int) -> list[float]:
-    """Median seconds of each fn over `reps` rounds, each round in a fresh
-    (seeded) random order, after one warm-up call each."""
-    for fn in fns:
-        fn()
-    times: list[list[float]] = [[] for _ in fns]
-    order, rng = list(range(len(fns))), random.Random(0)
-    for _ in range(reps):
-        rng.shuffle(order)
-        for i in order:
-            start = time.perf_counter()
-            fns[i]()
-            times[i].append(time.perf_counter() - start)
-    return [statistics.median(samples) for samples in times]

@@ -39,17 +39,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
-import statistics
-import time
 from functools import partial
-from typing import Callable
 
 import numpy as np
 import torch
 
 from kvmesh import native
 from kvmesh.bench.report import Table
+from kvmesh.bench.rounds import interleaved_medians
 from kvmesh.kernels.layouts import get_layout
 from kvmesh.kernels.paged import PagedKV
 from kvmesh.models.shapes import SHAPES, get_shape
@@ -92,7 +89,7 @@ def bench_chunk(spec, dtype: torch.dtype, layout: str, block_size: int,
     cases = _memcpy_cases(slab, buffer.numel() * buffer.element_size())
     for kernel in kernels:
         cases += _kernel_cases(kernel, buffer, layout, slab, consecutive, scattered)
-    medians = _interleaved_medians([fn for *_, fn in cases], reps)
+    medians = interleaved_medians([fn for *_, fn in cases], reps)
     rows = [dict(op=op, ids=ids_name, path=path, kernel=kernel, chunk_mib=nbytes / 2**20,
                  median_us=seconds * 1e6, gb_s=nbytes / seconds / 1e9)
             for (op, ids_name, path, kernel, _), seconds in zip(cases, medians)]
@@ -159,24 +156,6 @@ def _add_ratios(rows: list[dict]) -> None:
             "to slab" if r["op"] == "gather" else "from slab")
         r["vs_memcpy"] = r["gb_s"] / best[direction]
         r["vs_one_thread"] = r["gb_s"] / one_thread[direction]
-
-
-def _interleaved_medians(fns: list[Callable[[], None]], reps: int) -> list[float]:
-    """Median seconds of each fn. Each round runs every fn once, in a fresh
-    (seeded) random order: load from other processes hits every case alike,
-    and so does the place in the round. In a fixed order the case right after
-    the baselines ran up to 25% slower here, whatever it was."""
-    for fn in fns:
-        fn()
-    times: list[list[float]] = [[] for _ in fns]
-    order, rng = list(range(len(fns))), random.Random(0)
-    for _ in range(reps):
-        rng.shuffle(order)
-        for i in order:
-            start = time.perf_counter()
-            fns[i]()
-            times[i].append(time.perf_counter() - start)
-    return [statistics.median(samples) for samples in times]
 
 
 def _table(rows: list[dict], args, spec, dtype: torch.dtype) -> Table:
